@@ -1,0 +1,501 @@
+"""The `charnn` command line: thin commands over the library.
+
+stdout carries only data (generated text, JSON); progress, tables, warnings and
+errors go to stderr. A CharnnError becomes one line on stderr and exit code 1;
+a bad option is exit code 2; Ctrl-C is 130 and SIGTERM 143.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import ModelConfig, TrainConfig, parse_duration, parse_save_every
+from .corpus import read_corpus
+from .data import split_train_val
+from .device import resolve_device
+from .errors import CharnnError
+from .evaluate import EvalResult, evaluate
+from .progress import ConsoleTrainEvents
+from .runs import (is_run_dir, load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
+                   start_training)
+from .sampling import SamplingConfig, default_prime, generate
+
+try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+EXIT_CODES_HELP = "Exit codes: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted (Ctrl-C), 143 terminated."
+
+app = typer.Typer(
+    name="charnn",
+    help="Train character-level LSTM/GRU language models on any text, sample from them, evaluate them.\n\n"
+         + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+class Cell(str, Enum):
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    plateau = "plateau"
+    constant = "constant"
+
+
+def _default(cls, name: str) -> str:
+    value = cls.__dataclass_fields__[name].default
+    return f"\\[default: {value}]"
+
+
+MODEL = "Model"
+DATA = "Data"
+OPTIM = "Optimisation"
+STOP = "Stopping"
+RUN = "Run and checkpoints"
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask training to stop after the current step and save; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __call__(self) -> str | None:
+        return "interrupted" if self.signum is not None else None
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def train(
+    corpus: Annotated[Optional[list[str]], typer.Argument(
+        help="Text files, directories (their text files, recursively) or - for stdin.", show_default=False)] = None,
+    # model
+    cell: Annotated[Optional[Cell], typer.Option(help=f"Recurrent cell. {_default(ModelConfig, 'cell')}",
+                                                 rich_help_panel=MODEL, show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Stacked recurrent layers. {_default(ModelConfig, 'num_layers')}",
+                                                  rich_help_panel=MODEL, show_default=False)] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(
+        help=f"Units per layer. {_default(ModelConfig, 'hidden_size')}", rich_help_panel=MODEL, show_default=False)] = None,
+    embed_size: Annotated[Optional[int], typer.Option(
+        help="Character embedding size. \\[default: the hidden size]", rich_help_panel=MODEL, show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option(
+        help=f"Dropout on the embedding, between layers and before the output. {_default(ModelConfig, 'dropout')}",
+        rich_help_panel=MODEL, show_default=False)] = None,
+    tie_weights: Annotated[Optional[bool], typer.Option(
+        "--tie-weights/--no-tie-weights", help="Share the embedding and output matrices (sizes must match). \\[default: no]",
+        rich_help_panel=MODEL, show_default=False)] = None,
+    # data
+    bytes_mode: Annotated[bool, typer.Option(
+        "--bytes", help="Byte-level vocabulary of 256: accepts any file, including invalid UTF-8.",
+        rich_help_panel=DATA)] = False,
+    val_frac: Annotated[Optional[float], typer.Option(
+        help=f"Fraction at the end of the text held out for validation. {_default(TrainConfig, 'val_frac')}",
+        rich_help_panel=DATA, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help=f"Contiguous streams trained side by side. {_default(TrainConfig, 'batch_size')}",
+        rich_help_panel=DATA, show_default=False)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(
+        help=f"Truncated-BPTT window; the hidden state carries across windows. {_default(TrainConfig, 'seq_len')}",
+        rich_help_panel=DATA, show_default=False)] = None,
+    carry_state: Annotated[Optional[bool], typer.Option(
+        "--carry-state/--no-carry-state", help="Carry the hidden state from window to window (off: an ablation). "
+        "\\[default: carry]", rich_help_panel=DATA, show_default=False)] = None,
+    # optimisation
+    lr: Annotated[Optional[float], typer.Option(
+        help=f"Peak learning rate (AdamW). {_default(TrainConfig, 'lr')}", rich_help_panel=OPTIM, show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help=f"AdamW weight decay on matrices. {_default(TrainConfig, 'weight_decay')}", rich_help_panel=OPTIM,
+        show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(
+        help=f"Clip the global gradient norm to this; 0 turns it off. {_default(TrainConfig, 'grad_clip')}",
+        rich_help_panel=OPTIM, show_default=False)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(
+        help="Learning-rate schedule after warm-up: cosine decay over the training budget, halving on a "
+             f"validation plateau, or constant. {_default(TrainConfig, 'schedule')}", rich_help_panel=OPTIM,
+        show_default=False)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(
+        help=f"Linear warm-up steps. {_default(TrainConfig, 'warmup_steps')}", rich_help_panel=OPTIM,
+        show_default=False)] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(
+        help=f"Cosine decays to lr x this. {_default(TrainConfig, 'min_lr_ratio')}", rich_help_panel=OPTIM,
+        show_default=False)] = None,
+    # stopping
+    epochs: Annotated[Optional[float], typer.Option(
+        help=f"Stop after this many passes over the training text. \\[default: {TrainConfig.DEFAULT_EPOCHS:g} when no "
+             "other limit is given]", rich_help_panel=STOP, show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.",
+                                                     rich_help_panel=STOP, show_default=False)] = None,
+    max_time: Annotated[Optional[str], typer.Option(
+        help="Stop after this much training time, e.g. 90s, 10m, 2h, 1h30m. The learning-rate schedule "
+             "spans whichever limit comes first.", rich_help_panel=STOP, show_default=False)] = None,
+    # run and checkpoints
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run directory. \\[default: runs/CORPUS-NAME, numbered so no run is overwritten]",
+        rich_help_panel=RUN, show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.", rich_help_panel=RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue this run directory from its last.pt, towards the limits it was started with "
+             "(a new --epochs/--max-steps/--max-time extends them).", rich_help_panel=RUN, show_default=False)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(
+        help=f"Evaluate on the whole validation text every N steps (and at the end), saving checkpoints. "
+             f"{_default(TrainConfig, 'eval_every')}", rich_help_panel=RUN, show_default=False)] = None,
+    save_every: Annotated[Optional[str], typer.Option(
+        help="Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at "
+             "evaluations and the end. \\[default: 10m]", rich_help_panel=RUN, show_default=False)] = None,
+    log_every: Annotated[Optional[int], typer.Option(
+        help=f"Log training loss and speed every N steps. {_default(TrainConfig, 'log_every')}", rich_help_panel=RUN,
+        show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. {_default(TrainConfig, 'seed')}",
+                                                rich_help_panel=RUN, show_default=False)] = None,
+    device: Annotated[Optional[Device], typer.Option(
+        help="Where to train; auto picks CUDA, then MPS, then the CPU. \\[default: auto]", rich_help_panel=RUN,
+        show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.",
+                                        rich_help_panel=RUN)] = False,
+) -> None:
+    """Train a model on CORPUS, writing a run directory with checkpoints and metrics."""
+    console = _stderr()
+    train_options = {
+        "val_frac": val_frac, "batch_size": batch_size, "seq_len": seq_len, "carry_state": carry_state,
+        "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip,
+        "schedule": schedule.value if schedule else None, "warmup_steps": warmup_steps,
+        "min_lr_ratio": min_lr_ratio, "epochs": epochs, "max_steps": max_steps,
+        "max_time": parse_duration(max_time) if max_time is not None else None,
+        "eval_every": eval_every, "log_every": log_every, "seed": seed,
+        "device": device.value if device else None,
+    }
+    given = {k: v for k, v in train_options.items() if v is not None}
+    if save_every is not None:  # "0" legitimately sets both to None
+        given["save_every_steps"], given["save_every_seconds"] = parse_save_every(save_every)
+    model_options = {
+        "cell": cell.value if cell else None, "num_layers": layers, "hidden_size": hidden_size,
+        "embed_size": embed_size, "dropout": dropout, "tie_weights": tie_weights,
+    }
+    model_given = {k: v for k, v in model_options.items() if v is not None}
+    events = ConsoleTrainEvents(console, quiet=quiet)
+    stop = _StopFlag()
+    stop.install()
+    if resume is not None:
+        if out is not None and Path(out).resolve() != resume.resolve():
+            raise CharnnError("--resume continues a run in place; --out cannot name another directory")
+        overrides = dict(given, model=model_given)
+        if bytes_mode:
+            overrides["vocab_mode"] = "byte"
+        trainer = resume_training(resume, overrides, corpus_paths=corpus or None, events=events, should_stop=stop)
+    else:
+        if not corpus:
+            raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
+        if "hidden_size" in model_given and "embed_size" not in model_given:
+            model_given["embed_size"] = model_given["hidden_size"]
+        config = TrainConfig(**given).validate()
+        if config.device != "auto":
+            resolve_device(config.device)  # fail before reading a large corpus
+        trainer = start_training(corpus, model_given, config, vocab_mode="byte" if bytes_mode else "char",
+                                 out=out, overwrite=overwrite, events=events, should_stop=stop)
+    try:
+        result = trainer.run()
+    finally:
+        events.close(trainer)
+    state = result.state
+    if result.stop_reason == "interrupted":
+        name = "SIGTERM" if stop.signum == signal.SIGTERM else "SIGINT"
+        _say(console, f"stopped by {name} at step {state.step:,}; saved {result.run_dir / 'last.pt'}")
+        _say(console, f"resume with: charnn train --resume {result.run_dir}")
+        raise typer.Exit(143 if stop.signum == signal.SIGTERM else 130)
+    best = state.best_val_loss
+    _say(console, f"done ({result.stop_reason.replace('_', '-')}): {state.step:,} steps, best validation loss "
+                  f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc); model in {result.run_dir}", quiet=quiet)
+
+
+def _say(console: Console, text: str, quiet: bool = False, style: str | None = None) -> None:
+    if not quiet:
+        console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+def _unescape(text: str) -> str:
+    """'\\n', '\\t', '\\0' and '\\\\' in a separator typed on the command line."""
+    out, i = [], 0
+    table = {"n": "\n", "t": "\t", "0": "\0", "r": "\r", "\\": "\\"}
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+class _PipeClosed(Exception):
+    """The reader of stdout went away (`charnn sample | head`): stop quietly."""
+
+
+class _Output:
+    """Writes bytes to stdout, flushing often enough to stream but not on every character."""
+
+    def __init__(self, stream=None, interval: float = 0.05):
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.interval = interval
+        self.last_flush = time.monotonic()
+
+    def write(self, data: bytes, force_flush: bool = False) -> None:
+        try:
+            self.stream.write(data)
+            now = time.monotonic()
+            if force_flush or now - self.last_flush >= self.interval:
+                self.stream.flush()
+                self.last_flush = now
+        except BrokenPipeError:
+            raise _PipeClosed from None
+
+    def flush(self) -> None:
+        self.write(b"", force_flush=True)
+
+
+def _quiet_broken_pipe() -> None:
+    """After the reader closed stdout, point it at /dev/null so the final flush at exit cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _load(model: str | None, device_name: str):
+    checkpoint = resolve_checkpoint(model)
+    net, vocab = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    return checkpoint, net.to(resolve_device(device_name)), vocab
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def sample(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Run directory (its best.pt) or checkpoint file. \\[default: the newest run]", show_default=False)] = None,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate (bytes with a byte-level model).")] = 1000,
+    temp: Annotated[float, typer.Option("--temp", "-t", help="Temperature: below 1 is safer, above 1 wilder, 0 is greedy.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.",
+                                                 show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option(
+        help="Sample only from the most likely characters whose probabilities add up to p (nucleus).",
+        show_default=False)] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text to start from; it warms up the state.",
+                                                 show_default=False)] = None,
+    prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file (- for stdin).",
+                                                      show_default=False)] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Leave out prime characters the model has never seen instead of failing.")] = False,
+    echo_prime: Annotated[bool, typer.Option("--echo-prime/--no-prime-echo",
+                                             help="Print the prime before the continuation.")] = True,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = 1,
+    separator: Annotated[str, typer.Option(help="Printed between samples (\\n, \\t and \\0 are understood).")] = "\\n\\n",
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text. \\[default: random]",
+                                                show_default=False)] = None,
+    device: Annotated[Device, typer.Option(help="Where to sample.")] = Device.auto,
+) -> None:
+    """Generate text from a trained model and stream it to stdout."""
+    if length < 0:
+        raise CharnnError(f"--length must be >= 0, not {length}")
+    if num_samples < 1:
+        raise CharnnError(f"--num-samples must be at least 1, not {num_samples}")
+    config = SamplingConfig(temperature=temp, top_k=top_k, top_p=top_p)
+    config.validate(vocab_size=1 << 30)
+    if prime is not None and prime_file is not None:
+        raise CharnnError("give --prime or --prime-file, not both")
+    prime_bytes = None
+    if prime_file is not None:
+        prime_bytes = _read_prime_file(prime_file)
+    elif prime is not None:
+        prime_bytes = prime.encode("utf-8", "surrogateescape")
+    _, net, vocab = _load(model, device.value)
+    if prime_bytes:
+        prime_ids = vocab.encode(prime_bytes, unknown="drop" if drop_unknown else "error")
+        if len(prime_ids) == 0:
+            raise CharnnError("no prime characters are in the model's vocabulary")
+        shown_prime = vocab.decode_bytes(prime_ids) if echo_prime else b""
+    else:
+        prime_ids, shown_prime = default_prime(vocab), b""
+    output = _Output()
+    sep = _unescape(separator).encode("utf-8", "surrogateescape")
+    try:
+        output.write(shown_prime)
+        rest: list[list[int]] = [[] for _ in range(num_samples - 1)]
+        for ids in generate(net, prime_ids, length, config, num_samples=num_samples, seed=seed):
+            ids = ids.tolist()
+            output.write(vocab.decode_bytes(ids[:1]))
+            for bucket, token in zip(rest, ids[1:]):
+                bucket.append(token)
+        for bucket in rest:
+            output.write(sep + shown_prime + vocab.decode_bytes(bucket))
+        if length and sys.stdout.isatty():
+            output.write(b"\n")
+        output.flush()
+    except _PipeClosed:
+        _quiet_broken_pipe()
+
+
+def _read_prime_file(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CharnnError(f"--prime-file {path}: no such file") from None
+    except OSError as err:
+        raise CharnnError(f"--prime-file {path}: cannot read ({err.strerror or err})") from None
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+@app.command("eval", epilog=EXIT_CODES_HELP)
+def eval_command(
+    paths: Annotated[Optional[list[str]], typer.Argument(
+        help="[RUN_DIR_OR_CHECKPOINT] FILE...: text to score (- for stdin). With no file, the run's own "
+             "validation text. With no model, the newest run.", show_default=False, metavar="[MODEL] [FILE]...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
+                                                 show_default=False)] = None,
+    device: Annotated[Device, typer.Option(help="Where to evaluate.")] = Device.auto,
+) -> None:
+    """Score text with a model: characters, loss (nats/char), bits per character and perplexity.
+
+    Characters the model has never seen are left out of the text (not fed, not scored) and counted.
+    """
+    paths = list(paths or [])
+    if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
+        model = paths.pop(0)
+    checkpoint, net, vocab = _load(model, device.value)
+    unknown = 0
+    if paths:
+        corpus = read_corpus(paths)
+        tokens, unknown = vocab.encode_bytes(corpus.data, describe_offset=corpus.describe_offset)
+        sources = [s for s in corpus.sources]
+        what = "files"
+    else:
+        run_dir = checkpoint.parent
+        if not is_run_dir(run_dir) or not (run_dir / "tokens.npy").is_file():
+            raise CharnnError(f"{checkpoint}: no text given and no run validation text beside the checkpoint",
+                              hint="name a file to evaluate")
+        payload_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        _, tokens = split_train_val(load_tokens(run_dir), payload_config["train"]["val_frac"])
+        sources = [f"{run_dir} (validation split)"]
+        what = "validation"
+    if len(tokens) < 2:
+        raise CharnnError("nothing to score: the text has fewer than 2 characters the model knows")
+    result: EvalResult = evaluate(net, tokens)
+    report = {
+        "loss": result.loss,
+        "bpc": result.bpc,
+        "perplexity": result.perplexity,
+        "chars": result.chars,
+        "unknown_chars": unknown,
+        "unknown_policy": "skipped: left out of the text, neither fed to the model nor scored",
+        "checkpoint": str(checkpoint),
+        "sources": sources,
+        "text": what,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(title=f"charnn eval: {checkpoint}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("characters scored", f"{result.chars:,}")
+    table.add_row("loss (nats/char)", f"{result.loss:.4f}")
+    table.add_row("bits per character", f"{result.bpc:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.3f}")
+    table.add_row("unknown characters", f"{unknown:,} (skipped: neither fed nor scored)")
+    _stderr().print(table)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"charnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train character-level LSTM/GRU language models on any text, sample from them, evaluate them."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns every failure into one line on stderr and an exit code."""
+    console = _stderr()
+    try:
+        result = app(args=argv, prog_name="charnn", standalone_mode=False)
+    except CharnnError as err:
+        _say(console, f"charnn: error: {err}", style="red")
+        return 1
+    except click_exceptions.NoArgsIsHelpError:
+        return 2  # the help has been shown
+    except click_exceptions.UsageError as err:
+        command = f"charnn {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "charnn --help"
+        if err.ctx and err.ctx.command_path:
+            command = f"{err.ctx.command_path} --help"
+        _say(console, f"charnn: usage error: {err.format_message()} (see '{command}')", style="red")
+        return 2
+    except click_exceptions.ClickException as err:
+        _say(console, f"charnn: error: {err.format_message()}", style="red")
+        return err.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _say(console, "charnn: interrupted")
+        return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+    except Exception as err:  # a bug, not a user error: one line, and the traceback on request
+        if os.environ.get("CHARNN_DEBUG"):
+            raise
+        _say(console, f"charnn: internal error: {type(err).__name__}: {err} (set CHARNN_DEBUG=1 for the traceback)",
+             style="red")
+        return 1
+    return result if isinstance(result, int) else 0

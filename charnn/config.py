@@ -1,0 +1,155 @@
+"""Configuration: what a model is (ModelConfig) and how it is trained (TrainConfig).
+
+Both are plain dataclasses that round-trip through JSON and checkpoints as dicts.
+`validate()` turns every bad value into a CharnnError that names the option.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+
+from .errors import CharnnError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("cosine", "plateau", "constant")
+
+
+def _require(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise CharnnError(f"{option} {message}")
+
+
+def _known_fields(cls, data: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    num_layers: int = 2
+    hidden_size: int = 256
+    embed_size: int = 256
+    dropout: float = 0.1  # between layers, on the embedding and before the output layer
+    tie_weights: bool = False  # share embedding and output matrices; needs embed_size == hidden_size
+
+    def validate(self) -> ModelConfig:
+        _require(self.vocab_size >= 1, "vocab_size", "must be at least 1")
+        _require(self.cell in CELLS, "--cell", f"must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        _require(self.num_layers >= 1, "--layers", f"must be at least 1, not {self.num_layers}")
+        _require(self.hidden_size >= 1, "--hidden-size", f"must be at least 1, not {self.hidden_size}")
+        _require(self.embed_size >= 1, "--embed-size", f"must be at least 1, not {self.embed_size}")
+        _require(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), not {self.dropout}")
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise CharnnError(
+                f"--tie-weights needs --embed-size equal to --hidden-size "
+                f"(got {self.embed_size} and {self.hidden_size})"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    batch_size: int = 32  # number of contiguous streams trained side by side
+    seq_len: int = 128  # truncated-BPTT window; state still flows across windows
+    val_frac: float = 0.1  # last 10% is validation, as nanoGPT's shakespeare_char
+    carry_state: bool = True  # False resets the hidden state every window (an ablation)
+    # optimisation
+    lr: float = 2e-3
+    weight_decay: float = 0.01  # on matrices only, never on biases
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 turns it off
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    # stopping: whichever comes first; with none given, `epochs` applies
+    epochs: float | None = None
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    # cadence
+    eval_every: int = 500  # steps; also at the end
+    save_every_steps: int | None = None  # besides every evaluation and the end
+    save_every_seconds: float | None = 600.0
+    log_every: int = 50
+    # reproducibility and hardware
+    seed: int = 1337
+    device: str = "auto"
+
+    DEFAULT_EPOCHS = 10.0
+
+    def validate(self) -> TrainConfig:
+        for option, value in (("--batch-size", self.batch_size), ("--seq-len", self.seq_len),
+                              ("--eval-every", self.eval_every), ("--log-every", self.log_every)):
+            _require(value >= 1, option, f"must be at least 1, not {value}")
+        _require(0.0 < self.val_frac < 1.0, "--val-frac", f"must be in (0, 1), not {self.val_frac}")
+        _require(math.isfinite(self.lr) and self.lr > 0, "--lr", f"must be positive, not {self.lr}")
+        _require(self.weight_decay >= 0, "--weight-decay", f"must be >= 0, not {self.weight_decay}")
+        _require(self.grad_clip >= 0, "--grad-clip", f"must be >= 0 (0 turns clipping off), not {self.grad_clip}")
+        _require(self.schedule in SCHEDULES, "--schedule",
+                 f"must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        _require(self.warmup_steps >= 0, "--warmup-steps", f"must be >= 0, not {self.warmup_steps}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio", f"must be in [0, 1], not {self.min_lr_ratio}")
+        if self.epochs is not None:
+            _require(self.epochs > 0, "--epochs", f"must be positive, not {self.epochs}")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, "--max-steps", f"must be at least 1, not {self.max_steps}")
+        if self.max_time is not None:
+            _require(self.max_time > 0, "--max-time", "must be positive")
+        if self.save_every_steps is not None:
+            _require(self.save_every_steps >= 1, "--save-every", "must be positive")
+        if self.save_every_seconds is not None:
+            _require(self.save_every_seconds > 0, "--save-every", "must be positive")
+        _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        return self
+
+    @property
+    def stop_epochs(self) -> float | None:
+        """The epoch limit in force: the given one, or the default when no stop condition is set."""
+        if self.epochs is None and self.max_steps is None and self.max_time is None:
+            return self.DEFAULT_EPOCHS
+        return self.epochs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return cls(**_known_fields(cls, data))
+
+
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, option: str = "--max-time") -> float:
+    """'90' or '90s' -> 90.0, '10m' -> 600.0, '2h' -> 7200.0, '1.5d' -> 129600.0; also '1h30m'."""
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", text.strip(), re.IGNORECASE)
+    joined = "".join(n + u for n, u in parts)
+    if not parts or joined.lower() != re.sub(r"\s+", "", text).lower() or (
+        len(parts) > 1 and any(u == "" for _, u in parts)
+    ):
+        raise CharnnError(f"{option} must be a duration like 90s, 10m, 2h or 1h30m, not {text!r}")
+    seconds = sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise CharnnError(f"{option} must be a positive duration, not {text!r}")
+    return seconds
+
+
+def parse_save_every(text: str) -> tuple[int | None, float | None]:
+    """'1000' -> every 1000 steps; '10m' -> every 10 minutes; '0' or 'off' -> only at evaluations."""
+    text = text.strip().lower()
+    if text in ("0", "off", "none"):
+        return None, None
+    if text.isdigit():
+        return int(text), None
+    return None, parse_duration(text, option="--save-every")

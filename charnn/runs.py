@@ -1,0 +1,256 @@
+"""Runs: a directory per training run, the newest one remembered, and starting or resuming training.
+
+A run directory holds:
+    config.json     model, training and corpus settings, for people and tools
+    metrics.jsonl   one JSON object per log line and per evaluation
+    tokens.npy      the encoded corpus, so a resume needs neither the files nor stdin again
+    last.pt         everything needed to resume (weights, optimiser, schedule, RNG, data position)
+    best.pt         the weights with the lowest validation loss, for sampling and evaluation
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, write_json
+from .config import ModelConfig, TrainConfig
+from .corpus import Corpus, read_corpus
+from .data import check_split_sizes, split_train_val
+from .errors import CharnnError
+from .train import Trainer, TrainEvents
+from .vocab import Vocab
+
+RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
+LATEST_FILE = "latest"
+RUN_FILES = ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt")
+# options that may change when resuming; every other one is fixed by the run
+RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "save_every_steps",
+                     "save_every_seconds", "log_every", "device")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+
+
+# --- finding runs and checkpoints -------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in ("config.json", "last.pt", "best.pt"))
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """A run directory, a .pt file, or any file that starts like a torch.save archive."""
+    if is_run_dir(path):
+        return True
+    if path.suffix == ".pt":
+        return True
+    if path.is_file():
+        with open(path, "rb") as f:
+            return f.read(4) == _ZIP_MAGIC
+    return False
+
+
+def remember_latest(run_dir: Path, root: Path | None = None) -> None:
+    root = root or runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / LATEST_FILE).write_text(str(run_dir.resolve()) + "\n", encoding="utf-8")
+
+
+def latest_run(root: Path | None = None) -> Path:
+    root = root or runs_root()
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        remembered = Path(pointer.read_text(encoding="utf-8").strip())
+        if is_run_dir(remembered):
+            return remembered
+    candidates = [p for p in root.iterdir() if is_run_dir(p)] if root.is_dir() else []
+    if not candidates:
+        raise CharnnError(
+            f"no trained model found under {root}/",
+            hint="train one with `charnn train CORPUS`, or name a run directory or checkpoint",
+        )
+    return max(candidates, key=lambda p: max((p / n).stat().st_mtime for n in RUN_FILES if (p / n).exists()))
+
+
+def resolve_checkpoint(model: str | Path | None, prefer: str = "best") -> Path:
+    """The checkpoint a sample/eval command should load: a file as given, or a run's best (else last)."""
+    path = latest_run() if model is None else Path(model)
+    if path.is_dir():
+        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in order:
+            if (path / name).is_file():
+                return path / name
+        if is_run_dir(path):
+            raise CharnnError(f"{path}: run has no checkpoint yet", hint="wait for the first evaluation or save")
+        raise CharnnError(f"{path}: not a run directory (no config.json, last.pt or best.pt)")
+    if not path.exists():
+        raise CharnnError(f"{path}: no such run directory or checkpoint")
+    return path
+
+
+# --- run directories --------------------------------------------------------------------------
+
+
+def new_run_dir(name: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """A fresh run directory: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one."""
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CharnnError(f"--out {run_dir}: exists and is not a directory")
+        if is_run_dir(run_dir):
+            if not overwrite:
+                raise CharnnError(f"--out {run_dir}: already holds a run",
+                                  hint="use --resume to continue it, --overwrite to replace it, or another --out")
+            for file in RUN_FILES:
+                (run_dir / file).unlink(missing_ok=True)
+    else:
+        root = runs_root()
+        run_dir = root / name
+        n = 2
+        while run_dir.exists():
+            run_dir = root / f"{name}-{n}"
+            n += 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def save_tokens(run_dir: Path, tokens: np.ndarray) -> None:
+    tmp = run_dir / ".tokens.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, tokens)
+    os.replace(tmp, run_dir / "tokens.npy")
+
+
+def load_tokens(run_dir: Path) -> np.ndarray:
+    path = run_dir / "tokens.npy"
+    if not path.is_file():
+        raise CharnnError(f"{run_dir}: run has no tokens.npy; cannot resume without the encoded corpus")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise CharnnError(f"{path}: damaged ({err})") from None
+
+
+# --- encoding a corpus ------------------------------------------------------------------------
+
+
+def encode_corpus(corpus: Corpus, vocab_mode: str = "char") -> tuple[Vocab, np.ndarray]:
+    """Build the vocabulary from the text and encode it (raises CharnnError on invalid UTF-8)."""
+    vocab = Vocab.from_data(corpus.data, mode=vocab_mode, describe_offset=corpus.describe_offset)
+    tokens, _ = vocab.encode_bytes(corpus.data)
+    return vocab, tokens
+
+
+# --- starting and resuming training ------------------------------------------------------------
+
+
+def start_training(
+    corpus_paths: Sequence[str],
+    model_options: dict,
+    config: TrainConfig,
+    vocab_mode: str = "char",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    events: TrainEvents | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    stdin=None,
+) -> Trainer:
+    """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`."""
+    config.validate()
+    corpus = read_corpus(corpus_paths, stdin=stdin)
+    vocab, tokens = encode_corpus(corpus, vocab_mode)
+    model_config = ModelConfig(vocab_size=vocab.size, **model_options).validate()
+    train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
+    check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
+    corpus_info = {
+        "sources": [os.path.abspath(s) if s != "-" else "-" for s in corpus.sources],
+        "fingerprint": corpus.fingerprint,
+        "bytes": len(corpus.data),
+        "tokens": int(len(tokens)),
+        "train_tokens": int(len(train_tokens)),
+        "val_tokens": int(len(val_tokens)),
+    }
+    run_dir = new_run_dir(corpus.name, out, overwrite)
+    trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
+                      events=events, should_stop=should_stop, extra={"corpus": corpus_info})
+    save_tokens(run_dir, tokens)
+    write_json(run_dir / "config.json", {
+        "model": model_config.to_dict(),
+        "train": config.to_dict(),
+        "vocab": vocab.to_dict(),
+        "corpus": corpus_info,
+        "parameters": trainer.model.num_parameters(),
+    })
+    remember_latest(run_dir)
+    return trainer
+
+
+def resume_training(
+    run_dir: str | Path,
+    overrides: dict | None = None,
+    corpus_paths: Sequence[str] | None = None,
+    events: TrainEvents | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+    stdin=None,
+) -> Trainer:
+    """A Trainer that continues `run_dir` from its last.pt, exactly where it stopped.
+
+    `overrides` may change only the stop conditions, cadence and device; any other
+    option that differs from the run's is an error, as is a corpus other than the run's.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CharnnError(f"--resume {run_dir}: no such run directory")
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise CharnnError(f"--resume {run_dir}: run has no last.pt to resume from")
+    payload = load_checkpoint(last)
+    if "train_state" not in payload or "train_config" not in payload:
+        raise CharnnError(f"{last}: checkpoint holds no training state to resume from")
+    model_config = ModelConfig.from_dict(payload["model_config"])
+    vocab = Vocab.from_dict(payload["vocab"])
+    saved = TrainConfig.from_dict(payload["train_config"])
+    overrides = dict(overrides or {})
+    for key in list(overrides):
+        if key in ("model", "vocab_mode"):
+            continue
+        if key not in RESUMABLE_OPTIONS and overrides[key] != getattr(saved, key):
+            flag = "--" + key.replace("_", "-")
+            raise CharnnError(f"--resume: {flag} {overrides[key]} contradicts the run's {getattr(saved, key)}",
+                              hint="leave it out to keep the run's setting, or start a new run")
+    for key, value in (overrides.pop("model", None) or {}).items():
+        if value != getattr(model_config, key):
+            flag = "--" + key.replace("_", "-").replace("num-layers", "layers")
+            raise CharnnError(f"--resume: {flag} {value} contradicts the run's {getattr(model_config, key)}",
+                              hint="the architecture is fixed when a run starts")
+    vocab_mode = overrides.pop("vocab_mode", None)
+    if vocab_mode is not None and vocab_mode != vocab.mode:
+        raise CharnnError(f"--resume: the run uses a {vocab.mode}-level vocabulary, not {vocab_mode}-level")
+    config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS}).validate()
+    tokens = load_tokens(run_dir)
+    corpus_info = payload.get("corpus", {})
+    if corpus_paths:
+        corpus = read_corpus(corpus_paths, stdin=stdin)
+        if corpus.fingerprint != corpus_info.get("fingerprint"):
+            raise CharnnError(f"--resume {run_dir}: the corpus given is not the one this run was trained on",
+                              hint="leave the corpus out: the run keeps its own encoded copy")
+    if len(tokens) != corpus_info.get("tokens", len(tokens)) or (
+            len(tokens) and int(np.max(tokens)) >= vocab.size):
+        raise CharnnError(f"{run_dir}: tokens.npy does not match the run's vocabulary or corpus")
+    train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
+    trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
+                      events=events, should_stop=should_stop, extra={"corpus": corpus_info})
+    try:
+        trainer.restore(payload)
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise CharnnError(f"{last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
+    remember_latest(run_dir)
+    return trainer
+

@@ -1,0 +1,186 @@
+"""Vocabulary: characters (default) or bytes, and vectorised encoding/decoding.
+
+Encoding never loops in Python per character: text is turned into code points
+with the codec machinery, then mapped to ids through a numpy lookup table.
+Large inputs are processed in chunks so memory stays a small multiple of the
+input size.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Literal
+
+import numpy as np
+
+from .errors import CharnnError
+
+Mode = Literal["char", "byte"]
+_CHUNK_BYTES = 1 << 24  # 16 MiB of input at a time keeps the UTF-32 copy at 64 MiB
+_NO_ID = -1
+
+
+def smallest_dtype(size: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise ValueError(f"vocabulary of {size} does not fit in 32 bits")
+
+
+def _code_point_chunks(data: bytes, describe_offset=None) -> Iterator[np.ndarray]:
+    """Yield the Unicode code points of UTF-8 `data`, chunk by chunk, as uint32 arrays."""
+    if data.isascii():  # the common case: bytes are code points, no decoding needed
+        for start in range(0, len(data), _CHUNK_BYTES):
+            yield np.frombuffer(data, dtype=np.uint8, count=min(_CHUNK_BYTES, len(data) - start), offset=start)
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    view = memoryview(data)
+    for start in range(0, len(data), _CHUNK_BYTES):
+        end = min(start + _CHUNK_BYTES, len(data))
+        pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
+        try:
+            text = decoder.decode(view[start:end], final=end == len(data))
+        except UnicodeDecodeError as err:
+            offset = start - pending + err.start
+            where = describe_offset(offset) if describe_offset else f"byte {offset}"
+            raise CharnnError(
+                f"{where}: not valid UTF-8", hint="train with --bytes for a byte-level model that accepts any file"
+            ) from None
+        yield np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Maps tokens to ids. Char mode: `chars` sorted by code point, id = index. Byte mode: id = byte."""
+
+    mode: Mode = "char"
+    chars: str = ""
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def byte_level(cls) -> Vocab:
+        return cls(mode="byte")
+
+    @classmethod
+    def from_data(cls, data: bytes, mode: Mode = "char", describe_offset=None) -> Vocab:
+        """The vocabulary of `data`; in char mode, invalid UTF-8 is a CharnnError."""
+        if mode == "byte":
+            return cls.byte_level()
+        seen = np.zeros(0, dtype=bool)
+        for points in _code_point_chunks(data, describe_offset):
+            counts = np.bincount(points)
+            if len(counts) > len(seen):
+                seen = np.concatenate([seen, np.zeros(len(counts) - len(seen), dtype=bool)])
+            seen[: len(counts)] |= counts > 0
+        return cls(mode="char", chars="".join(map(chr, np.flatnonzero(seen))))
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return 256 if self.mode == "byte" else len(self.chars)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return smallest_dtype(self.size)
+
+    @cached_property
+    def _lookup(self) -> np.ndarray:
+        """Code point -> id, with one extra slot at the end for every code point beyond the vocabulary."""
+        points = np.frombuffer(self.chars.encode("utf-32-le"), dtype="<u4")
+        table = np.full(int(points.max(initial=0)) + 2, _NO_ID, dtype=np.int64)
+        table[points] = np.arange(len(points))
+        return table
+
+    @cached_property
+    def _char_array(self) -> np.ndarray:
+        return np.array(list(self.chars), dtype="U1")  # stored as UCS-4, so .tobytes() is UTF-32
+
+    @cached_property
+    def _char_bytes(self) -> list[bytes]:
+        return [c.encode("utf-8", "surrogatepass") for c in self.chars]
+
+    def token_text(self, token_id: int) -> str:
+        """A readable form of one token, for messages."""
+        if self.mode == "byte":
+            return repr(bytes([token_id]))[2:-1]
+        return repr(self.chars[token_id])[1:-1]
+
+    # --- encoding -----------------------------------------------------------------------
+
+    def _map_points(self, points: np.ndarray) -> np.ndarray:
+        table = self._lookup
+        return table[np.minimum(points, len(table) - 1)]
+
+    def encode_bytes(self, data: bytes, describe_offset=None) -> tuple[np.ndarray, int]:
+        """Encode UTF-8 (char mode) or raw (byte mode) data; unknown characters are dropped.
+
+        Returns (ids, number of unknown characters dropped). ids use `self.dtype`.
+        """
+        if self.mode == "byte":
+            return np.frombuffer(data, dtype=np.uint8).copy(), 0
+        parts = []
+        unknown = 0
+        for points in _code_point_chunks(data, describe_offset):
+            ids = self._map_points(points)
+            known = ids != _NO_ID
+            if not known.all():
+                unknown += int((~known).sum())
+                ids = ids[known]
+            parts.append(ids.astype(self.dtype))
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+        return ids, unknown
+
+    def encode(self, text: str | bytes, unknown: Literal["error", "drop"] = "error") -> np.ndarray:
+        """Encode a short text such as a prime. Unknown characters raise CharnnError or are dropped."""
+        if self.mode == "byte":
+            data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+            return np.frombuffer(data, dtype=np.uint8).copy()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "surrogateescape")
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        ids = self._map_points(points)
+        missing = ids == _NO_ID
+        if missing.any():
+            if unknown == "error":
+                names = sorted({text[i] for i in np.flatnonzero(missing)})
+                shown = ", ".join(repr(c) for c in names[:10]) + (" ..." if len(names) > 10 else "")
+                raise CharnnError(f"{len(names)} character(s) not in the model's vocabulary: {shown}",
+                                  hint="use --drop-unknown to leave them out")
+            ids = ids[~missing]
+        return ids.astype(self.dtype)
+
+    # --- decoding -----------------------------------------------------------------------
+
+    def decode_bytes(self, ids) -> bytes:
+        """ids -> UTF-8 bytes (char mode) or the raw bytes (byte mode)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if self.mode == "byte":
+            return ids.astype(np.uint8).tobytes()
+        table = self._char_bytes
+        return b"".join(table[i] for i in ids)
+
+    def decode(self, ids) -> str:
+        """ids -> text; in byte mode, bytes that are not UTF-8 become U+FFFD."""
+        if self.mode == "byte":
+            return self.decode_bytes(ids).decode("utf-8", "replace")
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        return self._char_array[ids].tobytes().decode("utf-32-le")
+
+    # --- persistence --------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        mode = data.get("mode")
+        if mode not in ("char", "byte"):
+            raise ValueError(f"unknown vocabulary mode {mode!r}")
+        return cls(mode=mode, chars=str(data.get("chars", "")) if mode == "char" else "")
