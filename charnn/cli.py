@@ -91,10 +91,16 @@ class _StopFlag:
 
     def __init__(self):
         self.signum: int | None = None
+        self._previous: dict = {}
 
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self) -> _StopFlag:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -214,29 +220,12 @@ def train(
     }
     model_given = {k: v for k, v in model_options.items() if v is not None}
     events = ConsoleTrainEvents(console, quiet=quiet)
-    stop = _StopFlag()
-    stop.install()
-    if resume is not None:
-        if out is not None and Path(out).resolve() != resume.resolve():
-            raise CharnnError("--resume continues a run in place; --out cannot name another directory")
-        overrides = dict(given, model=model_given)
-        if bytes_mode:
-            overrides["vocab_mode"] = "byte"
-        trainer = resume_training(resume, overrides, corpus_paths=corpus or None, events=events, should_stop=stop)
-    else:
-        if not corpus:
-            raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
-        if "hidden_size" in model_given and "embed_size" not in model_given:
-            model_given["embed_size"] = model_given["hidden_size"]
-        config = TrainConfig(**given).validate()
-        if config.device != "auto":
-            resolve_device(config.device)  # fail before reading a large corpus
-        trainer = start_training(corpus, model_given, config, vocab_mode="byte" if bytes_mode else "char",
-                                 out=out, overwrite=overwrite, events=events, should_stop=stop)
-    try:
-        result = trainer.run()
-    finally:
-        events.close(trainer)
+    with _StopFlag() as stop:
+        trainer = _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop)
+        try:
+            result = trainer.run()
+        finally:
+            events.close(trainer)
     state = result.state
     if result.stop_reason == "interrupted":
         name = "SIGTERM" if stop.signum == signal.SIGTERM else "SIGINT"
@@ -246,6 +235,25 @@ def train(
     best = state.best_val_loss
     _say(console, f"done ({result.stop_reason.replace('_', '-')}): {state.step:,} steps, best validation loss "
                   f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc); model in {result.run_dir}", quiet=quiet)
+
+
+def _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop):
+    if resume is not None:
+        if out is not None and Path(out).resolve() != resume.resolve():
+            raise CharnnError("--resume continues a run in place; --out cannot name another directory")
+        overrides = dict(given, model=model_given)
+        if bytes_mode:
+            overrides["vocab_mode"] = "byte"
+        return resume_training(resume, overrides, corpus_paths=corpus or None, events=events, should_stop=stop)
+    if not corpus:
+        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
+    if "hidden_size" in model_given and "embed_size" not in model_given:
+        model_given["embed_size"] = model_given["hidden_size"]
+    config = TrainConfig(**given).validate()
+    if config.device != "auto":
+        resolve_device(config.device)  # fail before reading a large corpus
+    return start_training(corpus, model_given, config, vocab_mode="byte" if bytes_mode else "char",
+                          out=out, overwrite=overwrite, events=events, should_stop=stop)
 
 
 def _say(console: Console, text: str, quiet: bool = False, style: str | None = None) -> None:

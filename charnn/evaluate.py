@@ -79,9 +79,9 @@ def evaluate(
         piece = n_targets // streams
         inputs = tokens[: streams * piece].view(streams, piece).t().long()  # (piece, S)
         targets = tokens[1 : streams * piece + 1].view(streams, piece).t().long()
-        hidden = model.init_hidden(1)
-        if streams > 1:
-            warm = min(burn_in, piece)
+        warm = min(burn_in, piece)
+        hidden = model.init_hidden(1 if warm else streams)
+        if streams > 1 and warm:
             starts = torch.arange(1, streams, device=device) * piece
             warm_idx = (starts.unsqueeze(0) - warm + torch.arange(warm, device=device).unsqueeze(1)).long()
             _, warm_hidden = model(tokens[warm_idx].long(), None)  # (warm, S-1) -> state at each piece start

@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from charnn import ModelConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SHAKESPEARE = REPO / "corpora" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    """Every test gets its own runs/ root, so 'the newest run' never leaks between tests."""
+    monkeypatch.setenv("CHARNN_RUNS_DIR", str(tmp_path / "runs"))
+    torch.manual_seed(0)
+
+
+def tiny_model_config(vocab_size: int, cell: str = "lstm", **overrides) -> ModelConfig:
+    options = dict(vocab_size=vocab_size, cell=cell, num_layers=1, hidden_size=32, embed_size=16, dropout=0.0)
+    options.update(overrides)
+    return ModelConfig(**options)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    options = dict(batch_size=8, seq_len=16, lr=1e-2, warmup_steps=10, eval_every=10_000, log_every=10,
+                   save_every_seconds=None, device="cpu", seed=0)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def run_cli(*args, input: bytes | None = None, cwd=None, env=None, timeout=120) -> subprocess.CompletedProcess:
+    """`python -m charnn ARGS` in a subprocess, as a user would run it."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("COLUMNS", "200")
+    return subprocess.run(
+        [sys.executable, "-m", "charnn", *map(str, args)],
+        input=input if input is not None else b"",
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )

@@ -1,0 +1,132 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from charnn import CharnnError, Trainer, Vocab, load_checkpoint, model_from_checkpoint, save_checkpoint, split_train_val
+from charnn.checkpoint import FORMAT, FORMAT_VERSION
+
+from conftest import tiny_model_config, tiny_train_config
+
+TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
+        "it was the age of foolishness.\n") * 40
+
+
+def make_trainer(run_dir, **overrides) -> Trainer:
+    vocab = Vocab.from_data(TEXT.encode())
+    tokens, _ = vocab.encode_bytes(TEXT.encode())
+    config = tiny_train_config(**overrides)
+    train, val = split_train_val(tokens, config.val_frac)
+    return Trainer(tiny_model_config(vocab.size, num_layers=2, dropout=0.2), config, vocab, train, val, run_dir)
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_round_trip_gives_identical_logits(tmp_path):
+    trainer = make_trainer(tmp_path / "run", max_steps=20)
+    trainer.run()
+    model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
+    ids = torch.as_tensor(vocab.encode("it was the age").astype(np.int64)).view(-1, 1)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids)[0], trainer.model(ids)[0])
+    assert vocab == trainer.vocab
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_checkpoint_holds_only_plain_data(tmp_path):
+    trainer = make_trainer(tmp_path / "run", max_steps=5)
+    trainer.run()
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert payload["format"] == FORMAT and payload["format_version"] == FORMAT_VERSION
+    assert {"model_config", "vocab", "model_state", "train_state", "train_config"} <= payload.keys()
+    train_state = payload["train_state"]
+    assert {"optimizer", "rng", "hidden", "progress"} <= train_state.keys()
+    assert train_state["progress"]["step"] == 5
+
+
+@pytest.mark.parametrize("stop_at", [7, 30, 37])  # mid-epoch, at the end of epoch 1, in epoch 2
+def test_resume_continues_the_step_count_and_loss_curve_exactly(tmp_path, stop_at):
+    straight = make_trainer(tmp_path / "straight", max_steps=45, log_every=1)
+    straight.run()
+
+    first = make_trainer(tmp_path / "resumed", max_steps=45, log_every=1)
+    first.should_stop = lambda: "interrupted" if first.state.step >= stop_at else None  # as Ctrl-C would
+    assert first.run().stop_reason == "interrupted"
+    second = make_trainer(tmp_path / "resumed", max_steps=45, log_every=1)
+    second.restore(load_checkpoint(tmp_path / "resumed" / "last.pt"))
+    assert second.state.step == stop_at
+    second.run()
+
+    assert second.state.step == 45 and second.state.epoch >= 1
+    assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", max_steps=5)
+    trainer.run()
+    path = tmp_path / "run" / "last.pt"
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        trainer.save()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 5
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_damaged_empty_and_foreign_files_are_clear_errors(tmp_path):
+    trainer = make_trainer(tmp_path / "run", max_steps=3)
+    trainer.run()
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+    cases = {
+        "truncated.pt": good[: len(good) // 2],
+        "empty.pt": b"",
+        "text.pt": b"just some text\n",
+        "foreign.pt": None,
+    }
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    for name, data in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(CharnnError) as err:
+            load_checkpoint(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "future.pt", {"model_config": {}, "vocab": {}, "model_state": {}})
+    payload = torch.load(tmp_path / "future.pt", weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CharnnError, match="newer"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        torch.save({"format": FORMAT, "format_version": 1, "x": _Exploit(str(marker))}, f, pickle_module=pickle)
+    with pytest.raises(CharnnError, match="refusing"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charnn import CharRNN, Stepper, detach_hidden
+from charnn.model import hidden_from_list, hidden_to_list
+
+from conftest import tiny_model_config
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_shapes_time_major(cell):
+    model = CharRNN(tiny_model_config(11, cell=cell, num_layers=2))
+    logits, hidden = model(torch.randint(0, 11, (7, 3)))
+    assert logits.shape == (7, 3, 11)
+    h = hidden[0] if cell == "lstm" else hidden
+    assert h.shape == (2, 3, 32)
+
+
+def test_weight_tying_shares_the_matrix():
+    model = CharRNN(tiny_model_config(11, embed_size=32, tie_weights=True))
+    assert model.head.weight is model.embedding.weight
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_carried_state_does_not_keep_the_previous_graph(cell):
+    """Truncated BPTT: window 2 backpropagates into its own window only.
+
+    If the carried state still referenced window 1's graph, backward through window 2
+    would try to run through window 1's graph again, whose buffers were already freed.
+    """
+    model = CharRNN(tiny_model_config(11, cell=cell, num_layers=2))
+    x1, x2 = torch.randint(0, 11, (2, 5, 4))
+    logits, hidden = model(x1)
+    logits.sum().backward()
+    carried = detach_hidden(hidden)
+    for h in carried if isinstance(carried, tuple) else (carried,):
+        assert h.grad_fn is None and not h.requires_grad
+    logits2, _ = model(x2, carried)
+    logits2.sum().backward()  # raises if the graph of window 1 were still attached
+
+    # ... while not detaching really would reach back into window 1:
+    model.zero_grad()
+    logits, hidden = model(x1)
+    logits.sum().backward()
+    logits2, _ = model(x2, hidden)
+    with pytest.raises(RuntimeError):
+        logits2.sum().backward()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_stepper_matches_the_model(cell, layers):
+    torch.manual_seed(1)
+    model = CharRNN(tiny_model_config(13, cell=cell, num_layers=layers, embed_size=8)).eval()
+    ids = torch.randint(0, 13, (12, 5))
+    with torch.no_grad():
+        want, want_hidden = model(ids)
+        stepper = Stepper(model)
+        state = stepper.state_from_hidden(model.init_hidden(5))
+        got = []
+        for t in range(12):
+            logits, state = stepper(ids[t], state)
+            got.append(logits)
+    torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-5)
+    got_hidden = stepper.hidden_from_state(state)
+    for a, b in zip(got_hidden if cell == "lstm" else [got_hidden], want_hidden if cell == "lstm" else [want_hidden]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_list_round_trip():
+    model = CharRNN(tiny_model_config(5))
+    _, hidden = model(torch.zeros(3, 2, dtype=torch.long))
+    back = hidden_from_list(hidden_to_list(hidden), "lstm", "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(hidden, back))
+    assert hidden_from_list([], "lstm", "cpu") is None
+
+
+def test_loss_is_cross_entropy_on_shifted_targets():
+    model = CharRNN(tiny_model_config(7))
+    ids = torch.randint(0, 7, (9, 2))
+    logits, _ = model(ids[:-1])
+    loss = F.cross_entropy(logits.reshape(-1, 7), ids[1:].reshape(-1))
+    assert 1.0 < loss.item() < 3.0  # about ln(7) = 1.95 at initialisation
