@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import save_checkpoint
+from .checkpoint import atomic_write, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import StreamBatches, as_tensor, epoch_offset
 from .device import resolve_device
@@ -180,12 +180,16 @@ class Trainer:
         self.hidden = hidden_from_list(train.get("hidden", []), self.model_config.cell, self.device)
         restore_rng_state(train["rng"], self.device)
         self._batches = self._epoch_batches(self.state.epoch)
+        self._forget_metrics_after(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------
 
     def _epoch_batches(self, epoch: int) -> StreamBatches:
-        offset = epoch_offset(self.config.seed, epoch, self.config.seq_len)
-        return StreamBatches(self.train_data, self.config.batch_size, self.config.seq_len, offset)
+        c = self.config
+        batches = StreamBatches(self.train_data, c.batch_size, c.seq_len, epoch_offset(c.seed, epoch, c.seq_len))
+        if len(batches) == 0:  # a corpus just one window long has no room to shift the streams
+            batches = StreamBatches(self.train_data, c.batch_size, c.seq_len, 0)
+        return batches
 
     @property
     def epoch_progress(self) -> float:
@@ -307,6 +311,22 @@ class Trainer:
         return TrainResult(stop_reason=reason, state=self.state, run_dir=self.run_dir, last_eval=self._last_eval)
 
     # --- logging, evaluation and saving -------------------------------------------------
+
+    def _forget_metrics_after(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from: that stretch is trained again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+        if len(kept) != len(lines):
+            atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:

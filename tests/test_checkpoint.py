@@ -58,6 +58,8 @@ def test_resume_continues_the_step_count_and_loss_curve_exactly(tmp_path, stop_a
     first = make_trainer(tmp_path / "resumed", max_steps=45, log_every=1)
     first.should_stop = lambda: "interrupted" if first.state.step >= stop_at else None  # as Ctrl-C would
     assert first.run().stop_reason == "interrupted"
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # logged after the checkpoint, then a crash
+        f.write('{"kind": "train", "step": %d, "loss": 9.9}\n{"kind": "tr' % (stop_at + 1))
     second = make_trainer(tmp_path / "resumed", max_steps=45, log_every=1)
     second.restore(load_checkpoint(tmp_path / "resumed" / "last.pt"))
     assert second.state.step == stop_at
