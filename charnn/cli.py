@@ -30,7 +30,7 @@ from .device import resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
 from .progress import ConsoleTrainEvents
-from .runs import (is_run_dir, load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
+from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
 from .sampling import SamplingConfig, default_prime, generate
 
@@ -315,8 +315,9 @@ def _quiet_broken_pipe() -> None:
 
 def _load(model: str | None, device_name: str):
     checkpoint = resolve_checkpoint(model)
-    net, vocab = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    return checkpoint, net.to(resolve_device(device_name)), vocab
+    payload = load_checkpoint(checkpoint)
+    net, vocab = model_from_checkpoint(payload, checkpoint)
+    return checkpoint, net.to(resolve_device(device_name)), vocab, payload
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -358,7 +359,7 @@ def sample(
         prime_bytes = _read_prime_file(prime_file)
     elif prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
-    _, net, vocab = _load(model, device.value)
+    _, net, vocab, _ = _load(model, device.value)
     if prime_bytes:
         prime_ids = vocab.encode(prime_bytes, unknown="drop" if drop_unknown else "error")
         if len(prime_ids) == 0:
@@ -416,7 +417,7 @@ def eval_command(
     paths = list(paths or [])
     if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
         model = paths.pop(0)
-    checkpoint, net, vocab = _load(model, device.value)
+    checkpoint, net, vocab, payload = _load(model, device.value)
     unknown = 0
     if paths:
         corpus = read_corpus(paths)
@@ -425,11 +426,11 @@ def eval_command(
         what = "files"
     else:
         run_dir = checkpoint.parent
-        if not is_run_dir(run_dir) or not (run_dir / "tokens.npy").is_file():
+        val_frac = payload.get("train_config", {}).get("val_frac")
+        if not (run_dir / "tokens.npy").is_file() or not isinstance(val_frac, (int, float)):
             raise CharnnError(f"{checkpoint}: no text given and no run validation text beside the checkpoint",
                               hint="name a file to evaluate")
-        payload_config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        _, tokens = split_train_val(load_tokens(run_dir), payload_config["train"]["val_frac"])
+        _, tokens = split_train_val(load_tokens(run_dir), val_frac)
         sources = [f"{run_dir} (validation split)"]
         what = "validation"
     if len(tokens) < 2:
