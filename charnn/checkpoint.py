@@ -68,6 +68,27 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     _fsync_dir(path.parent)
 
 
+def keep_copy(path: str | os.PathLike, copy: str | os.PathLike) -> None:
+    """Make `copy` hold what `path` holds now, atomically: a hard link where the file system allows
+    one (no extra space; `path` is later replaced by rename, so the copy keeps the old contents)."""
+    path, copy = Path(path), Path(copy)
+    tmp = copy.with_name(f".{copy.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        atomic_write(copy, lambda f: f.write(path.read_bytes()))
+        return
+    os.replace(tmp, copy)
+    _fsync_dir(copy.parent)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left behind."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
 

@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import ModelConfig, TrainConfig, parse_duration, parse_save_every
 from .corpus import read_corpus
 from .data import split_train_val
-from .device import resolve_device
+from .device import describe_allocation, is_out_of_memory, resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
 from .progress import ConsoleTrainEvents
@@ -189,6 +189,10 @@ def train(
     save_every: Annotated[Optional[str], typer.Option(
         help="Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at "
              "evaluations and the end. \\[default: 10m]", rich_help_panel=RUN, show_default=False)] = None,
+    keep: Annotated[Optional[int], typer.Option(
+        help="Besides last.pt and best.pt, keep the N checkpoints saved before the last one, in "
+             f"RUN_DIR/checkpoints/ (oldest removed first). {_default(TrainConfig, 'keep')}", rich_help_panel=RUN,
+        show_default=False)] = None,
     log_every: Annotated[Optional[int], typer.Option(
         help=f"Log training loss and speed every N steps. {_default(TrainConfig, 'log_every')}", rich_help_panel=RUN,
         show_default=False)] = None,
@@ -208,7 +212,7 @@ def train(
         "schedule": schedule.value if schedule else None, "warmup_steps": warmup_steps,
         "min_lr_ratio": min_lr_ratio, "epochs": epochs, "max_steps": max_steps,
         "max_time": parse_duration(max_time) if max_time is not None else None,
-        "eval_every": eval_every, "log_every": log_every, "seed": seed,
+        "eval_every": eval_every, "keep": keep, "log_every": log_every, "seed": seed,
         "device": device.value if device else None,
     }
     given = {k: v for k, v in train_options.items() if v is not None}
@@ -502,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_broken_pipe()
         return 0
     except Exception as err:  # a bug, not a user error: one line, and the traceback on request
+        if is_out_of_memory(err) and not os.environ.get("CHARNN_DEBUG"):  # sampling or evaluating
+            _say(console, f"charnn: error: out of memory ({describe_allocation(err)}) "
+                          "(use fewer --num-samples, or --device cpu)", style="red")
+            return 1
         if os.environ.get("CHARNN_DEBUG"):
             raise
         _say(console, f"charnn: internal error: {type(err).__name__}: {err} (set CHARNN_DEBUG=1 for the traceback)",

@@ -81,6 +81,7 @@ class TrainConfig:
     eval_every: int = 500  # steps; also at the end
     save_every_steps: int | None = None  # besides every evaluation and the end
     save_every_seconds: float | None = 600.0
+    keep: int = 0  # earlier last.pt checkpoints kept in checkpoints/, oldest removed first
     log_every: int = 50
     # reproducibility and hardware
     seed: int = 1337
@@ -110,6 +111,7 @@ class TrainConfig:
             _require(self.save_every_steps >= 1, "--save-every", "must be positive")
         if self.save_every_seconds is not None:
             _require(self.save_every_seconds > 0, "--save-every", "must be positive")
+        _require(self.keep >= 0, "--keep", f"must be >= 0, not {self.keep}")
         _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         return self
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable
+
 import torch
 
 from .errors import CharnnError
@@ -27,3 +30,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise CharnnError(f"--device must be one of auto, cpu, cuda, mps, not {name!r}")
     return torch.device(name)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU and MPS allocators raise a RuntimeError that says so."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        phrase in text for phrase in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+@contextmanager
+def out_of_memory_is_an_error(what: str | Callable[[], str], hint: str):
+    """Turn running out of memory into a CharnnError that says what to reduce.
+
+    `what` completes "out of memory (...) ..."; a callable is asked only when it happens.
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        what = what() if callable(what) else what
+        raise CharnnError(f"out of memory ({describe_allocation(err)}) {what}", hint=hint) from None
+
+
+def describe_allocation(err: BaseException) -> str:
+    """The part of torch's out-of-memory message that says what it tried to allocate, without its advice."""
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
+    if "DefaultCPUAllocator: " in text:  # "[enforce fail at ...] DefaultCPUAllocator: can't allocate memory: ..."
+        return text.split("DefaultCPUAllocator: ")[-1].split(". ")[0]
+    return ". ".join(text.split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried to allocate 2.00 GiB"

@@ -11,18 +11,19 @@ A run directory holds:
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import load_checkpoint, remove_temporaries, write_json
 from .config import ModelConfig, TrainConfig
 from .corpus import Corpus, read_corpus
 from .data import check_split_sizes, split_train_val
 from .errors import CharnnError
-from .train import Trainer, TrainEvents
+from .train import SNAPSHOT_DIR, Trainer, TrainEvents
 from .vocab import Vocab
 
 RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
@@ -30,7 +31,7 @@ LATEST_FILE = "latest"
 RUN_FILES = ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt")
 # options that may change when resuming; every other one is fixed by the run
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "save_every_steps",
-                     "save_every_seconds", "log_every", "device")
+                     "save_every_seconds", "keep", "log_every", "device")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
@@ -99,26 +100,34 @@ def resolve_checkpoint(model: str | Path | None, prefer: str = "best") -> Path:
 
 
 def new_run_dir(name: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """A fresh run directory: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one."""
+    """Where a new run goes: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one.
+
+    Nothing is created or removed here: that waits for `prepare_run_dir`, once everything that can
+    fail before training (reading the corpus, building the model) has succeeded.
+    """
     if out is not None:
         run_dir = Path(out)
         if run_dir.exists() and not run_dir.is_dir():
             raise CharnnError(f"--out {run_dir}: exists and is not a directory")
-        if is_run_dir(run_dir):
-            if not overwrite:
-                raise CharnnError(f"--out {run_dir}: already holds a run",
-                                  hint="use --resume to continue it, --overwrite to replace it, or another --out")
-            for file in RUN_FILES:
-                (run_dir / file).unlink(missing_ok=True)
-    else:
-        root = runs_root()
-        run_dir = root / name
-        n = 2
-        while run_dir.exists():
-            run_dir = root / f"{name}-{n}"
-            n += 1
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if is_run_dir(run_dir) and not overwrite:
+            raise CharnnError(f"--out {run_dir}: already holds a run",
+                              hint="use --resume to continue it, --overwrite to replace it, or another --out")
+        return run_dir
+    root = runs_root()
+    run_dir = root / name
+    n = 2
+    while run_dir.exists():
+        run_dir = root / f"{name}-{n}"
+        n += 1
     return run_dir
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory, removing the files of a run it held (--overwrite was checked earlier)."""
+    for file in RUN_FILES:
+        (run_dir / file).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def save_tokens(run_dir: Path, tokens: np.ndarray) -> None:
@@ -180,6 +189,7 @@ def start_training(
     run_dir = new_run_dir(corpus.name, out, overwrite)
     trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
                       events=events, should_stop=should_stop, extra={"corpus": corpus_info})
+    prepare_run_dir(run_dir)
     save_tokens(run_dir, tokens)
     write_json(run_dir / "config.json", {
         "model": model_config.to_dict(),
@@ -251,6 +261,8 @@ def resume_training(
         trainer.restore(payload)
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CharnnError(f"{last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
+    for directory in (run_dir, run_dir / SNAPSHOT_DIR):
+        remove_temporaries(directory)
     remember_latest(run_dir)
     return trainer
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_write, save_checkpoint
+from .checkpoint import atomic_write, keep_copy, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import StreamBatches, as_tensor, epoch_offset
-from .device import resolve_device
+from .device import out_of_memory_is_an_error, resolve_device
 from .errors import CharnnError
 from .evaluate import evaluate
 from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
@@ -32,6 +32,8 @@ from .vocab import Vocab
 MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
 PLATEAU_PATIENCE = 2  # evaluations without improvement before the plateau schedule halves the rate
 PLATEAU_FACTOR = 0.5
+MEMORY_HINT = "reduce --batch-size, --seq-len, --hidden-size or --layers, or train on another --device"
+SNAPSHOT_DIR = "checkpoints"  # where --keep puts earlier checkpoints
 
 
 class TrainEvents:
@@ -153,7 +155,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
-        self.model = CharRNN(model_config).to(self.device)
+        with out_of_memory_is_an_error(f"building the model on {self.device}", MEMORY_HINT):
+            self.model = CharRNN(model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, config)
         self.state = TrainState()
         self.hidden = None
@@ -163,6 +166,7 @@ class Trainer:
         self._bad_steps = 0
         self._loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
         self._last_save_time = time.monotonic()
+        self._last_saved_step: int | None = None  # the step last.pt holds, if this run has written one
         self._last_eval: dict | None = None
 
     # --- resume ------------------------------------------------------------------------
@@ -180,6 +184,7 @@ class Trainer:
         self.hidden = hidden_from_list(train.get("hidden", []), self.model_config.cell, self.device)
         restore_rng_state(train["rng"], self.device)
         self._batches = self._epoch_batches(self.state.epoch)
+        self._last_saved_step = self.state.step
         self._forget_metrics_after(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------
@@ -260,6 +265,16 @@ class Trainer:
             )
 
     def run(self) -> TrainResult:
+        """Train until a stop condition; running out of memory ends in a CharnnError, last.pt untouched."""
+        with out_of_memory_is_an_error(self._where_memory_ran_out, MEMORY_HINT):
+            return self._run()
+
+    def _where_memory_ran_out(self) -> str:
+        last = self.run_dir / "last.pt"
+        kept = f"; the last good checkpoint is {last}" if last.is_file() else ""
+        return f"on {self.device} at step {self.state.step + 1}{kept}"
+
+    def _run(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         self.events.on_start(self)
@@ -415,9 +430,29 @@ class Trainer:
     def save(self, best: bool = False) -> Path:
         """Write best.pt (weights for sampling) or last.pt (everything needed to resume)."""
         path = self.run_dir / ("best.pt" if best else "last.pt")
+        if not best:
+            self._keep_previous(path)
         save_checkpoint(path, self.checkpoint_payload(with_training_state=not best))
         if not best:
             self._last_save_time = time.monotonic()
+            self._last_saved_step = self.state.step
+            self._prune_kept()
         self.events.on_save(self, path, best)
         return path
+
+    def _keep_previous(self, last: Path) -> None:
+        """With --keep, the last.pt about to be replaced moves into checkpoints/ first."""
+        previous = self._last_saved_step
+        if self.config.keep <= 0 or previous is None or previous == self.state.step or not last.is_file():
+            return
+        (self.run_dir / SNAPSHOT_DIR).mkdir(exist_ok=True)
+        keep_copy(last, self.run_dir / SNAPSHOT_DIR / f"step-{previous:09d}.pt")
+
+    def _prune_kept(self) -> None:
+        directory = self.run_dir / SNAPSHOT_DIR
+        if not directory.is_dir():
+            return
+        kept = sorted(directory.glob("step-*.pt"))  # zero-padded: name order is step order
+        for old in kept[: max(len(kept) - self.config.keep, 0)]:
+            old.unlink(missing_ok=True)
 

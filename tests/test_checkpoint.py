@@ -132,3 +132,42 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CharnnError, match="refusing"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_keep_holds_the_n_checkpoints_before_the_last_and_no_more(tmp_path):
+    trainer = make_trainer(tmp_path / "run", max_steps=30, save_every_steps=5, keep=2)
+    trainer.run()
+    kept = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in kept] == ["step-000000020.pt", "step-000000025.pt"]
+    assert [load_checkpoint(p)["step"] for p in kept] == [20, 25]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 30
+
+    resumed = make_trainer(tmp_path / "run", max_steps=40, save_every_steps=5, keep=1)
+    resumed.restore(load_checkpoint(tmp_path / "run" / "last.pt"))
+    resumed.run()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000000035.pt"]
+
+
+def test_without_keep_only_best_and_last_are_written(tmp_path):
+    make_trainer(tmp_path / "run", max_steps=30, save_every_steps=5).run()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+
+
+def test_running_out_of_memory_is_a_clear_error_that_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", max_steps=10, save_every_steps=5)
+    real_step = trainer.train_step
+
+    def step_that_runs_out(inputs, targets):  # what CUDA raises when a batch does not fit
+        if trainer.state.step == 7:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has ...")
+        return real_step(inputs, targets)
+
+    monkeypatch.setattr(trainer, "train_step", step_that_runs_out)
+    before = (tmp_path / "run").exists()
+    with pytest.raises(CharnnError) as caught:
+        trainer.run()
+    message = str(caught.value)
+    assert not before
+    assert "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB) on cpu at step 8" in message
+    assert "last.pt" in message and "--batch-size" in message and "GPU 0" not in message
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5

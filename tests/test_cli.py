@@ -3,6 +3,7 @@ cause answered by one clear line on stderr, a non-zero exit, no traceback and no
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -122,7 +123,8 @@ def test_byte_level_model_accepts_invalid_utf8(tmp_path):
     assert sample.returncode == 0 and len(sample.stdout) == 3 + 64
 
 
-def test_interrupted_training_saves_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_training_saves_and_says_how_to_resume(tmp_path, signum, code):
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(SHAKESPEARE.read_bytes()[:50_000])
     process = subprocess.Popen(
@@ -133,10 +135,11 @@ def test_interrupted_training_saves_and_says_how_to_resume(tmp_path):
     for line in process.stderr:  # wait until training is really under way
         if line.startswith(b"step"):
             break
-    process.send_signal(2)  # SIGINT, as Ctrl-C
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr.decode()
-    assert b"resume with: charnn train --resume" in stderr and b"Traceback" not in stderr
+    assert process.returncode == code, stderr.decode()
+    assert f"stopped by {signum.name}".encode() in stderr and b"Traceback" not in stderr
+    assert b"resume with: charnn train --resume" in stderr
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
@@ -198,6 +201,7 @@ TRAIN_CASES = [
     (["good.txt", "--epochs", "0"], ["--epochs"]),
     (["good.txt", "--batch-size", "many"], ["--batch-size"]),
     (["good.txt", "--tie-weights", "--embed-size", "16"], ["--tie-weights"]),
+    (["good.txt", "--hidden-size", "300000"], ["out of memory", "building the model", "--hidden-size"]),
     ([], ["no corpus"]),
 ]
 
@@ -233,6 +237,11 @@ def test_existing_run_is_never_overwritten_unless_asked(workdir, bad_files, capf
     before = snapshot(run)
     code, out, err = call(["train", bad_files / "good.txt", "--out", run, *TINY], capfd)
     assert_one_clear_line(code, out, err, "already holds a run", "--overwrite")
+    assert snapshot(run) == before
+    # --overwrite replaces the run only once the new one can start: a model too big leaves the old one whole
+    code, out, err = call(["train", bad_files / "good.txt", "--out", run, "--overwrite", *TINY,
+                           "--hidden-size", "300000"], capfd)
+    assert_one_clear_line(code, out, err, "out of memory")
     assert snapshot(run) == before
 
 
