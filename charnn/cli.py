@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, not a user error: one line, and the traceback on request
         if is_out_of_memory(err) and not os.environ.get("CHARNN_DEBUG"):  # sampling or evaluating
             _say(console, f"charnn: error: out of memory ({describe_allocation(err)}) "
-                          "(use fewer --num-samples, or --device cpu)", style="red")
+                          "(try --device cpu, or fewer --num-samples when sampling)", style="red")
             return 1
         if os.environ.get("CHARNN_DEBUG"):
             raise

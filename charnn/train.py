@@ -430,6 +430,9 @@ class Trainer:
     def save(self, best: bool = False) -> Path:
         """Write best.pt (weights for sampling) or last.pt (everything needed to resume)."""
         path = self.run_dir / ("best.pt" if best else "last.pt")
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise CharnnError(f"training diverged: the weights became non-finite at step {self.state.step}; "
+                              f"{path} was not overwritten", hint="lower --lr or --grad-clip")
         if not best:
             self._keep_previous(path)
         save_checkpoint(path, self.checkpoint_payload(with_training_state=not best))

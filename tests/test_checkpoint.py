@@ -1,11 +1,12 @@
 import json
+import math
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from charnn import CharnnError, Trainer, Vocab, load_checkpoint, model_from_checkpoint, save_checkpoint, split_train_val
+from charnn import CharnnError, Trainer, TrainEvents, Vocab, load_checkpoint, model_from_checkpoint, save_checkpoint, split_train_val
 from charnn.checkpoint import FORMAT, FORMAT_VERSION
 
 from conftest import tiny_model_config, tiny_train_config
@@ -71,22 +72,24 @@ def test_resume_continues_the_step_count_and_loss_curve_exactly(tmp_path, stop_a
         assert torch.equal(tensor, second.model.state_dict()[name]), name
 
 
-def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+def test_failed_save_leaves_the_previous_checkpoints_intact(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path / "run", max_steps=5)
     trainer.run()
-    path = tmp_path / "run" / "last.pt"
-    before = path.read_bytes()
+    run = tmp_path / "run"
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
-        trainer.save()
-    assert path.read_bytes() == before
-    assert load_checkpoint(path)["step"] == 5
-    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    for best in (False, True):
+        with pytest.raises(OSError):
+            trainer.save(best=best)
+    monkeypatch.undo()
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert load_checkpoint(run / "last.pt")["step"] == 5 and load_checkpoint(run / "best.pt")["step"] == 5
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_damaged_empty_and_foreign_files_are_clear_errors(tmp_path):
@@ -171,3 +174,60 @@ def test_running_out_of_memory_is_a_clear_error_that_keeps_the_last_checkpoint(t
     assert "out of memory (CUDA out of memory. Tried to allocate 20.00 GiB) on cpu at step 8" in message
     assert "last.pt" in message and "--batch-size" in message and "GPU 0" not in message
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
+
+
+class Warnings(TrainEvents):
+    def __init__(self):
+        self.messages = []
+
+    def on_warning(self, trainer, message):
+        self.messages.append(message)
+
+
+def poison_forward(trainer, monkeypatch, poisoned) -> None:
+    """Make the model's forward pass return NaN logits on the calls (counted from 1) in `poisoned`.
+
+    A real divergence is not reproducible on demand in a fast test; this is the same symptom."""
+    real_forward, calls = trainer.model.forward, [0]
+
+    def forward(idx, hidden=None):
+        logits, hidden = real_forward(idx, hidden)
+        calls[0] += 1
+        return (logits * float("nan") if poisoned(calls[0]) else logits), hidden
+
+    monkeypatch.setattr(trainer.model, "forward", forward)
+
+
+def test_non_finite_steps_are_skipped_at_a_lower_rate_and_training_recovers(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", max_steps=20, log_every=1)
+    trainer.events = Warnings()
+    poison_forward(trainer, monkeypatch, lambda call: call in (8, 9))
+    result = trainer.run()
+    assert result.state.step == 20  # skipped windows are not counted as steps
+    assert len(trainer.events.messages) == 2 and "non-finite" in trainer.events.messages[0]
+    assert result.state.lr_scale == 0.25
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(math.isfinite(loss) for _, loss in train_losses(tmp_path / "run"))
+
+
+def test_persistent_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", max_steps=30, save_every_steps=5)
+    poison_forward(trainer, monkeypatch, lambda call: call > 7)
+    with pytest.raises(CharnnError, match="diverged") as caught:
+        trainer.run()
+    assert "last.pt" in str(caught.value) and "--lr" in str(caught.value)
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["step"] == 5
+    assert all(torch.isfinite(t).all() for t in payload["model_state"].values())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # no NaN step was ever applied
+
+
+def test_non_finite_weights_are_never_saved_over_good_ones(tmp_path):
+    trainer = make_trainer(tmp_path / "run", max_steps=5)
+    trainer.run()
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with torch.no_grad():
+        next(trainer.model.parameters())[0, 0] = float("inf")
+    with pytest.raises(CharnnError, match="non-finite"):
+        trainer.save()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
