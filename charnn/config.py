@@ -79,6 +79,7 @@ class TrainConfig:
     max_time: float | None = None  # seconds
     # cadence
     eval_every: int = 500  # steps; also at the end
+    eval_chars: int | None = 1_000_000  # validation characters scored per evaluation (None: all)
     save_every_steps: int | None = None  # besides every evaluation and the end
     save_every_seconds: float | None = 600.0
     keep: int = 0  # earlier last.pt checkpoints kept in checkpoints/, oldest removed first
@@ -111,6 +112,8 @@ class TrainConfig:
             _require(self.save_every_steps >= 1, "--save-every", "must be positive")
         if self.save_every_seconds is not None:
             _require(self.save_every_seconds > 0, "--save-every", "must be positive")
+        if self.eval_chars is not None:
+            _require(self.eval_chars >= 2, "--eval-chars", f"must be at least 2, not {self.eval_chars}")
         _require(self.keep >= 0, "--keep", f"must be >= 0, not {self.keep}")
         _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         return self

@@ -1,17 +1,43 @@
-"""Reading training and evaluation text: files, directories of text files, or stdin ('-')."""
+"""Reading training and evaluation text: files, directories of text files, or stdin ('-').
+
+A corpus of any size is read as a stream of chunks (`corpus_files`), never whole: stdin is first
+copied to a temporary file so it can be read twice like any other source. Short texts that are
+needed whole (evaluation, primes) use `read_corpus`.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 from .errors import CharnnError
 
 STDIN = "-"
 _SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary, as git and grep do
+_READ_BYTES = 1 << 24  # 16 MiB at a time
+
+
+def describe_offset(sources: Sequence[str], offsets: Sequence[int], offset: int) -> str:
+    """'file.txt: byte 123' for byte `offset` of the concatenated sources, naming the one it is in."""
+    name, start = sources[0], 0
+    for source, source_start in zip(sources, offsets):
+        if source_start > offset:
+            break
+        name, start = source, source_start
+    return f"{'stdin' if name == STDIN else name}: byte {offset - start}"
+
+
+def corpus_name(sources: Sequence[str]) -> str:
+    """A short name for runs trained on these sources."""
+    first = sources[0]
+    return "stdin" if first == STDIN else Path(first).stem or "corpus"
 
 
 @dataclass(frozen=True)
@@ -25,19 +51,68 @@ class Corpus:
         return hashlib.sha256(self.data).hexdigest()
 
     def describe_offset(self, offset: int) -> str:
-        """'file.txt: byte 123' for byte `offset` of `data`, naming the source it came from."""
-        name, start = self.sources[0], 0
-        for source, source_start in zip(self.sources, self.offsets):
-            if source_start > offset:
-                break
-            name, start = source, source_start
-        return f"{'stdin' if name == STDIN else name}: byte {offset - start}"
+        return describe_offset(self.sources, self.offsets, offset)
 
     @property
     def name(self) -> str:
-        """A short name for runs trained on this corpus."""
-        first = self.sources[0]
-        return "stdin" if first == STDIN else Path(first).stem or "corpus"
+        return corpus_name(self.sources)
+
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The sources of a corpus, read in chunks on demand, in order, as one byte stream."""
+
+    sources: tuple[str, ...]  # as given; '-' for stdin
+    paths: tuple[str, ...]  # the file each is read from (stdin's temporary copy for '-')
+    sizes: tuple[int, ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        starts, position = [], 0
+        for size in self.sizes:
+            starts.append(position)
+            position += size
+        return tuple(starts)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def name(self) -> str:
+        return corpus_name(self.sources)
+
+    @property
+    def from_stdin(self) -> bool:
+        return STDIN in self.sources
+
+    def describe_offset(self, offset: int) -> str:
+        return describe_offset(self.sources, self.offsets, offset)
+
+    def chunks(self, size: int = _READ_BYTES) -> Iterator[bytes]:
+        for source, path in zip(self.sources, self.paths):
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(size):
+                        yield chunk
+            except OSError as err:
+                raise CharnnError(f"{source}: cannot read ({err.strerror or err})") from None
+
+    def signature(self) -> list | None:
+        """(absolute path, size, modification time) of every file; None for stdin, which has none."""
+        if self.from_stdin:
+            return None
+        result = []
+        for path in self.paths:
+            stat = os.stat(path)
+            result.append([os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+        return result
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def is_text_file(path: Path) -> bool:
@@ -74,33 +149,64 @@ def expand_sources(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def read_corpus(paths: Sequence[str], stdin: BinaryIO | None = None) -> Corpus:
-    """Concatenate the bytes of every source, in order."""
+def _spool_file(source: str, directory: str | Path | None) -> str:
+    try:
+        with open(source, "rb") as stream:
+            return _spool(stream, directory)
+    except OSError as err:
+        raise CharnnError(f"{source}: cannot read ({err.strerror or err})") from None
+
+
+def _spool(stream: BinaryIO, directory: str | Path | None) -> str:
+    """Copy a stream (stdin, a pipe) to a temporary file, chunk by chunk, so it can be read more than once."""
+    if stream.isatty() if hasattr(stream, "isatty") else False:
+        raise CharnnError("reading the corpus from stdin, but stdin is a terminal",
+                          hint="pipe text in, e.g. cat book.txt | charnn train -")
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=".stdin-", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "wb") as f:
+        shutil.copyfileobj(stream, f, _READ_BYTES)
+    return path
+
+
+@contextmanager
+def corpus_files(paths: Sequence[str], stdin: BinaryIO | None = None,
+                 spool_dir: str | Path | None = None) -> Iterator[CorpusFiles]:
+    """The corpus as a `CorpusFiles`; stdin's temporary copy (in `spool_dir`) is removed on exit."""
     sources = expand_sources(paths)
-    chunks: list[bytes] = []
-    offsets: list[int] = []
-    position = 0
-    for source in sources:
-        offsets.append(position)
-        if source == STDIN:
-            stream = stdin if stdin is not None else sys.stdin.buffer
-            if stream.isatty() if hasattr(stream, "isatty") else False:
-                raise CharnnError("reading the corpus from stdin, but stdin is a terminal",
-                                  hint="pipe text in, e.g. cat book.txt | charnn train -")
-            data = stream.read()
-        else:
+    spooled: list[str] = []
+    try:
+        files = []
+        for source in sources:
+            if source == STDIN:
+                spooled.append(_spool(stdin if stdin is not None else sys.stdin.buffer, spool_dir))
+                files.append(spooled[-1])
+            elif Path(source).is_dir():
+                raise CharnnError(f"{source}: is a directory")
+            elif not Path(source).is_file():  # a pipe such as bash's <(command): it can be read only once
+                spooled.append(_spool_file(source, spool_dir))
+                files.append(spooled[-1])
+            else:
+                files.append(source)
+        sizes = []
+        for source, path in zip(sources, files):
             try:
-                with open(source, "rb") as f:
-                    data = f.read()
-            except IsADirectoryError:
-                raise CharnnError(f"{source}: is a directory") from None
+                sizes.append(os.stat(path).st_size)
             except OSError as err:
                 raise CharnnError(f"{source}: cannot read ({err.strerror or err})") from None
-        chunks.append(data)
-        position += len(data)
-    data = b"".join(chunks)
-    if not data:
-        what = "stdin" if sources == [STDIN] else ", ".join(sources)
-        raise CharnnError(f"{what}: corpus is empty")
-    return Corpus(data=data, sources=tuple(sources), offsets=tuple(offsets))
+        corpus = CorpusFiles(sources=tuple(sources), paths=tuple(files), sizes=tuple(sizes))
+        if corpus.total_bytes == 0:
+            what = "stdin" if sources == [STDIN] else ", ".join(sources)
+            raise CharnnError(f"{what}: corpus is empty")
+        yield corpus
+    finally:
+        for path in spooled:
+            Path(path).unlink(missing_ok=True)
 
+
+def read_corpus(paths: Sequence[str], stdin: BinaryIO | None = None) -> Corpus:
+    """Concatenate the bytes of every source, in order, in memory (for texts that fit comfortably)."""
+    with corpus_files(paths, stdin) as files:
+        data = b"".join(files.chunks())
+        return Corpus(data=data, sources=files.sources, offsets=files.offsets)

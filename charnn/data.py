@@ -83,9 +83,11 @@ def as_tensor(tokens: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     array = np.ascontiguousarray(tokens)
     if not array.flags.writeable:
         array = array.copy()
-    # torch < 2.3 has no uint16/uint32 tensors: widen to a signed type that holds every id
-    if array.dtype == np.uint16:
+    # torch < 2.3 has no uint16/uint32 tensors, and off the CPU their support is thin: widen to a
+    # signed type that holds every id (a copy; on the CPU, recent torch maps the file as it is)
+    native = torch.device(device).type == "cpu" and hasattr(torch, "uint32")
+    if array.dtype == np.uint16 and not native:
         array = array.astype(np.int32)
-    elif array.dtype == np.uint32:
+    elif array.dtype == np.uint32 and not native:
         array = array.astype(np.int64)
     return torch.from_numpy(array).to(device)

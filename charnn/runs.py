@@ -3,7 +3,8 @@
 A run directory holds:
     config.json     model, training and corpus settings, for people and tools
     metrics.jsonl   one JSON object per log line and per evaluation
-    tokens.npy      the encoded corpus, so a resume needs neither the files nor stdin again
+    tokens.npy      the encoded corpus (memory-mapped; a hard link into the cache), so a resume needs
+                    neither the files nor stdin again
     last.pt         everything needed to resume (weights, optimiser, schedule, RNG, data position)
     best.pt         the weights with the lowest validation loss, for sampling and evaluation
 """
@@ -20,9 +21,10 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, remove_temporaries, write_json
 from .config import ModelConfig, TrainConfig
-from .corpus import Corpus, read_corpus
+from .corpus import corpus_files
 from .data import check_split_sizes, split_train_val
 from .errors import CharnnError
+from .tokens import EncodedCorpus, encode_cached, open_tokens, place_tokens
 from .train import SNAPSHOT_DIR, Trainer, TrainEvents
 from .vocab import Vocab
 
@@ -30,7 +32,7 @@ RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST_FILE = "latest"
 RUN_FILES = ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt")
 # options that may change when resuming; every other one is fixed by the run
-RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "save_every_steps",
+RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "eval_chars", "save_every_steps",
                      "save_every_seconds", "keep", "log_every", "device")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -130,31 +132,11 @@ def prepare_run_dir(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def save_tokens(run_dir: Path, tokens: np.ndarray) -> None:
-    tmp = run_dir / ".tokens.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, tokens)
-    os.replace(tmp, run_dir / "tokens.npy")
-
-
 def load_tokens(run_dir: Path) -> np.ndarray:
     path = run_dir / "tokens.npy"
     if not path.is_file():
         raise CharnnError(f"{run_dir}: run has no tokens.npy; cannot resume without the encoded corpus")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise CharnnError(f"{path}: damaged ({err})") from None
-
-
-# --- encoding a corpus ------------------------------------------------------------------------
-
-
-def encode_corpus(corpus: Corpus, vocab_mode: str = "char") -> tuple[Vocab, np.ndarray]:
-    """Build the vocabulary from the text and encode it (raises CharnnError on invalid UTF-8)."""
-    vocab = Vocab.from_data(corpus.data, mode=vocab_mode, describe_offset=corpus.describe_offset)
-    tokens, _ = vocab.encode_bytes(corpus.data)
-    return vocab, tokens
+    return open_tokens(path)
 
 
 # --- starting and resuming training ------------------------------------------------------------
@@ -173,24 +155,38 @@ def start_training(
 ) -> Trainer:
     """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`."""
     config.validate()
-    corpus = read_corpus(corpus_paths, stdin=stdin)
-    vocab, tokens = encode_corpus(corpus, vocab_mode)
+    root = runs_root()
+    with corpus_files(corpus_paths, stdin=stdin, spool_dir=root / ".cache") as corpus:
+        encoded = encode_cached(corpus, vocab_mode, root)
+        name, sources = corpus.name, corpus.sources
+    try:
+        trainer, run_dir = _new_run(encoded, name, sources, model_options, config, out, overwrite, events,
+                                    should_stop)
+    finally:
+        if encoded.path.name.endswith(".tmp"):  # stdin's encoding, not yet moved into a run
+            encoded.path.unlink(missing_ok=True)
+    return trainer
+
+
+def _new_run(encoded: EncodedCorpus, name: str, sources, model_options: dict, config: TrainConfig, out,
+             overwrite: bool, events, should_stop) -> tuple[Trainer, Path]:
+    vocab, tokens = encoded.vocab, encoded.tokens()
     model_config = ModelConfig(vocab_size=vocab.size, **model_options).validate()
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
     corpus_info = {
-        "sources": [os.path.abspath(s) if s != "-" else "-" for s in corpus.sources],
-        "fingerprint": corpus.fingerprint,
-        "bytes": len(corpus.data),
+        "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
+        "fingerprint": encoded.fingerprint,
+        "bytes": encoded.bytes,
         "tokens": int(len(tokens)),
         "train_tokens": int(len(train_tokens)),
         "val_tokens": int(len(val_tokens)),
     }
-    run_dir = new_run_dir(corpus.name, out, overwrite)
+    run_dir = new_run_dir(name, out, overwrite)
     trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
                       events=events, should_stop=should_stop, extra={"corpus": corpus_info})
     prepare_run_dir(run_dir)
-    save_tokens(run_dir, tokens)
+    place_tokens(encoded, run_dir)
     write_json(run_dir / "config.json", {
         "model": model_config.to_dict(),
         "train": config.to_dict(),
@@ -199,7 +195,7 @@ def start_training(
         "parameters": trainer.model.num_parameters(),
     })
     remember_latest(run_dir)
-    return trainer
+    return trainer, run_dir
 
 
 def resume_training(
@@ -247,8 +243,9 @@ def resume_training(
     tokens = load_tokens(run_dir)
     corpus_info = payload.get("corpus", {})
     if corpus_paths:
-        corpus = read_corpus(corpus_paths, stdin=stdin)
-        if corpus.fingerprint != corpus_info.get("fingerprint"):
+        with corpus_files(corpus_paths, stdin=stdin, spool_dir=run_dir) as corpus:
+            fingerprint = corpus.fingerprint()
+        if fingerprint != corpus_info.get("fingerprint"):
             raise CharnnError(f"--resume {run_dir}: the corpus given is not the one this run was trained on",
                               hint="leave the corpus out: the run keeps its own encoded copy")
     if len(tokens) != corpus_info.get("tokens", len(tokens)) or (

@@ -365,7 +365,9 @@ class Trainer:
         self.events.on_log(self, record)
 
     def evaluate(self):
-        return evaluate(self.model, self.val_data)
+        """Score the validation text: all of it, or its first --eval-chars on a big corpus."""
+        limit = self.config.eval_chars
+        return evaluate(self.model, self.val_data if limit is None else self.val_data[: limit + 1])
 
     def _evaluate_and_save(self) -> None:
         s = self.state

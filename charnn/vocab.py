@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -29,26 +29,37 @@ def smallest_dtype(size: int) -> np.dtype:
     raise ValueError(f"vocabulary of {size} does not fit in 32 bits")
 
 
-def _code_point_chunks(data: bytes, describe_offset=None) -> Iterator[np.ndarray]:
-    """Yield the Unicode code points of UTF-8 `data`, chunk by chunk, as uint32 arrays."""
-    if data.isascii():  # the common case: bytes are code points, no decoding needed
-        for start in range(0, len(data), _CHUNK_BYTES):
-            yield np.frombuffer(data, dtype=np.uint8, count=min(_CHUNK_BYTES, len(data) - start), offset=start)
-        return
+def code_points(chunks: Iterable[bytes], describe_offset=None) -> Iterator[np.ndarray]:
+    """The Unicode code points of a UTF-8 byte stream given in chunks of any size, as uint32 arrays.
+
+    One decoder spans the whole stream, so a character split between chunks (or files) decodes
+    whole; pure-ASCII pieces skip decoding, since their bytes are their code points.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    view = memoryview(data)
-    for start in range(0, len(data), _CHUNK_BYTES):
-        end = min(start + _CHUNK_BYTES, len(data))
-        pending = len(decoder.getstate()[0])  # bytes of a character split by the previous chunk
-        try:
-            text = decoder.decode(view[start:end], final=end == len(data))
-        except UnicodeDecodeError as err:
-            offset = start - pending + err.start
-            where = describe_offset(offset) if describe_offset else f"byte {offset}"
-            raise CharnnError(
-                f"{where}: not valid UTF-8", hint="train with --bytes for a byte-level model that accepts any file"
-            ) from None
-        yield np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    offset = 0  # bytes of the stream consumed so far
+    for chunk in chunks:
+        for start in range(0, len(chunk), _CHUNK_BYTES):
+            piece = chunk[start : start + _CHUNK_BYTES]
+            pending = len(decoder.getstate()[0])  # bytes of a character split by the previous piece
+            if not pending and piece.isascii():
+                yield np.frombuffer(piece, dtype=np.uint8)
+            else:
+                text = _decode(decoder, piece, False, offset - pending, describe_offset)
+                yield np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+            offset += len(piece)
+    pending = len(decoder.getstate()[0])
+    _decode(decoder, b"", True, offset - pending, describe_offset)  # a character cut off at the end
+
+
+def _decode(decoder, piece: bytes, final: bool, start: int, describe_offset) -> str:
+    try:
+        return decoder.decode(piece, final=final)
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        where = describe_offset(offset) if describe_offset else f"byte {offset}"
+        raise CharnnError(
+            f"{where}: not valid UTF-8", hint="train with --bytes for a byte-level model that accepts any file"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -67,15 +78,22 @@ class Vocab:
     @classmethod
     def from_data(cls, data: bytes, mode: Mode = "char", describe_offset=None) -> Vocab:
         """The vocabulary of `data`; in char mode, invalid UTF-8 is a CharnnError."""
+        return cls.scan([data], mode, describe_offset)[0]
+
+    @classmethod
+    def scan(cls, chunks: Iterable[bytes], mode: Mode = "char", describe_offset=None) -> tuple[Vocab, int]:
+        """The vocabulary of a byte stream read once, in chunks, and its length in tokens."""
         if mode == "byte":
-            return cls.byte_level()
+            return cls.byte_level(), sum(len(chunk) for chunk in chunks)
         seen = np.zeros(0, dtype=bool)
-        for points in _code_point_chunks(data, describe_offset):
+        count = 0
+        for points in code_points(chunks, describe_offset):
             counts = np.bincount(points)
             if len(counts) > len(seen):
                 seen = np.concatenate([seen, np.zeros(len(counts) - len(seen), dtype=bool)])
             seen[: len(counts)] |= counts > 0
-        return cls(mode="char", chars="".join(map(chr, np.flatnonzero(seen))))
+            count += len(points)
+        return cls(mode="char", chars="".join(map(chr, np.flatnonzero(seen)))), count
 
     # --- properties ---------------------------------------------------------------------
 
@@ -94,7 +112,7 @@ class Vocab:
     def _lookup(self) -> np.ndarray:
         """Code point -> id, with one extra slot at the end for every code point beyond the vocabulary."""
         points = np.frombuffer(self.chars.encode("utf-32-le"), dtype="<u4")
-        table = np.full(int(points.max(initial=0)) + 2, _NO_ID, dtype=np.int64)
+        table = np.full(int(points.max(initial=0)) + 2, _NO_ID, dtype=np.int32)
         table[points] = np.arange(len(points))
         return table
 
@@ -116,7 +134,10 @@ class Vocab:
 
     def _map_points(self, points: np.ndarray) -> np.ndarray:
         table = self._lookup
-        return table[np.minimum(points, len(table) - 1)]
+        limit = len(table) - 1  # the catch-all slot for code points beyond the vocabulary
+        if points.dtype == np.uint8 and limit >= 255:  # an ASCII piece: every byte is already in range
+            return table[points]
+        return table[np.minimum(points, points.dtype.type(limit))]
 
     def encode_bytes(self, data: bytes, describe_offset=None) -> tuple[np.ndarray, int]:
         """Encode UTF-8 (char mode) or raw (byte mode) data; unknown characters are dropped.
@@ -125,17 +146,27 @@ class Vocab:
         """
         if self.mode == "byte":
             return np.frombuffer(data, dtype=np.uint8).copy(), 0
-        parts = []
-        unknown = 0
-        for points in _code_point_chunks(data, describe_offset):
-            ids = self._map_points(points)
-            known = ids != _NO_ID
-            if not known.all():
-                unknown += int((~known).sum())
-                ids = ids[known]
-            parts.append(ids.astype(self.dtype))
+        parts, unknown = [], 0
+        for ids, dropped in self.encode_chunks([data], describe_offset):
+            parts.append(ids)
+            unknown += dropped
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
         return ids, unknown
+
+    def encode_chunks(self, chunks: Iterable[bytes], describe_offset=None) -> Iterator[tuple[np.ndarray, int]]:
+        """Encode a byte stream chunk by chunk: yields (ids, unknown characters dropped from them)."""
+        if self.mode == "byte":
+            for chunk in chunks:
+                yield np.frombuffer(chunk, dtype=np.uint8), 0
+            return
+        for points in code_points(chunks, describe_offset):
+            ids = self._map_points(points)
+            known = ids != _NO_ID
+            dropped = 0
+            if not known.all():
+                dropped = int((~known).sum())
+                ids = ids[known]
+            yield ids.astype(self.dtype), dropped
 
     def encode(self, text: str | bytes, unknown: Literal["error", "drop"] = "error") -> np.ndarray:
         """Encode a short text such as a prime. Unknown characters raise CharnnError or are dropped."""
