@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charnn import CharRNN, Stepper, detach_hidden
-from charnn.model import hidden_from_list, hidden_to_list
+from charnn import CharRNN, ModelConfig, Stepper, detach_hidden
+from charnn.model import dropout, hidden_from_list, hidden_to_list
 
 from conftest import tiny_model_config
 
@@ -82,3 +82,35 @@ def test_loss_is_cross_entropy_on_shifted_targets():
     logits, _ = model(ids[:-1])
     loss = F.cross_entropy(logits.reshape(-1, 7), ids[1:].reshape(-1))
     assert 1.0 < loss.item() < 3.0  # about ln(7) = 1.95 at initialisation
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_layer_by_layer_recurrence_equals_the_stacked_module(cell):
+    """Training on the CPU with dropout runs the layers one call at a time: same function as nn.LSTM/GRU/RNN."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, cell=cell, num_layers=3, hidden_size=24, embed_size=8, dropout=0.0))
+    x = torch.randn(13, 5, 8, requires_grad=True)
+    hidden = model.init_hidden(5)
+    hidden = tuple(h + 0.3 for h in hidden) if cell == "lstm" else hidden + 0.3
+    expected, expected_hidden = model.rnn(x, hidden)
+    out, out_hidden = model._layer_by_layer(x, hidden)
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(out_hidden if cell == "lstm" else [out_hidden], expected_hidden if cell == "lstm" else [expected_hidden]):
+        torch.testing.assert_close(a, b)
+    grad = torch.autograd.grad(out.sum(), x)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(model.rnn(x, hidden)[0].sum(), x)[0])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_the_right_share_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = dropout(x, p, training=True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - p) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(dropout(x, p, training=False), x)
+    torch.manual_seed(1)
+    a = dropout(x, p, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, p, True))  # seeded: runs and resumes repeat exactly
