@@ -184,8 +184,12 @@ def train(
         help="Continue this run directory from its last.pt, towards the limits it was started with "
              "(a new --epochs/--max-steps/--max-time extends them).", rich_help_panel=RUN, show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(
-        help=f"Evaluate on the whole validation text every N steps (and at the end), saving checkpoints. "
+        help=f"Evaluate on the validation text every N steps (and at the end), saving checkpoints. "
              f"{_default(TrainConfig, 'eval_every')}", rich_help_panel=RUN, show_default=False)] = None,
+    eval_chars: Annotated[Optional[int], typer.Option(
+        help="Score at most this many validation characters per evaluation (its start), so a huge corpus "
+             "evaluates in seconds; 0 scores all of it. \\[default: 1000000]", rich_help_panel=RUN,
+        show_default=False)] = None,
     save_every: Annotated[Optional[str], typer.Option(
         help="Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at "
              "evaluations and the end. \\[default: 10m]", rich_help_panel=RUN, show_default=False)] = None,
@@ -216,6 +220,8 @@ def train(
         "device": device.value if device else None,
     }
     given = {k: v for k, v in train_options.items() if v is not None}
+    if eval_chars is not None:
+        given["eval_chars"] = eval_chars or None  # 0: the whole validation text
     if save_every is not None:  # "0" legitimately sets both to None
         given["save_every_steps"], given["save_every_seconds"] = parse_save_every(save_every)
     model_options = {
@@ -464,6 +470,92 @@ def eval_command(
     table.add_row("perplexity", f"{result.perplexity:.3f}")
     table.add_row("unknown characters", f"{unknown:,} (skipped: neither fed nor scored)")
     _stderr().print(table)
+
+
+# --- benchmark ---------------------------------------------------------------------------------
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in under two minutes: 2 training "
+                                        "configs, 1 and 64 streams, a 100 MB corpus.")] = False,
+    json_file: Annotated[Optional[str], typer.Option(
+        "--json", help="Also write the figures as JSON to this file (- for stdout).", show_default=False)] = None,
+    device: Annotated[Device, typer.Option(help="Where to measure.")] = Device.cpu,
+    seconds: Annotated[Optional[float], typer.Option(
+        help="Seconds per timed measurement. \\[default: 3 with --quick, else 8]", show_default=False)] = None,
+    corpus_mb: Annotated[Optional[list[int]], typer.Option(
+        "--corpus-mb", help="Synthetic corpus sizes for the encoding and memory rows (repeatable; 0 skips them). "
+                            "\\[default: 100 and 1000; 100 with --quick]", show_default=False)] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Where to write the synthetic corpora. \\[default: a temporary directory]", show_default=False)] = None,
+) -> None:
+    """Measure training and sampling speed against this machine's own ceilings and a plain PyTorch loop.
+
+    A table goes to stderr; --json FILE writes the same figures as JSON.
+    """
+    from .bench import BenchOptions, run_benchmark  # noqa: PLC0415 (only this command needs it)
+
+    if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+        raise CharnnError(f"--seconds must be positive, not {seconds}")
+    if corpus_mb is not None and any(mb < 0 for mb in corpus_mb):
+        raise CharnnError("--corpus-mb must be >= 0")
+    device_name = str(resolve_device(device.value))
+    console = _stderr()
+    options = BenchOptions(quick=quick, device=device_name, seconds=seconds,
+                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0),
+                           workdir=workdir)
+    with console.status("benchmarking") as status:
+        report = run_benchmark(options, log=lambda message: status.update(f"benchmarking: {message}"))
+    for table in _bench_tables(report.to_dict()):
+        console.print(table)
+    if json_file is not None:
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        if json_file == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            Path(json_file).write_text(text, encoding="utf-8")
+
+
+def _bench_tables(report: dict) -> list[Table]:
+    m, c = report["machine"], report["ceilings"]
+    ceilings = Table(title=f"charnn bench: {m['device']}, {m['threads']} threads, torch {m['torch']}",
+                     title_justify="left")
+    ceilings.add_column("ceiling")
+    ceilings.add_column("measured", justify="right")
+    ceilings.add_row("fp32 GEMM", f"{c['gemm_gflops']:,.1f} GFLOP/s")
+    ceilings.add_row("memory read bandwidth", f"{c['read_gb_per_sec']:,.1f} GB/s")
+    tables = [ceilings]
+    training = Table(title="training (chars/s; reference: pytorch/examples word_language_model loop)",
+                     title_justify="left")
+    for name in ("config", "charnn", "GFLOP/s", "of GEMM ceiling", "reference", "ratio"):
+        training.add_column(name, justify="left" if name == "config" else "right")
+    for r in report["training"]:
+        training.add_row(r["config"], f"{r['chars_per_sec']:,.0f}", f"{r['gflops']:.1f}",
+                         f"{r['ceiling_share']:.0%}", f"{r['reference_chars_per_sec']:,.0f}", f"{r['ratio']:.2f}x")
+    tables.append(training)
+    sampling = Table(title="sampling (chars/s; naive: nn.LSTM on one character, .item() every step)",
+                     title_justify="left")
+    for name in ("model", "streams", "charnn", "of ceiling", "naive", "ratio"):
+        sampling.add_column(name, justify="left" if name == "model" else "right")
+    for r in report["sampling"]:
+        share = (f"{r['bandwidth_share']:.0%} of bandwidth" if "bandwidth_share" in r
+                 else f"{r['ceiling_share']:.0%} of GEMM")
+        sampling.add_row(r["model"], str(r["streams"]), f"{r['chars_per_sec']:,.0f}", share,
+                         f"{r['naive_chars_per_sec']:,.0f}", f"{r['ratio']:.1f}x")
+    tables.append(sampling)
+    if report["corpora"]:
+        corpora = Table(title="big corpora (charnn train, 20 steps; the second run starts from the cache)",
+                        title_justify="left")
+        for name in ("corpus", "encode", "first run", "second run", "peak resident", "token file (mapped)"):
+            corpora.add_column(name, justify="right")
+        for r in report["corpora"]:
+            corpora.add_row(f"{r['megabytes']:,} MB", f"{r['encode_mb_per_sec']:,.0f} MB/s",
+                            f"{r['first_start_seconds']:.1f} s", f"{r['second_start_seconds']:.1f} s",
+                            f"{r['peak_rss_mb']:,.0f} MB", f"{r['token_file_mb']:,.0f} MB")
+        tables.append(corpora)
+    return tables
 
 
 def _version_callback(value: bool) -> None:

@@ -1,0 +1,420 @@
+"""The benchmark behind `charnn bench` and scripts/bench.py: speed against this machine's own ceilings.
+
+Every figure is measured in the same run on the same machine: the fp32 GEMM rate and memory
+bandwidth (the ceilings), charnn's training step against a plain reference loop (the
+pytorch/examples word_language_model pattern), charnn's sampler against a naive one, and
+encoding speed and peak memory on large synthetic corpora. Ratios hold across machines;
+absolute figures do not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import ModelConfig, TrainConfig
+from .model import CharRNN
+from .sampling import SamplingConfig, generate, make_generator
+from .train import Trainer, TrainEvents
+from .vocab import Vocab
+
+VOCAB_SIZE = 65  # Tiny Shakespeare's
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    layers: int
+    hidden: int
+    batch: int
+    seq_len: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layers}x{self.hidden} b{self.batch} s{self.seq_len}"
+
+
+FULL_TRAIN = (TrainCase(2, 128, 32, 64), TrainCase(2, 512, 64, 100), TrainCase(3, 512, 64, 100))
+QUICK_TRAIN = FULL_TRAIN[:2]
+SAMPLE_MODEL = (2, 512)  # layers, hidden: the sampling rows' model
+FULL_STREAMS = (1, 16, 64)
+QUICK_STREAMS = (1, 64)
+FULL_CORPORA_MB = (100, 1000)
+QUICK_CORPORA_MB = (100,)
+
+
+@dataclass
+class BenchOptions:
+    quick: bool = False
+    device: str = "cpu"
+    seconds: float | None = None  # per timed measurement; default depends on quick
+    corpora_mb: tuple[int, ...] | None = None  # synthetic corpus sizes; () skips the section
+    workdir: Path | None = None  # where the synthetic corpora go (default: a temporary directory)
+    corpus_steps: int = 20  # training steps per big-corpus run
+
+    @property
+    def measure_seconds(self) -> float:
+        return self.seconds if self.seconds is not None else (3.0 if self.quick else 8.0)
+
+
+@dataclass
+class BenchReport:
+    machine: dict = field(default_factory=dict)
+    ceilings: dict = field(default_factory=dict)
+    training: list = field(default_factory=list)
+    sampling: list = field(default_factory=list)
+    corpora: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "ceilings": self.ceilings, "training": self.training,
+                "sampling": self.sampling, "corpora": self.corpora}
+
+
+# --- ceilings ---------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_rate(fn: Callable[[], None], work: float, device: torch.device, seconds: float) -> float:
+    """Work per second of the fastest call of `fn` (after one warm-up call) within `seconds`."""
+    fn()
+    _sync(device)
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == math.inf:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return work / best
+
+
+def gemm_gflops(device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
+    """fp32 square matrix multiply: the compute ceiling."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    return _best_rate(lambda: torch.mm(a, b, out=out), 2 * n**3 / 1e9, device, seconds)
+
+
+def read_bandwidth(device: torch.device, megabytes: int = 512, seconds: float = 2.0) -> float:
+    """GB/s reading a buffer far larger than any cache (a sum touches every byte once)."""
+    x = torch.ones(megabytes * (1 << 20) // 4, device=device)
+    return _best_rate(lambda: x.sum(), x.numel() * 4 / 1e9, device, seconds)
+
+
+def training_flops_per_char(cell: str, layers: int, hidden: int, embed: int, vocab: int) -> float:
+    """Matrix-multiply FLOPs per training character: forward, then twice that for the backward."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * hidden
+    forward = sum(2 * gates * ((embed if layer == 0 else hidden) + hidden) for layer in range(layers))
+    forward += 2 * hidden * vocab
+    return 3.0 * forward
+
+
+def sampling_bytes_per_step(layers: int, hidden: int, vocab: int) -> int:
+    """fp32 weights a one-stream step must read: layer 0's recurrent matrix (its input term is a
+    per-character table row), each later layer's input and recurrent matrices, and the output layer."""
+    gates = 4 * hidden
+    return 4 * (gates * hidden + (layers - 1) * gates * 2 * hidden + hidden * vocab)
+
+
+def sampling_flops_per_char(layers: int, hidden: int, vocab: int) -> float:
+    return 2.0 * sampling_bytes_per_step(layers, hidden, vocab) / 4
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def synthetic_tokens(n: int, vocab_size: int = VOCAB_SIZE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, n, dtype=np.uint8)
+
+
+class _StepClock(TrainEvents):
+    """Times charnn's own training loop from the end of step `warmup` to the last step."""
+
+    def __init__(self, warmup: int, seconds: float):
+        self.warmup, self.seconds = warmup, seconds
+        self.start: float | None = None
+        self.end = 0.0
+        self.steps = 0
+
+    def on_step(self, trainer: Trainer) -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        now = time.perf_counter()
+        if trainer.state.step == self.warmup:
+            self.start = now
+        elif trainer.state.step > self.warmup:
+            self.end, self.steps = now, trainer.state.step - self.warmup
+
+    def done(self) -> str | None:
+        if self.start is not None and self.end - self.start >= self.seconds:
+            return "max_time"
+        return None
+
+
+def charnn_training_rate(case: TrainCase, tokens: np.ndarray, device: str, seconds: float, warmup: int = 3) -> float:
+    """Characters per second through charnn's Trainer (dropout 0.1, AdamW, clipping, schedule)."""
+    model_config = ModelConfig(vocab_size=VOCAB_SIZE, num_layers=case.layers, hidden_size=case.hidden,
+                               embed_size=case.hidden, dropout=0.1)
+    config = TrainConfig(batch_size=case.batch, seq_len=case.seq_len, eval_every=10**9, log_every=10**9,
+                         save_every_seconds=None, max_steps=10**9, device=device)
+    clock = _StepClock(warmup, seconds)
+    val = tokens[: case.seq_len * 4]
+    with tempfile.TemporaryDirectory(prefix="charnn-bench-") as run_dir:
+        vocab = Vocab(mode="char", chars="".join(chr(33 + i) for i in range(VOCAB_SIZE)))
+        trainer = Trainer(model_config, config, vocab, tokens, val, run_dir, events=clock, should_stop=clock.done)
+        trainer.run()
+    return clock.steps * case.batch * case.seq_len / (clock.end - clock.start)
+
+
+class ReferenceModel(nn.Module):
+    """pytorch/examples word_language_model's RNNModel, for an LSTM."""
+
+    def __init__(self, ntoken: int, ninp: int, nhid: int, nlayers: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = nn.LSTM(ninp, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0)
+        self.decoder = nn.Linear(nhid, ntoken)
+
+    def forward(self, input, hidden):
+        emb = self.drop(self.encoder(input))
+        output, hidden = self.rnn(emb, hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+def _repackage_hidden(h):
+    return h.detach() if isinstance(h, torch.Tensor) else tuple(_repackage_hidden(v) for v in h)
+
+
+def reference_training_rate(case: TrainCase, tokens: np.ndarray, device: str, seconds: float,
+                            warmup: int = 3) -> float:
+    """The word_language_model loop: batchify, get_batch, repackage_hidden, Adam, clip, loss.item()."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = ReferenceModel(VOCAB_SIZE, case.hidden, case.hidden, case.layers, 0.1).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    criterion = nn.CrossEntropyLoss()
+    data = torch.from_numpy(tokens.astype(np.int64))
+    nbatch = data.size(0) // case.batch
+    data = data[: nbatch * case.batch].view(case.batch, -1).t().contiguous().to(dev)  # batchify
+    weight = next(model.parameters())
+    hidden = (weight.new_zeros(case.layers, case.batch, case.hidden),
+              weight.new_zeros(case.layers, case.batch, case.hidden))
+    model.train()
+    total_loss, steps, start = 0.0, 0, None
+    i = 0
+    while True:
+        if i + 1 + case.seq_len >= data.size(0):
+            i = 0
+        seq_len = min(case.seq_len, len(data) - 1 - i)
+        inputs, targets = data[i : i + seq_len], data[i + 1 : i + 1 + seq_len].reshape(-1)  # get_batch
+        i += seq_len
+        model.zero_grad()
+        hidden = _repackage_hidden(hidden)
+        output, hidden = model(inputs, hidden)
+        loss = criterion(output.view(-1, VOCAB_SIZE), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        optimizer.step()
+        total_loss += loss.item()
+        steps += 1
+        now = time.perf_counter()
+        if steps == warmup:
+            start = now
+        elif start is not None and now - start >= seconds:
+            return (steps - warmup) * case.batch * case.seq_len / (now - start)
+
+
+def bench_training(cases, device: str, gemm: float, seconds: float, log: Callable[[str], None]) -> list[dict]:
+    rows = []
+    for case in cases:
+        tokens = synthetic_tokens(max(2_000_000, case.batch * case.seq_len * 40))
+        log(f"training {case.name}")
+        ours = charnn_training_rate(case, tokens, device, seconds)
+        reference = reference_training_rate(case, tokens, device, seconds)
+        flops = training_flops_per_char("lstm", case.layers, case.hidden, case.hidden, VOCAB_SIZE)
+        rows.append({
+            "config": case.name, "device": device,
+            "chars_per_sec": round(ours, 1), "reference_chars_per_sec": round(reference, 1),
+            "ratio": round(ours / reference, 3),
+            "gflops": round(ours * flops / 1e9, 1),
+            "ceiling_share": round(ours * flops / 1e9 / gemm, 3),
+            "reference_gflops": round(reference * flops / 1e9, 1),
+        })
+    return rows
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def naive_sampling_rate(model: CharRNN, streams: int, seconds: float) -> float:
+    """nn.LSTM on a length-1 input, softmax, multinomial and .item() (or .tolist()) every step."""
+    device = model.head.weight.device
+    generator = make_generator(0, device)
+    with torch.inference_mode():
+        ids = torch.zeros(1, streams, dtype=torch.long, device=device)
+        hidden, produced, start = None, [], None
+        steps = 0
+        while True:
+            logits, hidden = model(ids, hidden)
+            probs = torch.softmax(logits[0] / 0.8, dim=-1)
+            ids = torch.multinomial(probs, 1, generator=generator).view(1, streams)
+            produced.append(ids.item() if streams == 1 else ids.tolist())
+            steps += 1
+            now = time.perf_counter()
+            if steps == 20:
+                start = now
+            elif start is not None and now - start >= seconds:
+                return (steps - 20) * streams / (now - start)
+
+
+def charnn_sampling_rate(model: CharRNN, streams: int, seconds: float) -> float:
+    """charnn's `generate`, consumed the way `charnn sample` consumes it (ids to the host every step)."""
+    config = SamplingConfig(temperature=0.8)
+    steps, start = 0, None
+    for ids in generate(model, [0], 10**9, config, num_samples=streams, seed=0):
+        ids.tolist()
+        steps += 1
+        now = time.perf_counter()
+        if steps == 20:
+            start = now
+        elif start is not None and now - start >= seconds:
+            return (steps - 20) * streams / (now - start)
+    raise AssertionError("unreachable")
+
+
+def bench_sampling(streams_list, device: str, gemm: float, bandwidth: float, seconds: float,
+                   log: Callable[[str], None]) -> list[dict]:
+    layers, hidden = SAMPLE_MODEL
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=VOCAB_SIZE, num_layers=layers, hidden_size=hidden,
+                                embed_size=hidden)).to(device).eval()
+    step_bytes = sampling_bytes_per_step(layers, hidden, VOCAB_SIZE)
+    flops = sampling_flops_per_char(layers, hidden, VOCAB_SIZE)
+    rows = []
+    for streams in streams_list:
+        log(f"sampling {streams} stream(s)")
+        naive = naive_sampling_rate(model, streams, seconds)
+        ours = charnn_sampling_rate(model, streams, seconds)
+        row = {"model": f"{layers}x{hidden}", "streams": streams, "device": device,
+               "chars_per_sec": round(ours, 1), "naive_chars_per_sec": round(naive, 1),
+               "ratio": round(ours / naive, 2), "gflops": round(ours * flops / 1e9, 2)}
+        if streams == 1:  # one stream reads every weight once per step: bandwidth-bound
+            row["gb_per_sec"] = round(ours * step_bytes / 1e9, 2)
+            row["bandwidth_share"] = round(ours * step_bytes / 1e9 / bandwidth, 3)
+        else:
+            row["ceiling_share"] = round(ours * flops / 1e9 / gemm, 3)
+        rows.append(row)
+    return rows
+
+
+# --- big corpora ------------------------------------------------------------------------------
+
+
+def write_synthetic_corpus(path: Path, megabytes: int, seed: int = 0) -> None:
+    """ASCII lines of random words over a 65-character alphabet, `megabytes` MB, written in chunks."""
+    rng = np.random.default_rng(seed)
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'-\n&3$\t", dtype=np.uint8)
+    remaining = megabytes * 1_000_000
+    with open(path, "wb") as f:
+        while remaining > 0:
+            n = min(remaining, 1 << 24)
+            f.write(alphabet[rng.integers(0, len(alphabet), n)].tobytes())
+            remaining -= n
+
+
+def _run_measured(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """(seconds, peak resident MB, stderr) of a child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = process.stderr.read().decode("utf-8", "replace")
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({process.returncode}): {stderr.strip()[-500:]}")
+    return seconds, usage.ru_maxrss / 1024, stderr  # Linux reports kilobytes
+
+
+def bench_corpora(sizes_mb, device: str, workdir: Path, log: Callable[[str], None], steps: int = 20) -> list[dict]:
+    """Train a default model for a few steps on big synthetic corpora, twice: cold, then from the cache."""
+    from .tokens import encode_files  # noqa: PLC0415 (only this section needs it)
+
+    rows = []
+    for mb in sizes_mb:
+        corpus = workdir / f"synthetic-{mb}mb.txt"
+        log(f"writing a {mb} MB corpus")
+        write_synthetic_corpus(corpus, mb)
+        log(f"encoding {mb} MB")
+        start = time.perf_counter()
+        encoded = encode_files([str(corpus)], workdir / f"encoded-{mb}.npy", "char")
+        encode_seconds = time.perf_counter() - start
+        (workdir / f"encoded-{mb}.npy").unlink()
+        env = dict(os.environ, CHARNN_RUNS_DIR=str(workdir / "runs"))
+        row = {"megabytes": mb, "tokens": encoded.num_tokens,
+               "encode_mb_per_sec": round(mb / encode_seconds, 1)}
+        for attempt in ("first", "second"):
+            log(f"training on {mb} MB ({attempt} start)")
+            argv = [sys.executable, "-m", "charnn", "train", str(corpus), "--max-steps", str(steps),
+                    "--eval-every", str(max(steps // 2, 1)), "--eval-chars", "20000", "--device", device, "--quiet", "--out",
+                    str(workdir / "runs" / f"{mb}-{attempt}")]
+            seconds, peak_mb, _ = _run_measured(argv, env)
+            row[f"{attempt}_start_seconds"] = round(seconds, 2)
+            row[f"{attempt}_peak_rss_mb"] = round(peak_mb, 1)
+        row["peak_rss_mb"] = max(row["first_peak_rss_mb"], row["second_peak_rss_mb"])
+        # the token file is memory-mapped: a full epoch may bring all of it into resident memory
+        row["token_file_mb"] = round(encoded.num_tokens * encoded.vocab.dtype.itemsize / 2**20, 1)
+        rows.append(row)
+        corpus.unlink()
+    return rows
+
+
+# --- the whole benchmark -----------------------------------------------------------------------
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "device": str(device), "platform": sys.platform}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> BenchReport:
+    device = torch.device(options.device)
+    seconds = options.measure_seconds
+    report = BenchReport(machine=machine_info(device))
+    log("measuring the ceilings")
+    gemm = gemm_gflops(device, seconds=min(seconds, 3.0))
+    bandwidth = read_bandwidth(device, seconds=min(seconds, 3.0))
+    report.ceilings = {"gemm_gflops": round(gemm, 1), "read_gb_per_sec": round(bandwidth, 1)}
+    report.training = bench_training(QUICK_TRAIN if options.quick else FULL_TRAIN, options.device, gemm,
+                                     seconds, log)
+    report.sampling = bench_sampling(QUICK_STREAMS if options.quick else FULL_STREAMS, options.device, gemm,
+                                     bandwidth, seconds, log)
+    sizes = options.corpora_mb
+    if sizes is None:
+        sizes = QUICK_CORPORA_MB if options.quick else FULL_CORPORA_MB
+    if sizes:
+        if options.workdir is not None:
+            options.workdir.mkdir(parents=True, exist_ok=True)
+            report.corpora = bench_corpora(sizes, options.device, options.workdir, log, options.corpus_steps)
+        else:
+            with tempfile.TemporaryDirectory(prefix="charnn-bench-") as tmp:
+                report.corpora = bench_corpora(sizes, options.device, Path(tmp), log, options.corpus_steps)
+    return report
+

@@ -1,0 +1,47 @@
+"""The benchmark runs end to end and reports every figure it promises (tiny sizes: speed is not tested)."""
+
+import json
+
+import charnn.bench as bench
+from charnn.bench import BenchOptions, TrainCase, run_benchmark, sampling_bytes_per_step, training_flops_per_char
+from charnn.cli import main
+
+
+def test_flop_and_byte_counts():
+    # 2x512 LSTM, embed 512, 65 characters: the issue's 139 GFLOP/s at 5,500 chars/s
+    assert abs(training_flops_per_char("lstm", 2, 512, 512, 65) * 5500 / 1e9 - 139) < 1
+    # layer 0's recurrent matrix, layer 1's input and recurrent matrices, the output layer; fp32
+    assert sampling_bytes_per_step(2, 512, 65) == 4 * (2048 * 512 + 2048 * 1024 + 512 * 65)
+
+
+def test_bench_reports_every_row(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "QUICK_TRAIN", (TrainCase(1, 16, 4, 8),))
+    monkeypatch.setattr(bench, "QUICK_STREAMS", (1, 3))
+    monkeypatch.setattr(bench, "SAMPLE_MODEL", (2, 32))
+    report = run_benchmark(BenchOptions(quick=True, seconds=0.05, corpora_mb=(1,), workdir=tmp_path,
+                                        corpus_steps=2))
+    assert report.ceilings["gemm_gflops"] > 0 and report.ceilings["read_gb_per_sec"] > 0
+    (train,) = report.training
+    assert train["config"] == "1x16 b4 s8"
+    assert train["chars_per_sec"] > 0 and train["reference_chars_per_sec"] > 0 and train["ratio"] > 0
+    assert [row["streams"] for row in report.sampling] == [1, 3]
+    assert "bandwidth_share" in report.sampling[0] and "ceiling_share" in report.sampling[1]
+    assert all(row["ratio"] > 0 for row in report.sampling)
+    (corpus,) = report.corpora
+    assert corpus["megabytes"] == 1 and corpus["tokens"] == 1_000_000
+    assert corpus["encode_mb_per_sec"] > 0 and corpus["peak_rss_mb"] > 0
+    assert list((tmp_path / "runs" / ".cache").glob("*.npy"))  # the second run found the cache
+
+
+def test_bench_command_writes_json(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "QUICK_TRAIN", (TrainCase(1, 8, 2, 4),))
+    monkeypatch.setattr(bench, "QUICK_STREAMS", (1,))
+    monkeypatch.setattr(bench, "SAMPLE_MODEL", (1, 16))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--seconds", "0.05", "--corpus-mb", "0", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the table is for people: stderr
+    assert "training" in captured.err and "sampling" in captured.err
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "ceilings", "training", "sampling", "corpora"} and data["corpora"] == []
+    assert main(["bench", "--seconds", "-1"]) == 1
