@@ -56,12 +56,19 @@ class CharRNN(nn.Module):
     def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
         p = self.config.dropout
         x = dropout(self.embedding(idx), p, self.training)  # (T, B, E)
-        if self.training and p > 0 and self.config.num_layers > 1 and x.device.type == "cpu":
+        if self.training and p > 0 and self._cheaper_by_layer(x):
             out, hidden = self._layer_by_layer(x, hidden)  # to use the cheaper dropout between layers
         else:
             out, hidden = self.rnn(x, hidden)  # (T, B, H)
         logits = self.head(dropout(out, p, self.training))  # (T, B, V)
         return logits, hidden
+
+    def _cheaper_by_layer(self, x: torch.Tensor) -> bool:
+        """Measured on a 2-core CPU: calling the layers one by one, with our dropout between them, is
+        5-7% faster for 2x128 and 2x256 models at 32 streams, even at 8 streams, and about 5% slower for
+        3x512 at 64 streams, where the mask costs little next to the matrix products."""
+        c = self.config
+        return c.num_layers > 1 and c.hidden_size <= 256 and x.device.type == "cpu"
 
     def _layer_by_layer(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
         """What nn.LSTM/GRU/RNN computes, one layer per call, on the same parameters and kernels."""
