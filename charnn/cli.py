@@ -483,7 +483,7 @@ def bench(
         "--json", help="Also write the figures as JSON to this file (- for stdout).", show_default=False)] = None,
     device: Annotated[Device, typer.Option(help="Where to measure.")] = Device.cpu,
     seconds: Annotated[Optional[float], typer.Option(
-        help="Seconds per timed measurement. \\[default: 3 with --quick, else 8]", show_default=False)] = None,
+        help="Seconds per timed comparison. \\[default: 4 with --quick, else 12]", show_default=False)] = None,
     corpus_mb: Annotated[Optional[list[int]], typer.Option(
         "--corpus-mb", help="Synthetic corpus sizes for the encoding and memory rows (repeatable; 0 skips them). "
                             "\\[default: 100 and 1000; 100 with --quick]", show_default=False)] = None,
