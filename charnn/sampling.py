@@ -15,7 +15,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import CharnnError
 from .model import CharRNN
