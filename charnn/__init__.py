@@ -14,7 +14,7 @@ from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
 from .model import CharRNN, detach_hidden
 from .runs import latest_run, resolve_checkpoint, resume_training, start_training
-from .sampling import SamplingConfig, Stepper, generate
+from .sampling import SamplingConfig, Stepper, TextGenerator, beam_search, generate
 from .train import Trainer, TrainEvents, TrainResult, TrainState
 from .vocab import Vocab
 
@@ -30,8 +30,8 @@ def load_model(path=None, device="cpu"):
 
 __all__ = [
     "CharRNN", "CharnnError", "Corpus", "EvalResult", "ModelConfig", "SamplingConfig", "Stepper",
-    "StreamBatches", "TrainConfig", "TrainEvents", "TrainResult", "TrainState", "Trainer", "Vocab",
-    "detach_hidden", "evaluate", "generate", "latest_run", "load_checkpoint", "load_model",
+    "StreamBatches", "TextGenerator", "TrainConfig", "TrainEvents", "TrainResult", "TrainState", "Trainer", "Vocab",
+    "beam_search", "detach_hidden", "evaluate", "generate", "latest_run", "load_checkpoint", "load_model",
     "model_from_checkpoint", "parse_duration", "read_corpus", "resolve_checkpoint", "resolve_device",
     "resume_training", "save_checkpoint", "split_train_val", "start_training",
 ]

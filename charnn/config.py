@@ -36,6 +36,9 @@ class ModelConfig:
     embed_size: int = 256
     dropout: float = 0.1  # between layers, on the embedding and before the output layer
     tie_weights: bool = False  # share embedding and output matrices; needs embed_size == hidden_size
+    # --reset-on: the delimiter's token ids; its last character is read from a zero state, so every
+    # record after a delimiter is modelled on its own (training, evaluation and sampling alike)
+    reset_ids: tuple[int, ...] = ()
 
     def validate(self) -> ModelConfig:
         _require(self.vocab_size >= 1, "vocab_size", "must be at least 1")
@@ -44,6 +47,8 @@ class ModelConfig:
         _require(self.hidden_size >= 1, "--hidden-size", f"must be at least 1, not {self.hidden_size}")
         _require(self.embed_size >= 1, "--embed-size", f"must be at least 1, not {self.embed_size}")
         _require(0.0 <= self.dropout < 1.0, "--dropout", f"must be in [0, 1), not {self.dropout}")
+        _require(all(0 <= i < self.vocab_size for i in self.reset_ids), "--reset-on",
+                 "must consist of characters in the vocabulary")
         if self.tie_weights and self.embed_size != self.hidden_size:
             raise CharnnError(
                 f"--tie-weights needs --embed-size equal to --hidden-size "
@@ -56,7 +61,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        return cls(**_known_fields(cls, data))
+        known = _known_fields(cls, data)
+        if "reset_ids" in known:  # a list in JSON
+            known["reset_ids"] = tuple(int(i) for i in known["reset_ids"])
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ class TrainConfig:
     max_time: float | None = None  # seconds
     # cadence
     eval_every: int = 500  # steps; also at the end
+    patience: int | None = None  # stop after this many evaluations in a row without a new best
+    sample_every: int | None = None  # steps; a short sample is handed to the events (printed on stderr)
+    sample_chars: int = 200
     eval_chars: int | None = 1_000_000  # validation characters scored per evaluation (None: all)
     save_every_steps: int | None = None  # besides every evaluation and the end
     save_every_seconds: float | None = 600.0
@@ -115,6 +126,10 @@ class TrainConfig:
         if self.eval_chars is not None:
             _require(self.eval_chars >= 2, "--eval-chars", f"must be at least 2, not {self.eval_chars}")
         _require(self.keep >= 0, "--keep", f"must be >= 0, not {self.keep}")
+        for option, value in (("--patience", self.patience), ("--sample-every", self.sample_every)):
+            if value is not None:
+                _require(value >= 1, option, f"must be at least 1, not {value}")
+        _require(self.sample_chars >= 1, "sample_chars", f"must be at least 1, not {self.sample_chars}")
         _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         return self
 

@@ -77,6 +77,11 @@ class StreamBatches:
         chunk = self.streams[start : start + self.seq_len + 1].long()  # (T+1, B)
         return chunk[:-1], chunk[1:]
 
+    def lookbehind(self, k: int, n: int) -> torch.Tensor:
+        """The (up to) n tokens of every stream just before window k: (n', B)."""
+        start = k * self.seq_len
+        return self.streams[max(start - n, 0) : start].long()
+
 
 def as_tensor(tokens: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """A token array as a 1-D tensor on `device`, without copying on the CPU where possible."""

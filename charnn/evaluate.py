@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import CharRNN, Hidden, select_streams
+from .model import CharRNN, Hidden, reset_mask, select_streams
 
 LN2 = math.log(2.0)
 
@@ -43,11 +43,12 @@ def _concat_hidden(first: Hidden, rest: Hidden) -> Hidden:
     return tuple(torch.cat([a, b], dim=1) for a, b in zip(first, rest))
 
 
-def _score(model: CharRNN, inputs: torch.Tensor, targets: torch.Tensor, hidden, window: int):
+def _score(model: CharRNN, inputs: torch.Tensor, targets: torch.Tensor, hidden, window: int, resets=None):
     """Sum of losses over (T, S) inputs/targets, read `window` steps at a time; returns (sum, hidden)."""
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     for start in range(0, inputs.shape[0], window):
-        logits, hidden = model(inputs[start : start + window], hidden)
+        piece_resets = None if resets is None else resets[start : start + window]
+        logits, hidden = model(inputs[start : start + window], hidden, piece_resets)
         target = targets[start : start + window]
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="sum")
     return total, hidden
@@ -79,14 +80,18 @@ def evaluate(
         piece = n_targets // streams
         inputs = tokens[: streams * piece].view(streams, piece).t().long()  # (piece, S)
         targets = tokens[1 : streams * piece + 1].view(streams, piece).t().long()
+        # with --reset-on, where the state restarts, over the whole text at once
+        resets = reset_mask(tokens, model.config.reset_ids) if model.config.reset_ids else None
         warm = min(burn_in, piece)
         hidden = model.init_hidden(1 if warm else streams)
         if streams > 1 and warm:
             starts = torch.arange(1, streams, device=device) * piece
             warm_idx = (starts.unsqueeze(0) - warm + torch.arange(warm, device=device).unsqueeze(1)).long()
-            _, warm_hidden = model(tokens[warm_idx].long(), None)  # (warm, S-1) -> state at each piece start
+            warm_resets = None if resets is None else resets[warm_idx]
+            _, warm_hidden = model(tokens[warm_idx].long(), None, warm_resets)  # state at each piece start
             hidden = _concat_hidden(hidden, warm_hidden)
-        total, hidden = _score(model, inputs, targets, hidden, window)
+        piece_resets = None if resets is None else resets[: streams * piece].view(streams, piece).t()
+        total, hidden = _score(model, inputs, targets, hidden, window, piece_resets)
         rest = n_targets - streams * piece
         if rest:  # the few characters past the last full piece continue the last stream
             start = streams * piece
@@ -96,6 +101,7 @@ def evaluate(
                 tokens[start + 1 : start + rest + 1].view(rest, 1).long(),
                 select_streams(hidden, slice(streams - 1, streams)),
                 window,
+                None if resets is None else resets[start : start + rest].view(rest, 1),
             )
             total += more
         return EvalResult(loss=float(total) / n_targets, chars=n_targets)

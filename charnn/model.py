@@ -53,15 +53,39 @@ class CharRNN(nn.Module):
         if config.tie_weights:
             self.head.weight = self.embedding.weight
 
-    def forward(self, idx: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+    def forward(
+        self, idx: torch.Tensor, hidden: Hidden | None = None, resets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Hidden]:
+        """idx (T, B) -> logits (T, B, V) and the final state. `resets` (T, B) marks the steps whose
+        incoming state is zeroed first (see `reset_mask`): the recurrence restarts there, per stream."""
         p = self.config.dropout
         x = dropout(self.embedding(idx), p, self.training)  # (T, B, E)
-        if self.training and p > 0 and self._cheaper_by_layer(x):
-            out, hidden = self._layer_by_layer(x, hidden)  # to use the cheaper dropout between layers
+        if resets is not None and bool(resets.any()):
+            out, hidden = self._recur_with_resets(x, hidden, resets)
         else:
-            out, hidden = self.rnn(x, hidden)  # (T, B, H)
+            out, hidden = self._recur(x, hidden)  # (T, B, H)
         logits = self.head(dropout(out, p, self.training))  # (T, B, V)
         return logits, hidden
+
+    def _recur(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        if self.training and self.config.dropout > 0 and self._cheaper_by_layer(x):
+            return self._layer_by_layer(x, hidden)  # to use the cheaper dropout between layers
+        return self.rnn(x, hidden)
+
+    def _recur_with_resets(self, x: torch.Tensor, hidden: Hidden | None, resets: torch.Tensor):
+        """The fused kernels cannot zero a state mid-sequence, so cut the window at every step where
+        some stream resets: one kernel call per piece, the state zeroed between pieces."""
+        if hidden is None:
+            hidden = self.init_hidden(x.shape[1], x.device)
+        times = torch.nonzero(resets.any(dim=1)).flatten().tolist()
+        bounds = sorted({0, *times, x.shape[0]})
+        outs = []
+        for start, end in zip(bounds, bounds[1:]):
+            if start in times:
+                hidden = reset_streams(hidden, resets[start])
+            out, hidden = self._recur(x[start:end], hidden)
+            outs.append(out)
+        return torch.cat(outs), hidden
 
     def _cheaper_by_layer(self, x: torch.Tensor) -> bool:
         """Measured on a 2-core CPU: calling the layers one by one, with our dropout between them, is
@@ -99,6 +123,32 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def reset_streams(hidden: Hidden, mask: torch.Tensor) -> Hidden:
+    """Zero the state of the streams where `mask` (B,) is true; the others keep theirs."""
+    keep = (~mask).to(hidden[0].dtype if isinstance(hidden, tuple) else hidden.dtype).view(1, -1, 1)
+    if isinstance(hidden, torch.Tensor):
+        return hidden * keep
+    return tuple(h * keep for h in hidden)
+
+
+def reset_mask(tokens: torch.Tensor, reset_ids: tuple[int, ...], before: torch.Tensor | None = None) -> torch.Tensor:
+    """True where tokens[t] (time first: (T,) or (T, B)) completes the delimiter `reset_ids`.
+
+    `before` holds the tokens just before tokens[0] (same trailing shape), so a delimiter that
+    straddles the start of a window is found; without them the match needs all its characters here.
+    """
+    mask = tokens == reset_ids[-1]
+    full = tokens if before is None else torch.cat([before.to(tokens.dtype), tokens])
+    context = len(full) - len(tokens)
+    for back in range(1, len(reset_ids)):  # tokens[t - back] must be reset_ids[-1 - back]
+        earlier = torch.zeros_like(mask)
+        first = max(back - context, 0)
+        if first < len(tokens):
+            earlier[first:] = full[first + context - back : len(tokens) + context - back] == reset_ids[-1 - back]
+        mask &= earlier
+    return mask
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

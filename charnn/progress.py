@@ -113,6 +113,13 @@ class ConsoleTrainEvents(TrainEvents):
     def on_save(self, trainer: Trainer, path: Path, best: bool) -> None:
         pass
 
+    def on_sample(self, trainer: Trainer, text: str) -> None:
+        if self.quiet:
+            return
+        console = self.progress.console if self.progress is not None else self.console
+        console.print(f"sample at step {trainer.state.step:,}:", style="bold", markup=False, highlight=False)
+        console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
     def on_warning(self, trainer: Trainer, message: str) -> None:
         self.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 

@@ -33,7 +33,7 @@ LATEST_FILE = "latest"
 RUN_FILES = ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt")
 # options that may change when resuming; every other one is fixed by the run
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "eval_chars", "save_every_steps",
-                     "save_every_seconds", "keep", "log_every", "device")
+                     "save_every_seconds", "keep", "log_every", "device", "patience", "sample_every", "sample_chars")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
@@ -139,6 +139,16 @@ def load_tokens(run_dir: Path) -> np.ndarray:
     return open_tokens(path)
 
 
+def delimiter_ids(vocab: Vocab, delimiter: str) -> tuple[int, ...]:
+    """--reset-on's string as token ids; every character must occur in the corpus."""
+    if not delimiter:
+        raise CharnnError("--reset-on needs a non-empty delimiter")
+    try:
+        return tuple(int(i) for i in vocab.encode(delimiter.encode("utf-8", "surrogateescape")))
+    except CharnnError:
+        raise CharnnError(f"--reset-on {delimiter!r}: the corpus does not contain all its characters") from None
+
+
 # --- starting and resuming training ------------------------------------------------------------
 
 
@@ -171,6 +181,10 @@ def start_training(
 def _new_run(encoded: EncodedCorpus, name: str, sources, model_options: dict, config: TrainConfig, out,
              overwrite: bool, events, should_stop) -> tuple[Trainer, Path]:
     vocab, tokens = encoded.vocab, encoded.tokens()
+    model_options = dict(model_options)
+    reset_on = model_options.pop("reset_on", None)
+    if reset_on is not None:
+        model_options["reset_ids"] = delimiter_ids(vocab, reset_on)
     model_config = ModelConfig(vocab_size=vocab.size, **model_options).validate()
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
@@ -231,9 +245,13 @@ def resume_training(
             flag = "--" + key.replace("_", "-")
             raise CharnnError(f"--resume: {flag} {overrides[key]} contradicts the run's {getattr(saved, key)}",
                               hint="leave it out to keep the run's setting, or start a new run")
-    for key, value in (overrides.pop("model", None) or {}).items():
+    model_overrides = dict(overrides.pop("model", None) or {})
+    if model_overrides.get("reset_on") is not None:
+        model_overrides["reset_ids"] = delimiter_ids(vocab, model_overrides["reset_on"])
+    model_overrides.pop("reset_on", None)
+    for key, value in model_overrides.items():
         if value != getattr(model_config, key):
-            flag = "--" + key.replace("_", "-").replace("num-layers", "layers")
+            flag = "--" + key.replace("_", "-").replace("num-layers", "layers").replace("reset-ids", "reset-on")
             raise CharnnError(f"--resume: {flag} {value} contradicts the run's {getattr(model_config, key)}",
                               hint="the architecture is fixed when a run starts")
     vocab_mode = overrides.pop("vocab_mode", None)

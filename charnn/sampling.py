@@ -17,15 +17,22 @@ import numpy as np
 import torch
 
 from .errors import CharnnError
-from .model import CharRNN
+from .model import CharRNN, reset_mask, reset_streams
 from .vocab import Vocab
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How to pick each character; the names follow transformers' generation config."""
+
     temperature: float = 1.0  # 1 samples the model's own distribution; 0 is greedy argmax
     top_k: int | None = None  # keep only the k most likely characters
     top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
+    min_p: float | None = None  # keep characters at least min_p times as likely as the likeliest
+    repetition_penalty: float = 1.0  # > 1 discourages characters seen in the last repetition_window
+    # transformers penalises every token of the context; on characters that soon covers the whole
+    # alphabet, so only the recent ones count (None: all of them)
+    repetition_window: int | None = 64
 
     def validate(self, vocab_size: int) -> SamplingConfig:
         """Check every value; top_k above the vocabulary size is clamped to it."""
@@ -35,13 +42,20 @@ class SamplingConfig:
             raise CharnnError(f"--top-k must be at least 1, not {self.top_k}")
         if self.top_p is not None and not (0 < self.top_p <= 1):
             raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.min_p is not None and not (0 <= self.min_p <= 1):
+            raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
+        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
+            raise CharnnError(f"--repetition-penalty must be positive, not {self.repetition_penalty}",
+                              hint="1 turns it off; 1.1-1.5 discourages repeats")
+        if self.repetition_window is not None and self.repetition_window < 1:
+            raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
         if self.top_k is not None and self.top_k > vocab_size:
-            return SamplingConfig(self.temperature, vocab_size, self.top_p)
+            return replace(self, top_k=vocab_size)
         return self
 
 
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
-    """Apply temperature, top-k and top-p to (B, V) logits; removed entries become -inf."""
+    """Apply temperature, top-k, top-p and min-p to (B, V) logits; removed entries become -inf."""
     if config.temperature != 1.0:
         logits = logits / config.temperature
     if config.top_k is not None and config.top_k < logits.shape[-1]:
@@ -54,13 +68,23 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
         drop_sorted = probs.cumsum(dim=-1) - probs >= config.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, -torch.inf)
+    if config.min_p:  # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
+        floor = logits.max(dim=-1, keepdim=True).values + float(np.log(config.min_p))
+        logits = logits.masked_fill(logits < floor, -torch.inf)
     return logits
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' (CTRL's) repetition penalty on (B, V) logits: a seen character's logit is divided
+    by `penalty` when positive and multiplied by it when negative, so it always becomes less likely."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
 
 
 def sample_next(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits -> (B,) ids."""
     if config.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1)  # no filter ever removes the likeliest character
     return draw(filter_logits(logits.float(), config).softmax(dim=-1), generator)
 
 
@@ -185,8 +209,11 @@ class Stepper:
         return h, h
 
 
-def default_prime(vocab: Vocab) -> list[int]:
-    """Without a prime, start where texts usually do: after a newline (else the first character)."""
+def default_prime(vocab: Vocab, reset_ids: Sequence[int] = ()) -> list[int]:
+    """Without a prime, start where texts usually do: after a newline (else the first character), or
+    for a model trained with --reset-on, after its delimiter, where every record starts."""
+    if reset_ids:
+        return list(reset_ids)
     if vocab.mode == "byte":
         return [ord("\n")]
     index = vocab.chars.find("\n")
@@ -197,6 +224,129 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
     return generator
+
+
+class RecentCharacters:
+    """Which characters each stream produced (or was primed with) lately, for the repetition penalty."""
+
+    def __init__(self, num_streams: int, vocab_size: int, window: int | None, device: torch.device):
+        self.window = window
+        self.counts = torch.zeros(num_streams, vocab_size, dtype=torch.int32, device=device)
+        self.ring = torch.full((num_streams, window or 1), -1, dtype=torch.int64, device=device)
+        self.position = 0
+
+    def add(self, ids: torch.Tensor) -> None:
+        """ids (B,) or (T, B), oldest first."""
+        steps = ids.view(-1, self.counts.shape[0])
+        if self.window is None:  # everything counts forever
+            self.counts.scatter_add_(1, steps.t(), torch.ones_like(steps.t(), dtype=torch.int32))
+            return
+        for step in steps[-self.window :]:  # older ones would leave the window again anyway
+            slot = self.position % self.window
+            if self.position >= self.window:
+                old = self.ring[:, slot : slot + 1]
+                self.counts.scatter_add_(1, old, torch.full_like(old, -1, dtype=torch.int32))
+            self.ring[:, slot] = step
+            self.counts.scatter_add_(1, step.view(-1, 1), torch.ones_like(step.view(-1, 1), dtype=torch.int32))
+            self.position += 1
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the history of these streams (beam search: each new beam inherits its parent's)."""
+        self.counts, self.ring = self.counts[rows], self.ring[rows]
+
+    def seen(self) -> torch.Tensor:
+        return self.counts > 0
+
+
+class TextGenerator:
+    """A model's sampling state for `num_samples` streams: feed it text, draw continuations.
+
+    The state carries over between calls, so a conversation-like loop (`charnn sample --interactive`)
+    can alternate `feed` and `sample`; `reset` forgets everything. With a model trained with
+    --reset-on, the state restarts at the delimiter here too, exactly as in training.
+    """
+
+    PRIME_CHUNK = 1024  # prime steps per forward pass: bounds the logits kept for a long prime
+
+    def __init__(self, model: CharRNN, config: SamplingConfig = SamplingConfig(), num_samples: int = 1,
+                 seed: int | None = None):
+        model.eval()
+        self.model = model
+        self.num_samples = num_samples
+        self.device = model.head.weight.device
+        config = config.validate(model.config.vocab_size)
+        # 1/temperature folded into the output layer once, not applied at every step
+        self.scale = 1.0 / config.temperature if config.temperature > 0 else 1.0
+        self.config = replace(config, temperature=1.0) if config.temperature > 0 else config
+        self.generator = make_generator(seed, self.device)
+        self.stepper = Stepper(model, logit_scale=self.scale)
+        self.reset_ids = model.config.reset_ids
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the zero state with nothing read."""
+        self.state: list | None = None
+        self.logits: torch.Tensor | None = None  # (B, V): what comes next, given everything read
+        self.pending: torch.Tensor | None = None  # (B,): drawn and handed out, not yet read
+        self.tail = torch.full((self.num_samples, max(len(self.reset_ids) - 1, 0)), -1, dtype=torch.int64,
+                               device=self.device)  # the last characters read: a delimiter may straddle calls
+        self.recent = None
+        if self.config.repetition_penalty != 1.0:
+            self.recent = RecentCharacters(self.num_samples, self.model.config.vocab_size,
+                                           self.config.repetition_window, self.device)
+
+    @torch.inference_mode()
+    def feed(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Read text (the same for every stream) after whatever was read or drawn before."""
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        if len(ids) == 0:
+            return
+        steps = ids.view(-1, 1).expand(-1, self.num_samples)  # (P, B)
+        if self.pending is not None:
+            steps = torch.cat([self.pending.view(1, -1), steps])
+            self.pending = None
+        hidden = None if self.state is None else self.stepper.hidden_from_state(self.state)
+        for start in range(0, len(steps), self.PRIME_CHUNK):
+            chunk = steps[start : start + self.PRIME_CHUNK]
+            resets = reset_mask(chunk, self.reset_ids, self.tail.t()) if self.reset_ids else None
+            logits, hidden = self.model(chunk, hidden, resets)
+            self._remember(chunk)
+        self.logits = logits[-1] * self.scale
+        self.state = self.stepper.state_from_hidden(hidden)
+        if self.recent is not None:
+            self.recent.add(ids.view(-1, 1).expand(-1, self.num_samples))
+
+    @torch.inference_mode()
+    def sample(self, length: int) -> Iterator[torch.Tensor]:
+        """Yield `length` steps of (num_samples,) ids, each drawn and then fed back in."""
+        if self.logits is None:
+            raise CharnnError("nothing to continue from: feed a prime first")
+        for _ in range(length):
+            if self.pending is not None:
+                self._step(self.pending)
+            logits = self.logits
+            if self.recent is not None:
+                logits = penalize_repeats(logits, self.recent.seen(), self.config.repetition_penalty)
+            ids = sample_next(logits, self.config, self.generator)
+            if self.recent is not None:
+                self.recent.add(ids)
+            self.pending = ids
+            yield ids
+
+    def _step(self, ids: torch.Tensor) -> None:
+        if self.reset_ids:
+            restart = reset_mask(ids.view(1, -1), self.reset_ids, self.tail.t())[0]
+            if bool(restart.any()):
+                self.state = self.stepper.state_from_hidden(
+                    reset_streams(self.stepper.hidden_from_state(self.state), restart))
+            self._remember(ids.view(1, -1))
+        self.logits, self.state = self.stepper(ids, self.state)
+        self.pending = None
+
+    def _remember(self, steps: torch.Tensor) -> None:
+        """Keep the last len(delimiter) - 1 characters read, (B, n), to find a delimiter across calls."""
+        if self.tail.shape[1]:
+            self.tail = torch.cat([self.tail, steps.t()], dim=1)[:, -self.tail.shape[1]:]
 
 
 @torch.inference_mode()
@@ -215,22 +365,57 @@ def generate(
     """
     if len(prime) == 0:
         raise CharnnError("the prime is empty", hint="give at least one character, or none to use the default")
-    model.eval()
-    device = model.head.weight.device
-    config = config.validate(model.config.vocab_size)
-    generator = make_generator(seed, device)
-    prime_ids = torch.as_tensor(np.asarray(prime, dtype=np.int64), device=device)
-    logits, hidden = model(prime_ids.view(-1, 1).expand(-1, num_samples))  # (P, B, V)
-    if config.temperature > 0:  # fold 1/temperature into the output layer once, not into every step
-        scale = 1.0 / config.temperature
-        logits = logits[-1] * scale
-        config = replace(config, temperature=1.0)
-    else:
-        scale, logits = 1.0, logits[-1]
-    stepper = Stepper(model, logit_scale=scale)
-    state = stepper.state_from_hidden(hidden)
-    for i in range(length):
-        ids = sample_next(logits, config, generator)
-        yield ids
-        if i + 1 < length:
-            logits, state = stepper(ids, state)
+    generator = TextGenerator(model, config, num_samples=num_samples, seed=seed)
+    generator.feed(prime)
+    yield from generator.sample(length)
+
+
+@torch.inference_mode()
+def beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, beams: int = 8,
+                repetition_penalty: float = 1.0, repetition_window: int | None = 64) -> Iterator[int]:
+    """The most likely `length` characters after `prime` that a beam of `beams` finds, as ids.
+
+    Every step keeps the `beams` likeliest continuations so far (summed log-probabilities, after the
+    repetition penalty if one is given: the likeliest text is often a loop). Ids are yielded as soon
+    as every beam agrees on them, so the output streams where the search has settled; the rest of the
+    best beam follows at the end.
+    """
+    if len(prime) == 0:
+        raise CharnnError("the prime is empty", hint="give at least one character, or none to use the default")
+    if beams < 1:
+        raise CharnnError(f"--beam must be at least 1, not {beams}")
+    config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
+    searcher = TextGenerator(model, config, num_samples=1)
+    searcher.feed(prime)
+    recent = searcher.recent
+    stepper, vocab_size = searcher.stepper, model.config.vocab_size
+    state, tail = searcher.state, searcher.tail
+    scores = torch.zeros(1, device=searcher.device, dtype=torch.float64)
+    unsettled = torch.zeros(1, 0, dtype=torch.int64, device=searcher.device)  # (K, t): where the beams differ
+    logits = searcher.logits
+    for step in range(length):
+        if recent is not None:
+            logits = penalize_repeats(logits, recent.seen(), repetition_penalty)
+        log_probs = logits.float().log_softmax(dim=-1)
+        candidates = (scores.view(-1, 1) + log_probs).view(-1)  # (K * V,)
+        top = torch.topk(candidates, min(beams, candidates.numel()))
+        parents, ids = top.indices // vocab_size, top.indices % vocab_size
+        scores = top.values
+        unsettled = torch.cat([unsettled[parents], ids.view(-1, 1)], dim=1)
+        if recent is not None:
+            recent.reorder(parents)
+            recent.add(ids)
+        agreed = int((unsettled == unsettled[:1]).all(dim=0).long().cumprod(dim=0).sum())
+        yield from unsettled[0, :agreed].tolist()
+        unsettled = unsettled[:, agreed:]
+        if step + 1 == length:
+            break
+        state = [tuple(t[parents] for t in s) if isinstance(s, tuple) else s[parents] for s in state]
+        if searcher.reset_ids:
+            tail = torch.cat([tail[parents], ids.view(-1, 1)], dim=1)
+            restart = reset_mask(tail[:, -1:].t(), searcher.reset_ids, tail[:, :-1].t())[0]
+            if bool(restart.any()):
+                state = stepper.state_from_hidden(reset_streams(stepper.hidden_from_state(state), restart))
+            tail = tail[:, 1:]
+        logits, state = stepper(ids, state)
+    yield from unsettled[int(scores.argmax())].tolist()

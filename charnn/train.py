@@ -26,7 +26,8 @@ from .data import StreamBatches, as_tensor, epoch_offset
 from .device import out_of_memory_is_an_error, resolve_device
 from .errors import CharnnError
 from .evaluate import evaluate
-from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
+from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list, reset_mask
+from .sampling import default_prime, generate
 from .vocab import Vocab
 
 MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
@@ -51,6 +52,8 @@ class TrainEvents:
 
     def on_warning(self, trainer: Trainer, message: str) -> None: ...
 
+    def on_sample(self, trainer: Trainer, text: str) -> None: ...
+
 
 @dataclass
 class TrainState:
@@ -66,13 +69,14 @@ class TrainState:
     last_eval_step: int = -1
     lr_scale: float = 1.0  # lowered by the plateau schedule and by non-finite steps
     plateau_bad_evals: int = 0
+    evals_since_best: int = 0  # for --patience
     log_loss_sum: float = 0.0  # train loss summed since the last log line
     log_steps: int = 0
 
 
 @dataclass
 class TrainResult:
-    stop_reason: str  # "max_steps", "max_time", "epochs" or "interrupted"
+    stop_reason: str  # "max_steps", "max_time", "epochs", "patience" or "interrupted"
     state: TrainState
     run_dir: Path
     last_eval: dict | None = field(default=None)
@@ -230,13 +234,23 @@ class Trainer:
             return "max_time"
         if c.stop_epochs is not None and self.epoch_progress >= c.stop_epochs - 1e-9:
             return "epochs"
+        if c.patience is not None and s.evals_since_best >= c.patience:
+            return "patience"
         return self.should_stop()
 
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    def window_resets(self, k: int, inputs: torch.Tensor) -> torch.Tensor | None:
+        """With --reset-on: where in window k the state restarts (the delimiter may begin in window k-1)."""
+        ids = self.model_config.reset_ids
+        if not ids:
+            return None
+        return reset_mask(inputs, ids, self._batches.lookbehind(k, len(ids) - 1))
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor,
+                   resets: torch.Tensor | None = None) -> torch.Tensor | None:
         """One optimiser step on one window; returns the loss, or None if the step was skipped."""
         model, config = self.model, self.config
         hidden = self.hidden if config.carry_state else None
-        logits, hidden = model(inputs, hidden)
+        logits, hidden = model(inputs, hidden, resets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,7 +311,7 @@ class Trainer:
             inputs, targets = self._batches.window(self.state.window)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
-            loss = self.train_step(inputs, targets)
+            loss = self.train_step(inputs, targets, self.window_resets(self.state.window, inputs))
             self.state.window += 1
             if loss is None:
                 continue
@@ -313,6 +327,10 @@ class Trainer:
                 self._log(chars_per_sec=(self.state.chars - log_start_chars) / train_seconds,
                           elapsed=elapsed_before + now - session_start)
                 log_start_time, log_start_chars, eval_seconds = now, self.state.chars, 0.0
+            if self.config.sample_every and step % self.config.sample_every == 0:
+                t0 = time.monotonic()
+                self.events.on_sample(self, self.sample_text())
+                eval_seconds += time.monotonic() - t0
             if step % self.config.eval_every == 0:
                 t0 = time.monotonic()
                 self._evaluate_and_save()
@@ -369,11 +387,22 @@ class Trainer:
         limit = self.config.eval_chars
         return evaluate(self.model, self.val_data if limit is None else self.val_data[: limit + 1])
 
+    def sample_text(self) -> str:
+        """A short sample from the model as it is now (--sample-every). Its random numbers come from a
+        generator of its own, and dropout is off, so training goes on exactly as without it."""
+        prime = default_prime(self.vocab, self.model_config.reset_ids)
+        try:
+            steps = list(generate(self.model, prime, self.config.sample_chars, seed=self.config.seed + self.state.step))
+        finally:
+            self.model.train()
+        return self.vocab.decode(torch.cat(steps).tolist())
+
     def _evaluate_and_save(self) -> None:
         s = self.state
         started = time.monotonic()
         result = self.evaluate()
         improved = result.loss < s.best_val_loss
+        s.evals_since_best = 0 if improved else s.evals_since_best + 1
         if improved:
             s.best_val_loss = result.loss
             s.plateau_bad_evals = 0

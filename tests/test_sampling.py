@@ -1,9 +1,11 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from charnn import CharnnError, CharRNN, SamplingConfig, generate
-from charnn.sampling import filter_logits
+from charnn.sampling import RecentCharacters, TextGenerator, beam_search, filter_logits, penalize_repeats
 
 from conftest import tiny_model_config
 
@@ -89,3 +91,84 @@ def test_bad_sampling_values_are_clear_errors_and_top_k_is_clamped():
     assert SamplingConfig(top_k=500).validate(10).top_k == 10
     model = model_for()
     assert len(run(model, config=SamplingConfig(top_k=500), seed=0)[0]) == 60
+
+
+# --- beyond temperature: min-p, repetition penalty, beam search, a generator that keeps its state --
+
+
+def test_min_p_keeps_characters_at_least_that_fraction_of_the_likeliest():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg))[0].tolist()  # noqa: E731
+    assert kept(SamplingConfig(min_p=0.5)) == [True, True, False, False]  # 0.15 < 0.25
+    assert kept(SamplingConfig(min_p=0.1)) == [True, True, True, True]  # 0.05 >= 0.05
+    assert kept(SamplingConfig(min_p=1.0)) == [True, False, False, False]
+    for bad in (SamplingConfig(min_p=-0.1), SamplingConfig(min_p=2), SamplingConfig(repetition_penalty=0),
+                SamplingConfig(repetition_window=0)):
+        with pytest.raises(CharnnError):
+            bad.validate(10)
+
+
+def test_repetition_penalty_follows_transformers_rule():
+    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
+
+
+def test_recent_characters_forget_what_left_the_window():
+    recent = RecentCharacters(num_streams=2, vocab_size=5, window=3, device=torch.device("cpu"))
+    recent.add(torch.tensor([[0, 4], [1, 4]]))  # (T, B), oldest first
+    recent.add(torch.tensor([2, 3]))
+    assert recent.seen().tolist() == [[True, True, True, False, False], [False, False, False, True, True]]
+    recent.add(torch.tensor([2, 3]))  # the oldest (0 and 4) leave the window
+    assert recent.seen().tolist() == [[False, True, True, False, False], [False, False, False, True, True]]
+    everything = RecentCharacters(1, 5, window=None, device=torch.device("cpu"))
+    everything.add(torch.tensor([[0], [1], [2], [3]]))
+    assert everything.seen().tolist() == [[True, True, True, True, False]]
+
+
+def test_a_strong_repetition_penalty_stops_greedy_decoding_from_repeating():
+    model = model_for()
+    greedy = run(model, length=80, config=SamplingConfig(temperature=0))[0]
+    assert any(greedy[i] in greedy[max(i - 4, 0):i] for i in range(len(greedy)))  # it loops without one
+    config = SamplingConfig(temperature=0, repetition_penalty=1e6, repetition_window=4)
+    penalized = run(model, length=80, config=config)[0]
+    assert all(penalized[i] not in penalized[max(i - 4, 0):i] for i in range(len(penalized)))
+
+
+def test_generator_state_carries_across_calls():
+    """Sampling in two calls gives what one call gives, and text fed after sampling continues the
+    same sequence: the logits equal a teacher-forced pass over everything read and drawn."""
+    model = model_for()
+    whole = run(model, prime=[1, 2], length=30, seed=9)[0]
+    generator = TextGenerator(model, seed=9)
+    generator.feed([1, 2])
+    parts = [int(i) for i in generator.sample(12)] + [int(i) for i in generator.sample(18)]
+    assert parts == whole
+    generator.feed([7, 8])
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([1, 2, *whole, 7, 8]).view(-1, 1))
+    assert torch.allclose(generator.logits, logits[-1], atol=1e-5)
+    generator.reset()
+    with pytest.raises(CharnnError, match="feed"):
+        next(generator.sample(1))
+
+
+def sequence_log_prob(model, prime, continuation) -> float:
+    ids = torch.tensor(list(prime) + list(continuation)).view(-1, 1)
+    with torch.no_grad():
+        logits, _ = model(ids[:-1])
+    log_probs = logits.log_softmax(-1)[len(prime) - 1 :, 0]
+    return float(log_probs.gather(1, torch.tensor(continuation).view(-1, 1)).sum())
+
+
+def test_beam_search_finds_the_most_likely_continuation():
+    model = model_for(vocab_size=4, layers=1)
+    with torch.no_grad():
+        model.head.weight.div_(4)  # less peaked, so greedy is not already optimal
+    prime, length = [1, 2], 4
+    best = max(itertools.product(range(4), repeat=length), key=lambda c: sequence_log_prob(model, prime, c))
+    assert list(beam_search(model, prime, length, beams=4 ** length)) == list(best)  # a beam as wide as all texts
+    greedy = run(model, prime=prime, length=length, config=SamplingConfig(temperature=0))[0]
+    assert list(beam_search(model, prime, length, beams=1)) == greedy
+    narrow = list(beam_search(model, prime, length, beams=3))
+    assert sequence_log_prob(model, prime, narrow) >= sequence_log_prob(model, prime, greedy) - 1e-6
