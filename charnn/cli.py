@@ -32,7 +32,7 @@ from .evaluate import EvalResult, evaluate
 from .progress import ConsoleTrainEvents
 from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
-from .sampling import SamplingConfig, default_prime, generate
+from .sampling import SamplingConfig, TextGenerator, beam_search, default_prime, generate
 
 try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions
     from typer._click import exceptions as click_exceptions
@@ -144,6 +144,11 @@ def train(
     seq_len: Annotated[Optional[int], typer.Option(
         help=f"Truncated-BPTT window; the hidden state carries across windows. {_default(TrainConfig, 'seq_len')}",
         rich_help_panel=DATA, show_default=False)] = None,
+    reset_on: Annotated[Optional[str], typer.Option(
+        help="Reset the hidden state at this delimiter, for a corpus of independent records (one poem, one "
+             "joke each): the model reads its last character from a zero state, in training, evaluation and "
+             "sampling (\\n, \\t and \\0 are understood, e.g. '\\n\\n').", rich_help_panel=DATA,
+        show_default=False)] = None,
     carry_state: Annotated[Optional[bool], typer.Option(
         "--carry-state/--no-carry-state", help="Carry the hidden state from window to window (off: an ablation). "
         "\\[default: carry]", rich_help_panel=DATA, show_default=False)] = None,
@@ -175,6 +180,9 @@ def train(
     max_time: Annotated[Optional[str], typer.Option(
         help="Stop after this much training time, e.g. 90s, 10m, 2h, 1h30m. The learning-rate schedule "
              "spans whichever limit comes first.", rich_help_panel=STOP, show_default=False)] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        help="Stop early after N evaluations in a row without a new best validation loss.",
+        rich_help_panel=STOP, show_default=False)] = None,
     # run and checkpoints
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run directory. \\[default: runs/CORPUS-NAME, numbered so no run is overwritten]",
@@ -200,6 +208,9 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(
         help=f"Log training loss and speed every N steps. {_default(TrainConfig, 'log_every')}", rich_help_panel=RUN,
         show_default=False)] = None,
+    sample_every: Annotated[Optional[int], typer.Option(
+        help=f"Print a {TrainConfig.sample_chars}-character sample to stderr every N steps, to watch the model "
+             "learn (it does not change the training).", rich_help_panel=RUN, show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. {_default(TrainConfig, 'seed')}",
                                                 rich_help_panel=RUN, show_default=False)] = None,
     device: Annotated[Optional[Device], typer.Option(
@@ -217,6 +228,7 @@ def train(
         "min_lr_ratio": min_lr_ratio, "epochs": epochs, "max_steps": max_steps,
         "max_time": parse_duration(max_time) if max_time is not None else None,
         "eval_every": eval_every, "keep": keep, "log_every": log_every, "seed": seed,
+        "patience": patience, "sample_every": sample_every,
         "device": device.value if device else None,
     }
     given = {k: v for k, v in train_options.items() if v is not None}
@@ -227,6 +239,7 @@ def train(
     model_options = {
         "cell": cell.value if cell else None, "num_layers": layers, "hidden_size": hidden_size,
         "embed_size": embed_size, "dropout": dropout, "tie_weights": tie_weights,
+        "reset_on": _unescape(reset_on) if reset_on is not None else None,
     }
     model_given = {k: v for k, v in model_options.items() if v is not None}
     events = ConsoleTrainEvents(console, quiet=quiet)
@@ -243,7 +256,10 @@ def train(
         _say(console, f"resume with: charnn train --resume {result.run_dir}")
         raise typer.Exit(143 if stop.signum == signal.SIGTERM else 130)
     best = state.best_val_loss
-    _say(console, f"done ({result.stop_reason.replace('_', '-')}): {state.step:,} steps, best validation loss "
+    reason = result.stop_reason.replace("_", "-")
+    if result.stop_reason == "patience":
+        reason = f"no new best validation loss in {trainer.config.patience} evaluations"
+    _say(console, f"done ({reason}): {state.step:,} steps, best validation loss "
                   f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc); model in {result.run_dir}", quiet=quiet)
 
 
@@ -330,70 +346,225 @@ def _load(model: str | None, device_name: str):
     return checkpoint, net.to(resolve_device(device_name)), vocab, payload
 
 
+SAMPLING = "Sampling"
+PRIME = "Prime"
+OUTPUT = "Output"
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def sample(
     model: Annotated[Optional[str], typer.Argument(
         help="Run directory (its best.pt) or checkpoint file. \\[default: the newest run]", show_default=False)] = None,
-    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate (bytes with a byte-level model).")] = 1000,
-    temp: Annotated[float, typer.Option("--temp", "-t", help="Temperature: below 1 is safer, above 1 wilder, 0 is greedy.")] = 1.0,
+    length: Annotated[Optional[int], typer.Option(
+        "--length", "-n", help="Characters to generate (bytes with a byte-level model): at most this many with "
+        "--stop. \\[default: 1000; 300 per turn with --interactive]", show_default=False)] = None,
+    temp: Annotated[Optional[float], typer.Option(
+        "--temp", "-t", help="Temperature: below 1 is safer, above 1 wilder, 0 is greedy. \\[default: 1.0]",
+        rich_help_panel=SAMPLING, show_default=False)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Sample only from the k most likely characters.",
-                                                 show_default=False)] = None,
+                                                 rich_help_panel=SAMPLING, show_default=False)] = None,
     top_p: Annotated[Optional[float], typer.Option(
         help="Sample only from the most likely characters whose probabilities add up to p (nucleus).",
-        show_default=False)] = None,
-    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text to start from; it warms up the state.",
-                                                 show_default=False)] = None,
-    prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file (- for stdin).",
-                                                      show_default=False)] = None,
-    drop_unknown: Annotated[bool, typer.Option(
-        help="Leave out prime characters the model has never seen instead of failing.")] = False,
-    echo_prime: Annotated[bool, typer.Option("--echo-prime/--no-prime-echo",
-                                             help="Print the prime before the continuation.")] = True,
-    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = 1,
-    separator: Annotated[str, typer.Option(help="Printed between samples (\\n, \\t and \\0 are understood).")] = "\\n\\n",
+        rich_help_panel=SAMPLING, show_default=False)] = None,
+    min_p: Annotated[Optional[float], typer.Option(
+        help="Sample only from characters at least p times as likely as the likeliest one.",
+        rich_help_panel=SAMPLING, show_default=False)] = None,
+    repetition_penalty: Annotated[float, typer.Option(
+        help="Above 1, make characters seen in the last --repetition-window characters less likely "
+             "(transformers' rule: positive logits divided by it, negative ones multiplied).",
+        rich_help_panel=SAMPLING)] = 1.0,
+    repetition_window: Annotated[int, typer.Option(
+        help="How many recent characters --repetition-penalty looks back over; 0: all of them.",
+        rich_help_panel=SAMPLING)] = 64,
+    beam: Annotated[Optional[int], typer.Option(
+        help="Beam search with N beams: the most likely continuation instead of a random one "
+             "(deterministic; streams as the beams agree; --repetition-penalty applies).", rich_help_panel=SAMPLING, show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same text. \\[default: random]",
-                                                show_default=False)] = None,
+                                                rich_help_panel=SAMPLING, show_default=False)] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text to start from; it warms up the state.",
+                                                 rich_help_panel=PRIME, show_default=False)] = None,
+    prime_file: Annotated[Optional[str], typer.Option(help="Read the prime from a file (- for stdin).",
+                                                      rich_help_panel=PRIME, show_default=False)] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Leave out prime characters the model has never seen instead of failing.", rich_help_panel=PRIME)] = False,
+    echo_prime: Annotated[bool, typer.Option("--echo-prime/--no-prime-echo",
+                                             help="Print the prime before the continuation.", rich_help_panel=PRIME)] = True,
+    stop: Annotated[Optional[str], typer.Option(
+        help="End a sample where it produces this string, which is not printed (\\n, \\t and \\0 are understood; "
+             "e.g. '\\n\\n' for a paragraph).", rich_help_panel=OUTPUT, show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.",
+                                             rich_help_panel=OUTPUT)] = 1,
+    separator: Annotated[str, typer.Option(help="Printed between samples (\\n, \\t and \\0 are understood).",
+                                           rich_help_panel=OUTPUT)] = "\\n\\n",
+    interactive: Annotated[bool, typer.Option(
+        "--interactive", "-i", help="Type a prime, watch the continuation; the state carries over between "
+        "turns. An empty line continues; /reset forgets; /quit or Ctrl-D ends.", rich_help_panel=OUTPUT)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.",
+                                        rich_help_panel=OUTPUT)] = False,
     device: Annotated[Device, typer.Option(help="Where to sample.")] = Device.auto,
 ) -> None:
     """Generate text from a trained model and stream it to stdout."""
-    if length < 0:
+    if length is not None and length < 0:
         raise CharnnError(f"--length must be >= 0, not {length}")
     if num_samples < 1:
         raise CharnnError(f"--num-samples must be at least 1, not {num_samples}")
-    config = SamplingConfig(temperature=temp, top_k=top_k, top_p=top_p)
+    if repetition_window < 0:
+        raise CharnnError(f"--repetition-window must be >= 0 (0: all characters), not {repetition_window}")
+    config = SamplingConfig(temperature=1.0 if temp is None else temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repetition_penalty=repetition_penalty, repetition_window=repetition_window or None)
     config.validate(vocab_size=1 << 30)
+    if beam is not None:
+        _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactive)
     if prime is not None and prime_file is not None:
         raise CharnnError("give --prime or --prime-file, not both")
+    if interactive and prime_file == "-":
+        raise CharnnError("--interactive reads its primes from stdin; --prime-file - cannot share it")
+    stop_bytes = _unescape(stop).encode("utf-8", "surrogateescape") if stop else b""
+    console = _stderr()
     prime_bytes = None
     if prime_file is not None:
         prime_bytes = _read_prime_file(prime_file)
     elif prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
     _, net, vocab, _ = _load(model, device.value)
-    if prime_bytes:
-        prime_ids = vocab.encode(prime_bytes, unknown="drop" if drop_unknown else "error")
-        if len(prime_ids) == 0:
-            raise CharnnError("no prime characters are in the model's vocabulary")
-        shown_prime = vocab.decode_bytes(prime_ids) if echo_prime else b""
-    else:
-        prime_ids, shown_prime = default_prime(vocab), b""
+    prime_ids = _encode_prime(vocab, prime_bytes, drop_unknown, console, quiet) if prime_bytes else None
     output = _Output()
-    sep = _unescape(separator).encode("utf-8", "surrogateescape")
     try:
+        if interactive:
+            _interactive(net, vocab, config, prime_ids, 300 if length is None else length, stop_bytes, drop_unknown,
+                         seed, output, console, quiet)
+            return
+        length = 1000 if length is None else length
+        shown_prime = vocab.decode_bytes(prime_ids) if prime_ids is not None and echo_prime else b""
+        if prime_ids is None:
+            prime_ids = default_prime(vocab, net.config.reset_ids)
+        if beam is not None:
+            steps = ([i] for i in beam_search(net, prime_ids, length, beam, repetition_penalty, config.repetition_window))
+        else:
+            steps = (ids.tolist() for ids in generate(net, prime_ids, length, config, num_samples=num_samples, seed=seed))
+        samples = _SampleText(vocab, num_samples, stop_bytes, output)
         output.write(shown_prime)
-        rest: list[list[int]] = [[] for _ in range(num_samples - 1)]
-        for ids in generate(net, prime_ids, length, config, num_samples=num_samples, seed=seed):
-            ids = ids.tolist()
-            output.write(vocab.decode_bytes(ids[:1]))
-            for bucket, token in zip(rest, ids[1:]):
-                bucket.append(token)
-        for bucket in rest:
-            output.write(sep + shown_prime + vocab.decode_bytes(bucket))
+        for ids in steps:
+            if samples.add(ids):
+                break
+        samples.finish(_unescape(separator).encode("utf-8", "surrogateescape"), shown_prime)
         if length and sys.stdout.isatty():
             output.write(b"\n")
         output.flush()
     except _PipeClosed:
         _quiet_broken_pipe()
+
+
+def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactive) -> None:
+    if beam < 1:
+        raise CharnnError(f"--beam must be at least 1, not {beam}")
+    given = [name for name, value in (("--temp", temp), ("--top-k", top_k), ("--top-p", top_p), ("--min-p", min_p))
+             if value is not None]
+    if given:
+        raise CharnnError(f"--beam searches for the most likely text; {', '.join(given)} only apply to sampling")
+    if num_samples != 1 or interactive:
+        raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
+
+
+def _encode_prime(vocab, prime_bytes: bytes, drop_unknown: bool, console: Console, quiet: bool):
+    prime_ids = vocab.encode(prime_bytes, unknown="drop" if drop_unknown else "error")
+    if len(prime_ids) == 0:
+        raise CharnnError("no prime characters are in the model's vocabulary")
+    dropped = len(prime_bytes.decode("utf-8", "surrogateescape") if vocab.mode == "char" else prime_bytes) - len(prime_ids)
+    if dropped:
+        _say(console, f"charnn: left out {dropped:,} prime character{'s' * (dropped != 1)} the model does not know",
+             quiet=quiet, style="yellow")
+    return prime_ids
+
+
+class _SampleText:
+    """Generated ids -> bytes on stdout: sample 0 streams as it is made, the others are printed after it.
+
+    With a stop string a sample ends where the string first appears (without printing it); sample 0
+    holds back only its last len(stop) - 1 bytes, which might be the start of the string.
+    """
+
+    def __init__(self, vocab, num_samples: int, stop: bytes, output: _Output):
+        self.vocab, self.stop, self.output = vocab, stop, output
+        self.texts = [bytearray() for _ in range(num_samples)]  # sample 0: only what is not yet written
+        self.done = [False] * num_samples
+
+    def add(self, ids: list[int]) -> bool:
+        """One character per sample; True once every sample has reached its stop string."""
+        for index, token in enumerate(ids):
+            if self.done[index]:
+                continue
+            text, piece = self.texts[index], self.vocab.decode_bytes([token])
+            text += piece
+            if self.stop:
+                found = text.find(self.stop, max(len(text) - len(piece) - len(self.stop) + 1, 0))
+                if found >= 0:
+                    del text[found:]
+                    self.done[index] = True
+        self._write_first()
+        return all(self.done)
+
+    def _write_first(self) -> None:
+        text = self.texts[0]
+        ready = len(text) if self.done[0] or not self.stop else len(text) - len(self.stop) + 1
+        if ready > 0:
+            self.output.write(bytes(text[:ready]))
+            del text[:ready]
+
+    def finish(self, separator: bytes, prime: bytes) -> None:
+        self.done[0] = True
+        self._write_first()
+        for text in self.texts[1:]:
+            self.output.write(separator + prime + bytes(text))
+
+
+def _interactive(net, vocab, config, prime_ids, length, stop, drop_unknown, seed, output, console, quiet) -> None:
+    """A prompt on stderr, continuations on stdout; the state carries over from turn to turn."""
+    generator = TextGenerator(net, config, seed=seed)
+    if prime_ids is not None:
+        generator.feed(prime_ids)
+    _say(console, "charnn interactive: type text and press Enter to continue it; an empty line continues "
+                  "further; /reset forgets the context; /quit or Ctrl-D ends.", quiet=quiet, style="dim")
+    while True:
+        console.print("> ", end="", markup=False, highlight=False, style="bold")
+        line = sys.stdin.readline()
+        if not line:  # Ctrl-D
+            console.print()
+            return
+        line = line.rstrip("\n")
+        if line.strip() in ("/quit", "/exit"):
+            return
+        if line.strip() == "/reset":
+            generator.reset()
+            _say(console, "(context forgotten)", quiet=quiet, style="dim")
+            continue
+        if line.strip() in ("/help", "/?"):
+            _say(console, "type text to continue it; empty line: more; /reset; /quit", style="dim")
+            continue
+        try:
+            if line:
+                generator.feed(vocab.encode(_unescape(line).encode("utf-8", "surrogateescape"),
+                                            unknown="drop" if drop_unknown else "error"))
+            elif generator.logits is None:
+                generator.feed(default_prime(vocab, generator.reset_ids))
+        except CharnnError as err:
+            _say(console, f"charnn: {err}", style="red")
+            continue
+        _continue(generator, vocab, length, stop, output, console)
+
+
+def _continue(generator, vocab, length, stop, output, console) -> None:
+    """One turn: stream a continuation; Ctrl-C cuts it short and returns to the prompt."""
+    samples = _SampleText(vocab, 1, stop, output)
+    try:
+        for ids in generator.sample(length):
+            if samples.add(ids.tolist()):
+                break
+        samples.finish(b"", b"")
+    except KeyboardInterrupt:
+        pass
+    output.flush()
+    console.print()
 
 
 def _read_prime_file(path: str) -> bytes:

@@ -45,3 +45,19 @@ def run_cli(*args, input: bytes | None = None, cwd=None, env=None, timeout=120) 
         env=full_env,
         timeout=timeout,
     )
+
+
+TINY = ["--max-steps", "30", "--layers", "1", "--hidden-size", "32", "--batch-size", "4", "--seq-len", "16",
+        "--eval-every", "15", "--log-every", "10", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    """A corpus and a trained run, made once through the real CLI in a subprocess."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:20_000])
+    env = {"CHARNN_RUNS_DIR": str(root / "runs")}
+    result = run_cli("train", corpus, *TINY, "--out", root / "run", cwd=root, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    return {"root": root, "corpus": corpus, "run": root / "run", "env": env}

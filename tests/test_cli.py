@@ -12,23 +12,7 @@ import torch
 
 from charnn.cli import main
 
-from conftest import SHAKESPEARE, run_cli
-
-TINY = ["--max-steps", "30", "--layers", "1", "--hidden-size", "32", "--batch-size", "4", "--seq-len", "16",
-        "--eval-every", "15", "--log-every", "10", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A corpus and a trained run, made once through the real CLI in a subprocess."""
-    root = tmp_path_factory.mktemp("cli")
-    corpus = root / "corpus.txt"
-    corpus.write_bytes(SHAKESPEARE.read_bytes()[:20_000])
-    env = {"CHARNN_RUNS_DIR": str(root / "runs")}
-    result = run_cli("train", corpus, *TINY, "--out", root / "run", cwd=root, env=env)
-    assert result.returncode == 0, result.stderr.decode()
-    return {"root": root, "corpus": corpus, "run": root / "run", "env": env}
-
+from conftest import SHAKESPEARE, TINY, run_cli
 
 def snapshot(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
