@@ -6,6 +6,7 @@ Everything goes to stderr; stdout stays free for data.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -30,12 +31,18 @@ def format_rate(chars_per_sec: float) -> str:
     return f"{chars_per_sec / 1000:.1f}k" if chars_per_sec >= 1000 else f"{chars_per_sec:.0f}"
 
 
+def wants_live_output(console: Console) -> bool:
+    """A live progress line only on a real terminal: not in a pipe or log file, not with TERM=dumb, and
+    not with NO_COLOR set (https://no-color.org), whose users get plain log lines instead."""
+    return console.is_terminal and not console.is_dumb_terminal and not os.environ.get("NO_COLOR")
+
+
 class ConsoleTrainEvents(TrainEvents):
     """Progress on stderr: live on a terminal, one line per log/eval when piped or quiet."""
 
     def __init__(self, console: Console, live: bool | None = None, quiet: bool = False):
         self.console = console
-        self.live = console.is_terminal if live is None else live
+        self.live = wants_live_output(console) if live is None else live
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task = None

@@ -1,6 +1,9 @@
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,50 @@ def workdir(tmp_path_factory):
     result = run_cli("train", corpus, *TINY, "--out", root / "run", cwd=root, env=env)
     assert result.returncode == 0, result.stderr.decode()
     return {"root": root, "corpus": corpus, "run": root / "run", "env": env}
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: type lines, read what the screen shows."""
+
+    def __init__(self, args, env, inherit: bool = True):
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen([sys.executable, "-m", "charnn", *map(str, args)], stdin=slave,
+                                        stdout=slave, stderr=slave, env={**os.environ, **env} if inherit else env,
+                                        close_fds=True)
+        os.close(slave)
+        self.screen = b""
+
+    def read_until(self, marker: bytes, seconds: float = 60) -> bytes:
+        deadline, start = time.monotonic() + seconds, len(self.screen)
+        while marker not in self.screen[start:]:
+            ready, _, _ = select.select([self.master], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise AssertionError(f"timed out waiting for {marker!r}; screen so far: {self.screen!r}")
+            try:
+                self.screen += os.read(self.master, 4096).replace(b"\r\n", b"\n")
+            except OSError:  # the child closed the terminal
+                raise AssertionError(f"terminal closed before {marker!r}: {self.screen!r}") from None
+        return self.screen[start:]
+
+    def read_to_end(self, seconds: float = 120) -> bytes:
+        """Everything until the child closes the terminal (it exited)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            ready, _, _ = select.select([self.master], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise AssertionError(f"timed out waiting for the end; screen so far: {self.screen!r}")
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:  # Linux: EIO once the child has closed its side
+                return self.screen
+            if not data:
+                return self.screen
+            self.screen += data.replace(b"\r\n", b"\n")
+
+    def type(self, line: bytes) -> None:
+        os.write(self.master, line)
+
+    def close(self) -> int:
+        code = self.process.wait(timeout=60)
+        os.close(self.master)
+        return code

@@ -3,19 +3,13 @@ the repetition penalty, the interactive mode through a real pseudo-terminal, and
 that shape records and watch the run."""
 
 import json
-import os
-import pty
-import select
-import subprocess
-import sys
-import time
 
 import pytest
 
 from charnn import SamplingConfig, TextGenerator, load_model
 from charnn.cli import main
 
-from conftest import TINY, run_cli
+from conftest import TINY, Terminal, run_cli
 
 
 def call(argv, capfd) -> tuple[int, str, str]:
@@ -58,37 +52,6 @@ def test_min_p_and_repetition_penalty_from_the_command_line(workdir, capfd):
 
 
 # --- interactive, through a pseudo-terminal ----------------------------------------------------
-
-
-class Terminal:
-    """A child process on a pseudo-terminal: type lines, read what the screen shows."""
-
-    def __init__(self, args, env):
-        self.master, slave = pty.openpty()
-        self.process = subprocess.Popen([sys.executable, "-m", "charnn", *map(str, args)], stdin=slave,
-                                        stdout=slave, stderr=slave, env={**os.environ, **env}, close_fds=True)
-        os.close(slave)
-        self.screen = b""
-
-    def read_until(self, marker: bytes, seconds: float = 60) -> bytes:
-        deadline, start = time.monotonic() + seconds, len(self.screen)
-        while marker not in self.screen[start:]:
-            ready, _, _ = select.select([self.master], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                raise AssertionError(f"timed out waiting for {marker!r}; screen so far: {self.screen!r}")
-            try:
-                self.screen += os.read(self.master, 4096).replace(b"\r\n", b"\n")
-            except OSError:  # the child closed the terminal
-                raise AssertionError(f"terminal closed before {marker!r}: {self.screen!r}") from None
-        return self.screen[start:]
-
-    def type(self, line: bytes) -> None:
-        os.write(self.master, line)
-
-    def close(self) -> int:
-        code = self.process.wait(timeout=60)
-        os.close(self.master)
-        return code
 
 
 def test_interactive_keeps_the_state_between_turns_and_resets_on_request(workdir):

@@ -1,0 +1,99 @@
+"""charnn in shell pipelines: the README's pipeline examples run for real, shell completion, and
+what a terminal, a pipe and NO_COLOR each get on stderr."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY, Terminal
+
+ANSI = re.compile(rb"\x1b\[")
+
+
+def readme_pipeline_commands() -> list[str]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## charnn in pipelines", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.fixture
+def shell(tmp_path):
+    """A directory with the corpora, `charnn` on PATH (this interpreter's), and a runs root of its own."""
+    (tmp_path / "corpora").symlink_to(REPO / "corpora")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "charnn"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m charnn "$@"\n')
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "CHARNN_RUNS_DIR": str(tmp_path / "runs")}
+
+    def run(command: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
+                              capture_output=True, timeout=300, **kwargs)
+
+    run.cwd = tmp_path
+    return run
+
+
+def test_readme_pipeline_examples_run_as_written(shell):
+    commands = readme_pipeline_commands()
+    checks = [
+        lambda out: out == b"" and (shell.cwd / "runs" / "demo" / "best.pt").is_file(),
+        lambda out: int(out) > 100,
+        lambda out: int(out) >= 0,
+        lambda out: len(out.splitlines()) == 4 and all(line.startswith(b"> ") for line in out.splitlines()),
+        lambda out: out.startswith(b"The will to\n") and len(out.decode()) == len("The will to\n") + 80,
+        lambda out: len(out) == 200,
+        lambda out: 0 < float(out) < 8,
+        lambda out: out == b"" and json.loads((shell.cwd / "scores.json").read_text())["chars"] > 1000,
+    ]
+    assert len(commands) == len(checks), "the README's pipeline block and this test must list the same commands"
+    for command, check in zip(commands, checks):
+        result = shell(command)
+        assert result.returncode == 0, f"{command}\n{result.stderr.decode()}"
+        assert b"Traceback" not in result.stderr and b"Error" not in result.stderr, command
+        assert check(result.stdout), f"{command}\n{result.stdout[:500]!r}"
+
+
+def test_shell_completion_installs_and_completes(shell):
+    result = shell("charnn --install-completion bash")
+    assert result.returncode == 0, result.stderr.decode()
+    completed = shell("source ~/.bash_completions/charnn.sh; COMP_WORDS=(charnn sa); COMP_CWORD=1; "
+                      "_charnn_completion charnn; echo \"${COMPREPLY[@]}\"; COMP_WORDS=(charnn sample --st); "
+                      "COMP_CWORD=2; _charnn_completion charnn; echo \"${COMPREPLY[@]}\"")
+    lines = completed.stdout.decode().splitlines()
+    assert completed.returncode == 0 and lines[0] == "sample" and "--stop" in lines[1].split()
+
+
+@pytest.mark.parametrize("env,live", [({"TERM": "xterm-256color"}, True),
+                                      ({"TERM": "xterm-256color", "NO_COLOR": "1"}, False),
+                                      ({"TERM": "dumb"}, False)])
+def test_live_colour_progress_only_on_a_real_terminal_without_no_color(tmp_path, env, live):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes((REPO / "corpora" / "tinyshakespeare.txt").read_bytes()[:20_000])
+    environment = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")}
+    terminal = Terminal(["train", corpus, *TINY, "--out", tmp_path / "run"], {**environment, **env}, inherit=False)
+    try:
+        screen = terminal.read_to_end()
+        assert terminal.close() == 0 and b"done (max-steps)" in screen
+    finally:
+        terminal.process.kill()
+    assert bool(ANSI.search(screen)) == live
+    assert (b"step      10" in screen) == (not live)  # plain log lines instead of the live line
+
+
+def test_a_pipe_gets_plain_lines_and_no_colour(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes((REPO / "corpora" / "tinyshakespeare.txt").read_bytes()[:20_000])
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    result = subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus), *TINY, "--out",
+                             str(tmp_path / "run")], capture_output=True, env={**env, "TERM": "xterm-256color"},
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == b""
+    assert not ANSI.search(result.stderr) and b"step      10" in result.stderr
