@@ -527,7 +527,12 @@ def _interactive(net, vocab, config, prime_ids, length, stop, drop_unknown, seed
                   "further; /reset forgets the context; /quit or Ctrl-D ends.", quiet=quiet, style="dim")
     while True:
         console.print("> ", end="", markup=False, highlight=False, style="bold")
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
+            console.print()
+            _say(console, "charnn: interrupted")
+            raise typer.Exit(130) from None
         if not line:  # Ctrl-D
             console.print()
             return

@@ -160,10 +160,10 @@ def test_running_out_of_memory_is_a_clear_error_that_keeps_the_last_checkpoint(t
     trainer = make_trainer(tmp_path / "run", max_steps=10, save_every_steps=5)
     real_step = trainer.train_step
 
-    def step_that_runs_out(inputs, targets):  # what CUDA raises when a batch does not fit
+    def step_that_runs_out(inputs, targets, resets=None):  # what CUDA raises when a batch does not fit
         if trainer.state.step == 7:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has ...")
-        return real_step(inputs, targets)
+        return real_step(inputs, targets, resets)
 
     monkeypatch.setattr(trainer, "train_step", step_that_runs_out)
     before = (tmp_path / "run").exists()
@@ -190,8 +190,8 @@ def poison_forward(trainer, monkeypatch, poisoned) -> None:
     A real divergence is not reproducible on demand in a fast test; this is the same symptom."""
     real_forward, calls = trainer.model.forward, [0]
 
-    def forward(idx, hidden=None):
-        logits, hidden = real_forward(idx, hidden)
+    def forward(idx, hidden=None, resets=None):
+        logits, hidden = real_forward(idx, hidden, resets)
         calls[0] += 1
         return (logits * float("nan") if poisoned(calls[0]) else logits), hidden
 

@@ -4,8 +4,10 @@ what a terminal, a pipe and NO_COLOR each get on stderr."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -97,3 +99,18 @@ def test_a_pipe_gets_plain_lines_and_no_colour(tmp_path):
                             timeout=120)
     assert result.returncode == 0 and result.stdout == b""
     assert not ANSI.search(result.stderr) and b"step      10" in result.stderr
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_at_any_moment_ends_with_its_exit_code_and_no_traceback(workdir, signum, code):
+    """Half a second in, the command is still importing PyTorch or already waiting at its prompt:
+    either way the signal ends it with the documented code and one line."""
+    process = subprocess.Popen([sys.executable, "-m", "charnn", "sample", str(workdir["run"]), "--interactive"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    returncode = process.wait(timeout=60)  # stdin stays open: no end of input to end it otherwise
+    out, err = process.communicate()
+    assert returncode == code, err.decode()
+    assert b"Traceback" not in err and out == b"" and err.rstrip().endswith(b"charnn: interrupted" if code == 130
+                                                                            else b"charnn: terminated")
