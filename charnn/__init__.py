@@ -12,6 +12,8 @@ from .data import StreamBatches, split_train_val
 from .device import resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
+from .history import (LossCurves, Metrics, RunInfo, RunSummary, list_runs, loss_curves, read_metrics, run_info,
+                      summarize_run)
 from .model import CharRNN, detach_hidden
 from .runs import latest_run, resolve_checkpoint, resume_training, start_training
 from .sampling import SamplingConfig, Stepper, generate
@@ -34,4 +36,7 @@ __all__ = [
     "detach_hidden", "evaluate", "generate", "latest_run", "load_checkpoint", "load_model",
     "model_from_checkpoint", "parse_duration", "read_corpus", "resolve_checkpoint", "resolve_device",
     "resume_training", "save_checkpoint", "split_train_val", "start_training",
+    # reading runs back (charnn runs / info / plot)
+    "LossCurves", "Metrics", "RunInfo", "RunSummary", "list_runs", "loss_curves", "read_metrics", "run_info",
+    "summarize_run",
 ]
