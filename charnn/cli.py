@@ -627,9 +627,11 @@ def _ago(when: datetime | None, now: datetime) -> str:
     if when is None:
         return "-"
     seconds = max((now - when).total_seconds(), 0)
+    if seconds >= 7 * 86400:
+        return when.strftime("%Y-%m-%d")
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return when.strftime("%Y-%m-%d") if unit == "d" and seconds >= 7 * size else f"{seconds // size:.0f}{unit} ago"
+            return f"{seconds // size:.0f}{unit} ago"
     return "just now"
 
 
