@@ -32,7 +32,9 @@ from .data import split_train_val
 from .device import describe_allocation, is_out_of_memory, resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
-from .history import RunInfo, list_runs, printable_chars, run_info, runs_dir
+from .history import (RunInfo, list_runs, loss_curves, plot_title, printable_chars, read_metrics, run_info,
+                      run_metrics_dir, runs_dir)
+from .plotting import parse_size, print_chart, save_png
 from .progress import ConsoleTrainEvents
 from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
@@ -728,6 +730,41 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class XAxis(str, Enum):
+    step = "step"
+    time = "time"
+
+
+@app.command("plot", epilog=EXIT_CODES_HELP)
+def plot_command(
+    run: Annotated[Optional[str], typer.Argument(
+        help="Run directory (or a checkpoint in one). \\[default: the newest run]", show_default=False)] = None,
+    x: Annotated[XAxis, typer.Option("--x", help="Against optimiser steps, or elapsed training time.")] = XAxis.step,
+    png: Annotated[Optional[Path], typer.Option(
+        help="Write the chart to this PNG file instead of drawing it in the terminal (needs matplotlib: "
+             "pip install 'charnn[plot]').", show_default=False)] = None,
+    png_size: Annotated[str, typer.Option(help="PNG size in pixels, WIDTHxHEIGHT.")] = "1200x700",
+    width: Annotated[Optional[int], typer.Option(
+        help="Terminal chart width in characters. \\[default: the terminal's, at most 160]", show_default=False)] = None,
+    height: Annotated[Optional[int], typer.Option(
+        help="Terminal chart height in lines. \\[default: fits the terminal, at most 24]", show_default=False)] = None,
+) -> None:
+    """Plot training and validation loss (nats/char, with bits/char) against steps or time.
+
+    Drawn on stderr with braille characters, or written to a PNG with --png.
+    """
+    run_dir = run_metrics_dir(run)
+    curves = loss_curves(read_metrics(run_dir / "metrics.jsonl"), x.value, title=plot_title(run_dir))
+    # an explicit --width holds even where the console guesses 80 columns (a pipe, a file)
+    console = _stderr() if width is None else Console(stderr=True, highlight=False, width=width)
+    if png is not None:
+        size = parse_size(png_size)
+        save_png(curves, png, size)
+        _say(console, f"wrote {png} ({size[0]}x{size[1]})")
+        return
+    print_chart(console, curves, width, height)
 
 
 def _version_callback(value: bool) -> None:

@@ -6,7 +6,10 @@ copy would leave them."""
 import json
 import math
 import os
+import re
 import shutil
+import struct
+import sys
 from datetime import datetime
 
 import pytest
@@ -213,3 +216,69 @@ def test_info_errors_are_one_clear_line(runs, tmp_path, capfd):
     assert_one_clear_line(*call(["info", tmp_path / "foreign.pt"], capfd), "foreign.pt", "not a charnn checkpoint")
     assert_one_clear_line(*call(["info", tmp_path / "notes.txt"], capfd), "notes.txt", "not a checkpoint")
     assert_one_clear_line(*call(["info", tmp_path / "plain"], capfd), "plain", "not a run directory")
+
+
+# --- charnn plot ------------------------------------------------------------------------------
+
+
+def test_plot_draws_both_curves_with_axes_and_legend(runs, capfd):
+    code, out, err = call(["plot", "--width", "90", "--height", "20"], capfd)
+    assert code == 0 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == "charnn plot: tiny (1x32 LSTM, corpus)"
+    assert lines[1].startswith("nats/char") and lines[1].endswith("bits/char")
+    plot_rows = [line for line in lines if re.match(r"^\s*[\d.]*\s[┤│]", line)]
+    assert len(plot_rows) == 20 - 6 and all(len(line) == 90 for line in plot_rows)
+    labels = [float(line.split("┤")[0]) for line in plot_rows if "┤" in line]
+    assert len(labels) >= 3 and labels == sorted(labels, reverse=True)
+    canvas = "".join(re.match(r"^[^┤│]*[┤│](.*)[├│][^├│]*$", line).group(1) for line in plot_rows)
+    assert sum("⠁" <= c <= "⣿" for c in canvas) >= 20  # the train line, in braille dots
+    assert canvas.count("●") == 2  # one marker per evaluation
+    axis = next(line for line in lines if "└" in line)
+    assert axis.count("┬") >= 3 and re.search(r"\b0\b.*\b10\b.*\b20\b", lines[lines.index(axis) + 1])
+    assert lines[lines.index(axis) + 2].strip() == "step"
+    assert "train loss" in lines[-1] and "validation loss" in lines[-1] and "at step 30" in lines[-1]
+
+
+def test_plot_against_time_and_colour_rules(runs, capfd, monkeypatch):
+    code, out, err = call(["plot", runs / "tiny", "--x", "time", "--width", "80", "--height", "16"], capfd)
+    assert code == 0 and "0:00" in err and "training time (m:ss)" in err
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    code, out, err = call(["plot", "--width", "80", "--height", "16"], capfd)
+    assert "\x1b[" in err and re.search(r"\x1b\[[\d;]*(3[0-7]|9[0-7]|38;[25]);?", err)
+    monkeypatch.setenv("NO_COLOR", "1")
+    code, out, err = call(["plot", "--width", "80", "--height", "16"], capfd)
+    assert code == 0 and not re.search(r"\x1b\[[\d;]*(3[0-7]|9[0-7]|38;[25])", err)
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_png_is_a_real_picture_of_the_asked_size(runs, tmp_path, capfd):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    code, out, err = call(["plot", "--png", tmp_path / "loss.png", "--png-size", "640x400"], capfd)
+    assert code == 0 and out == "" and "wrote" in err
+    assert png_size(tmp_path / "loss.png") == (640, 400)
+    image = Image.open(tmp_path / "loss.png").convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 16)
+    assert colours is not None and len(colours) > 50  # text, lines and markers, not a blank canvas
+    pixels = [rgb for _, rgb in colours]
+    assert any(b > 150 and r < 80 for r, g, b in pixels)  # the train line (matplotlib blue)
+    assert any(r > 220 and 100 < g < 160 and b < 60 for r, g, b in pixels)  # the validation line (orange)
+
+
+def test_plot_errors_are_one_clear_line(runs, tmp_path, capfd, monkeypatch):
+    (tmp_path / "plain").mkdir()
+    assert_one_clear_line(*call(["plot", tmp_path / "missing"], capfd), "missing", "no such run")
+    assert_one_clear_line(*call(["plot", tmp_path / "plain"], capfd), "plain", "no metrics.jsonl")
+    assert_one_clear_line(*call(["plot", "--png", tmp_path / "x.png", "--png-size", "big"], capfd), "--png-size")
+    assert_one_clear_line(*call(["plot", "--width", "10"], capfd), "at least 40 columns")
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    assert_one_clear_line(*call(["plot", "--png", tmp_path / "x.png"], capfd), "pip install 'charnn[plot]'")
+    assert not (tmp_path / "x.png").exists()
