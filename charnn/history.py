@@ -349,18 +349,18 @@ def runs_dir(root: str | os.PathLike | None = None) -> Path:
 def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
     """Every run directory directly under `root` (default: the runs root), newest first.
 
-    The run runs/latest names is included even when it lives elsewhere (trained with --out), since
-    it is the one sample, eval, info and plot use by default. Hidden directories (the token cache)
-    are skipped.
+    `latest` marks the run that sample, eval, info and plot use by default (runs/latest of the runs
+    root); listing the runs root includes it even when it lives elsewhere (trained with --out).
+    Hidden directories (the token cache) are skipped.
     """
-    root = runs_dir(root)
-    latest = _latest_path(root)
+    root, default_root = runs_dir(root), runs_root()
+    latest = _latest_path(default_root)
     found: dict[Path, Path] = {}
     if root.is_dir():
         for path in sorted(root.iterdir()):
             if not path.name.startswith(".") and path.name != LATEST_FILE and is_run_dir(path):
                 found[path.resolve()] = path
-    if latest is not None and latest not in found:
+    if latest is not None and latest not in found and root.resolve() == default_root.resolve():
         found[latest] = latest
     summaries = [summarize_run(path, latest=resolved == latest) for resolved, path in found.items()]
     summaries.sort(key=lambda s: s.name)

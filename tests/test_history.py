@@ -155,6 +155,9 @@ def test_runs_table_goes_to_stderr_and_marks_the_latest(runs, capfd):
     assert "! half: metrics.jsonl: 1 incomplete line skipped; no checkpoint yet" in err
     code, out, err = call(["runs", runs], capfd)  # the root as an argument
     assert code == 0 and "* tiny" in err
+    shutil.copytree(runs / "half", runs.parent / "elsewhere" / "half")
+    code, out, err = call(["runs", runs.parent / "elsewhere"], capfd)  # not what sample would use: no *
+    assert code == 0 and "  half" in err and "*" not in err
 
 
 def test_runs_on_an_empty_or_missing_root(tmp_path, capfd):
