@@ -705,8 +705,8 @@ def _info_table(info: RunInfo) -> Table:
         table.add_row("best validation", _loss_text(p.best_val_loss) + (best_at if p.best_val_loss is not None else ""))
         evaluations = f" ({p.evaluations} evaluation{'s' if p.evaluations != 1 else ''})" if p.evaluations else ""
         table.add_row("last validation", _loss_text(p.last_val_loss) + evaluations)
-        table.add_row("last train loss", _or_dash(p.last_train_loss, ".4f") + " nats/char")
-        table.add_row("speed", f"{_or_dash(p.chars_per_sec, ',.0f')} chars/s (last log interval)")
+        table.add_row("last train loss", "-" if p.last_train_loss is None else f"{p.last_train_loss:.4f} nats/char")
+        table.add_row("speed", "-" if p.chars_per_sec is None else f"{p.chars_per_sec:,.0f} chars/s (last log interval)")
     else:
         table.add_row("validation", _loss_text(p.last_val_loss) + " (at this step)")
         if p.best_val_loss is not None:
