@@ -568,7 +568,7 @@ def _bench_tables(report: dict) -> list[Table]:
 
 
 def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")  # ASCII: safe whatever the locale
     sys.stdout.flush()
 
 
