@@ -24,6 +24,8 @@ _EXPORTS = {
     "device": ["resolve_device"],
     "errors": ["CharnnError"],
     "evaluate": ["EvalResult", "evaluate"],
+    "history": ["LossCurves", "Metrics", "RunInfo", "RunSummary", "list_runs", "loss_curves", "read_metrics",
+                "run_info", "summarize_run"],
     "model": ["CharRNN", "detach_hidden"],
     "runs": ["latest_run", "resolve_checkpoint", "resume_training", "start_training"],
     "sampling": ["SamplingConfig", "Stepper", "TextGenerator", "beam_search", "generate"],

@@ -13,13 +13,16 @@ import os
 import signal
 import sys
 import time
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -29,6 +32,9 @@ from .data import split_train_val
 from .device import describe_allocation, is_out_of_memory, resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
+from .history import (RunInfo, list_runs, loss_curves, plot_title, printable_chars, read_metrics, run_info,
+                      run_metrics_dir, runs_dir)
+from .plotting import parse_size, print_chart, save_png
 from .progress import ConsoleTrainEvents
 from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
@@ -732,6 +738,209 @@ def _bench_tables(report: dict) -> list[Table]:
                             f"{r['peak_rss_mb']:,.0f} MB", f"{r['token_file_mb']:,.0f} MB")
         tables.append(corpora)
     return tables
+
+
+# --- runs, info and plot ------------------------------------------------------------------------
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")  # ASCII: safe whatever the locale
+    sys.stdout.flush()
+
+
+def _or_dash(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@app.command("runs", epilog=EXIT_CODES_HELP)
+def runs_command(
+    root: Annotated[Optional[Path], typer.Argument(
+        help="Directory holding the runs. \\[default: $CHARNN_RUNS_DIR, else runs/]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout instead of a table.")] = False,
+) -> None:
+    """List the runs: corpus, model, parameters, steps, best validation bits/char, last update; newest first.
+
+    The run marked * is the newest (runs/latest): what sample, eval, info and plot use by default.
+    """
+    if root is not None and not root.is_dir():
+        raise CharnnError(f"{root}: no such directory")
+    where = runs_dir(root)
+    summaries = list_runs(where)
+    if as_json:
+        _print_json([s.to_dict() for s in summaries])
+        return
+    console = _stderr()
+    if not summaries:
+        _say(console, f"no runs under {where}/ (train one with `charnn train CORPUS`)")
+        return
+    table = Table(title=f"charnn runs: {where}/", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=0)  # the box's blank divider is the gap between columns
+    for name, justify in (("run", "left"), ("corpus", "left"), ("model", "left"), ("params", "right"),
+                          ("steps", "right"), ("best bpc", "right"), ("updated", "right"), ("status", "left")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name not in ("run", "corpus"))
+    now = datetime.now().astimezone()
+    for s in summaries:
+        name = Text("* " + s.name, style="bold") if s.latest else Text("  " + s.name)
+        status = Text(s.status, style="green" if s.status == "finished" else "")
+        if s.problems:
+            status.append(" !", style="yellow")
+        table.add_row(name, s.corpus or "-", s.size or "-", _short_count(s.parameters), f"{s.steps:,}",
+                      _or_dash(s.best_val_bpc, ".3f"), _ago(s.updated, now), status)
+    console.print(table)
+    for s in summaries:
+        if s.problems:
+            _say(console, f"! {s.name}: {'; '.join(s.problems)}", style="yellow")
+    if any(s.latest for s in summaries):
+        _say(console, "* the newest run: what sample, eval, info and plot use by default")
+
+
+def _short_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    """'5m ago', '3h ago', '2d ago'; the date after a week."""
+    if when is None:
+        return "-"
+    seconds = max((now - when).total_seconds(), 0)
+    if seconds >= 7 * 86400:
+        return when.strftime("%Y-%m-%d")
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return "just now"
+
+
+@app.command("info", epilog=EXIT_CODES_HELP)
+def info_command(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Run directory or checkpoint file. \\[default: the newest run]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False,
+) -> None:
+    """Show a run or checkpoint in full: model, training, vocabulary, corpus, metrics so far, checkpoints."""
+    info = run_info(model)
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    _stderr().print(_info_table(info))
+
+
+def _info_table(info: RunInfo) -> Table:
+    table = Table(title=f"charnn info: {info.path}", show_header=False, title_justify="left", box=box.SIMPLE,
+                  show_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+
+    def section(name: str) -> None:
+        if table.rows:
+            table.add_section()
+        table.add_row(Text(name, style="bold cyan"), "")
+
+    def unbroken(text: str) -> Text:  # no spaces to break at, so folded at the edge
+        return Text(text, overflow="fold")
+
+    m, p = info.model, info.progress
+    section("run" if info.kind == "run" else "checkpoint")
+    table.add_row("path", str(info.path))
+    if info.summary is not None:
+        s = info.summary
+        table.add_row("status", s.status + (" (the newest run)" if s.latest else ""))
+        table.add_row("updated", s.updated.strftime("%Y-%m-%d %H:%M:%S %Z") if s.updated else "-")
+        if s.problems:
+            table.add_row("problems", Text("; ".join(s.problems), style="yellow"))
+    section("model")
+    table.add_row("architecture", f"{m.get('num_layers')}x{m.get('hidden_size')} {str(m.get('cell')).upper()}, "
+                                  f"embedding {m.get('embed_size')}, dropout {m.get('dropout')}"
+                                  f"{', tied weights' if m.get('tie_weights') else ''}")
+    table.add_row("parameters", _or_dash(info.parameters, ","))
+    if info.train:
+        section("training")
+        table.add_row("config", "  ".join(f"{k}={v}" for k, v in info.train.items()))
+    section("vocabulary")
+    chars = info.vocab_chars
+    table.add_row("size", f"{_or_dash(info.vocab_size)} ({info.vocab.get('mode', '?')}-level)")
+    table.add_row("characters", unbroken(printable_chars(chars, space="␣")) if chars is not None
+                  else "every byte, 0x00-0xff")
+    if chars is not None and " " in chars:
+        table.add_row("", Text("(␣ is the space; \\n a newline)", style="dim"))
+    if info.corpus:
+        c = info.corpus
+        section("corpus")
+        table.add_row("sources", "\n".join(map(str, c.get("sources", []))) or "-")
+        table.add_row("size", f"{_or_dash(c.get('bytes'), ',')} bytes, {_or_dash(c.get('tokens'), ',')} tokens "
+                              f"({_or_dash(c.get('train_tokens'), ',')} training, "
+                              f"{_or_dash(c.get('val_tokens'), ',')} validation)")
+        table.add_row("fingerprint", unbroken(f"sha256:{c.get('fingerprint', '-')}"))
+    section("metrics" if info.kind == "run" else "progress")
+    table.add_row("steps", f"{p.steps:,}" + (f", {p.epochs:.2f} epochs" if p.epochs is not None else "")
+                  + (f", {_duration(p.elapsed)} of training" if p.elapsed is not None else ""))
+    if info.kind == "run":
+        best_at = f" at step {p.best_step:,}" if p.best_step is not None else ""
+        table.add_row("best validation", _loss_text(p.best_val_loss) + (best_at if p.best_val_loss is not None else ""))
+        evaluations = f" ({p.evaluations} evaluation{'s' if p.evaluations != 1 else ''})" if p.evaluations else ""
+        table.add_row("last validation", _loss_text(p.last_val_loss) + evaluations)
+        table.add_row("last train loss", "-" if p.last_train_loss is None else f"{p.last_train_loss:.4f} nats/char")
+        table.add_row("speed", "-" if p.chars_per_sec is None else f"{p.chars_per_sec:,.0f} chars/s (last log interval)")
+    else:
+        table.add_row("validation", _loss_text(p.last_val_loss) + " (at this step)")
+        if p.best_val_loss is not None:
+            table.add_row("best validation", _loss_text(p.best_val_loss) + " (of the run so far)")
+    section("checkpoints")
+    for c in info.checkpoints:
+        what = (Text(f"unreadable: {c.error}", style="yellow") if c.error else
+                f"step {_or_dash(c.step, ',')}, validation loss {_or_dash(c.val_loss, '.4f')}"
+                f"{', resumable' if c.resumable else ''}")
+        table.add_row(c.file, Text(f"{c.bytes / 1e6:,.1f} MB, ") + what)
+    if not info.checkpoints:
+        table.add_row("", "none yet")
+    return table
+
+
+def _loss_text(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f} nats/char = {loss / math.log(2):.4f} bits/char"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class XAxis(str, Enum):
+    step = "step"
+    time = "time"
+
+
+@app.command("plot", epilog=EXIT_CODES_HELP)
+def plot_command(
+    run: Annotated[Optional[str], typer.Argument(
+        help="Run directory (or a checkpoint in one). \\[default: the newest run]", show_default=False)] = None,
+    x: Annotated[XAxis, typer.Option("--x", help="Against optimiser steps, or elapsed training time.")] = XAxis.step,
+    png: Annotated[Optional[Path], typer.Option(
+        help="Write the chart to this PNG file instead of drawing it in the terminal (needs matplotlib: "
+             "pip install 'charnn[plot]').", show_default=False)] = None,
+    png_size: Annotated[str, typer.Option(help="PNG size in pixels, WIDTHxHEIGHT.")] = "1200x700",
+    width: Annotated[Optional[int], typer.Option(
+        help="Terminal chart width in characters. \\[default: the terminal's, at most 160]", show_default=False)] = None,
+    height: Annotated[Optional[int], typer.Option(
+        help="Terminal chart height in lines. \\[default: fits the terminal, at most 24]", show_default=False)] = None,
+) -> None:
+    """Plot training and validation loss (nats/char, with bits/char) against steps or time.
+
+    Drawn on stderr with braille characters, or written to a PNG with --png.
+    """
+    run_dir = run_metrics_dir(run)
+    curves = loss_curves(read_metrics(run_dir / "metrics.jsonl"), x.value, title=plot_title(run_dir))
+    # an explicit --width holds even where the console guesses 80 columns (a pipe, a file)
+    console = _stderr() if width is None else Console(stderr=True, highlight=False, width=width)
+    if png is not None:
+        size = parse_size(png_size)
+        save_png(curves, png, size)
+        _say(console, f"wrote {png} ({size[0]}x{size[1]})")
+        return
+    print_chart(console, curves, width, height)
 
 
 def _version_callback(value: bool) -> None:

@@ -25,7 +25,8 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
 
 def test_library_does_not_import_the_cli_stack():
     code = ("import sys, charnn; [getattr(charnn, name) for name in charnn.__all__]; "
-            "bad = [m for m in ('typer', 'rich', 'charnn.cli', 'charnn.progress') if m in sys.modules]; print(bad)")
+            "bad = [m for m in ('typer', 'rich', 'charnn.cli', 'charnn.progress', 'charnn.plotting', 'matplotlib') "
+            "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
