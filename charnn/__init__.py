@@ -12,6 +12,8 @@ from .data import StreamBatches, split_train_val
 from .device import resolve_device
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
+from .inspect import (CharTrace, NeuronReport, find_neurons, hidden_activations, parse_neuron, text_features,
+                      trace_text)
 from .model import CharRNN, detach_hidden
 from .runs import latest_run, resolve_checkpoint, resume_training, start_training
 from .sampling import SamplingConfig, Stepper, generate
@@ -29,9 +31,10 @@ def load_model(path=None, device="cpu"):
 
 
 __all__ = [
-    "CharRNN", "CharnnError", "Corpus", "EvalResult", "ModelConfig", "SamplingConfig", "Stepper",
-    "StreamBatches", "TrainConfig", "TrainEvents", "TrainResult", "TrainState", "Trainer", "Vocab",
-    "detach_hidden", "evaluate", "generate", "latest_run", "load_checkpoint", "load_model",
-    "model_from_checkpoint", "parse_duration", "read_corpus", "resolve_checkpoint", "resolve_device",
-    "resume_training", "save_checkpoint", "split_train_val", "start_training",
+    "CharRNN", "CharTrace", "CharnnError", "Corpus", "EvalResult", "ModelConfig", "NeuronReport",
+    "SamplingConfig", "Stepper", "StreamBatches", "TrainConfig", "TrainEvents", "TrainResult", "TrainState",
+    "Trainer", "Vocab", "detach_hidden", "evaluate", "find_neurons", "generate", "hidden_activations",
+    "latest_run", "load_checkpoint", "load_model", "model_from_checkpoint", "parse_duration",
+    "parse_neuron", "read_corpus", "resolve_checkpoint", "resolve_device", "resume_training", "save_checkpoint",
+    "split_train_val", "start_training", "text_features", "trace_text",
 ]
