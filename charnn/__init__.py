@@ -15,6 +15,7 @@ from .evaluate import EvalResult, evaluate
 from .inspect import (CharTrace, NeuronReport, find_neurons, hidden_activations, parse_neuron, text_features,
                       trace_text)
 from .model import CharRNN, detach_hidden
+from .render import html_page
 from .runs import latest_run, resolve_checkpoint, resume_training, start_training
 from .sampling import SamplingConfig, Stepper, generate
 from .train import Trainer, TrainEvents, TrainResult, TrainState
@@ -34,7 +35,7 @@ __all__ = [
     "CharRNN", "CharTrace", "CharnnError", "Corpus", "EvalResult", "ModelConfig", "NeuronReport",
     "SamplingConfig", "Stepper", "StreamBatches", "TrainConfig", "TrainEvents", "TrainResult", "TrainState",
     "Trainer", "Vocab", "detach_hidden", "evaluate", "find_neurons", "generate", "hidden_activations",
-    "latest_run", "load_checkpoint", "load_model", "model_from_checkpoint", "parse_duration",
+    "html_page", "latest_run", "load_checkpoint", "load_model", "model_from_checkpoint", "parse_duration",
     "parse_neuron", "read_corpus", "resolve_checkpoint", "resolve_device", "resume_training", "save_checkpoint",
     "split_train_val", "start_training", "text_features", "trace_text",
 ]

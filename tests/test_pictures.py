@@ -1,15 +1,19 @@
-"""Looking inside a model: per-character surprise, per-layer hidden states, and finding the unit that
-tracks a feature of the text."""
+"""Pictures of what the model learned: per-character surprise and single units, in the terminal and
+as HTML; and finding the unit that tracks a feature of the text."""
 
+import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from charnn import (CharRNN, Trainer, Vocab, evaluate, find_neurons, hidden_activations, split_train_val,
-                    text_features, trace_text)
+from charnn import (CharRNN, Trainer, Vocab, evaluate, find_neurons, hidden_activations, html_page,
+                    split_train_val, text_features, trace_text)
+from charnn.cli import main
+from charnn.render import surprisal_colour
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -43,6 +47,12 @@ def quotes(tmp_path_factory):
     held_out = root / "held_out.txt"
     held_out.write_text(quoted_text(60, seed=1))
     return {"model": trainer.model.eval(), "vocab": vocab, "val": val, "run": root / "run", "text": held_out}
+
+
+def call(argv, capfd) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
 
 
 # --- the library -------------------------------------------------------------------------------
@@ -89,3 +99,91 @@ def test_find_neurons_finds_the_unit_that_tracks_quotes(quotes):
     assert trained.constant == ("indentation", "inside_parens") and trained.best["inside_parens"] == []
     again = find_neurons(quotes["model"], quotes["vocab"], quotes["val"])
     assert again == trained  # deterministic
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_show_colours_the_text_on_stderr_and_keeps_stdout_for_json(quotes, capfd, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLORTERM", "truecolor")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    text = 'abc "ABC dEF" gh'  # a lowercase 'd' inside quotes is what the model least expects
+    (quotes["text"].parent / "short.txt").write_text(text)
+    code, out, err = call(["eval", quotes["run"], quotes["text"].parent / "short.txt", "--show", "--json"], capfd)
+    assert code == 0, err
+    report = json.loads(out)
+    assert {"loss", "bpc", "perplexity", "chars", "unknown_chars", "checkpoint", "sources", "text"} <= report.keys()
+    assert "neurons" not in report
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", err)
+    assert text in plain and "surprisal (bits)" in plain and "characters 1-16 of 16 drawn" in plain
+    trace = trace_text(quotes["model"], quotes["vocab"].encode(text))
+    d = text.index("d")
+    assert trace.bits[d] > 6 and trace.bits[d] == np.nanmax(trace.bits)
+    red = "48;2;{};{};{}".format(*surprisal_colour(trace.bits[d]))
+    assert re.search(rf"\x1b\[[0-9;]*{red}m d", err) or re.search(rf"\x1b\[[0-9;]*{red}md", err), err
+
+
+def test_no_color_draws_plain_text(quotes, capfd, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+    code, out, err = call(["eval", quotes["run"], quotes["text"], "--neuron", "0:3", "--show-chars", "50"], capfd)
+    assert code == 0 and out == ""
+    assert "48;2" not in err and "unit 0:3" in err
+    assert quotes["text"].read_text()[:50] in err
+
+
+def test_html_page_is_self_contained_and_escaped(quotes, capfd, tmp_path):
+    page_file = tmp_path / "page.html"
+    code, out, err = call(["eval", quotes["run"], quotes["text"], "--html", page_file, "--show-chars", "300"], capfd)
+    assert code == 0 and out == "" and f"wrote {page_file}" in err and "bits per character" in err
+    page = page_file.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert not re.search(r"https?://|<script|<link|<img|src=|@import|url\(", page)
+    assert page.count('title="') == 300  # one tooltip per character drawn
+    assert "model&#x27;s guesses" in page and "bits" in page
+    # text that looks like markup stays text
+    vocab = Vocab.from_data(b'x<b>&"\'\n')
+    model = CharRNN(tiny_model_config(vocab.size)).eval()
+    page = html_page(trace_text(model, vocab.encode('<b>&"x\'\n')), vocab, title="<i>")
+    assert set(re.findall(r"<(\w+)", page)) == {"html", "head", "meta", "title", "style", "body", "h1", "div", "strong", "span",
+                                                "pre"}
+    assert "<title>&lt;i&gt;</title>" in page and ">&lt;</span>" in page and ">&amp;</span>" in page
+
+
+def test_neuron_colours_by_one_unit_in_html_only(quotes, capfd, tmp_path):
+    page_file = tmp_path / "unit.html"
+    code, out, err = call(["eval", quotes["run"], quotes["text"], "--neuron", "0:7", "--html", page_file], capfd)
+    assert code == 0 and "unit 0:7" not in err  # --html alone: no terminal picture
+    page = page_file.read_text()
+    assert "unit 0:7 activation" in page and "unit 0:7 = " in page
+
+
+def test_find_neurons_on_the_command_line(quotes, capfd):
+    code, out, err = call(["eval", quotes["run"], quotes["text"], "--find-neurons", "--json"], capfd)
+    assert code == 0, err
+    neurons = json.loads(out)["neurons"]
+    best = neurons["features"]["inside_quotes"][0]
+    assert abs(best["correlation"]) > 0.85 and best["neuron"] == f"{best['layer']}:{best['unit']}"
+    assert set(neurons["features"]) == {"inside_quotes", "column", "indentation", "inside_parens"}
+    assert "inside_quotes" in err and best["neuron"] in err and "never changes" in err
+
+
+BAD_PICTURE_CASES = [
+    (["--neuron", "1:0"], ["--neuron 1:0", "no layer 1", "0..0", "count from 0"]),
+    (["--neuron", "0:16"], ["--neuron 0:16", "no unit 16", "0..15"]),
+    (["--neuron", "0:-1"], ["no unit -1"]),
+    (["--neuron", "3"], ["LAYER:UNIT"]),
+    (["--neuron", "a:b"], ["LAYER:UNIT"]),
+    (["--show-chars", "-1"], ["--show-chars"]),
+    (["--html", "-", "--json"], ["--html -", "--json"]),
+    (["--html", "/nonexistent/dir/page.html"], ["--html /nonexistent/dir/page.html", "cannot write"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", BAD_PICTURE_CASES, ids=[" ".join(a) for a, _ in BAD_PICTURE_CASES])
+def test_bad_picture_options(quotes, capfd, args, needles):
+    code, out, err = call(["eval", quotes["run"], quotes["text"], *args], capfd)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and out == "" and len(lines) == 1 and lines[0].startswith("charnn: error: "), err
+    assert "Traceback" not in err and all(needle in lines[0] for needle in needles), (needles, lines[0])
