@@ -1,10 +1,15 @@
-"""Pictures of what the model learned: per-character surprise and single units, in the terminal and
-as HTML; and finding the unit that tracks a feature of the text."""
+"""Pictures of what the model learned: per-character surprise and single units, in the terminal, as
+HTML, and drawn by a real browser; and finding the unit that tracks a feature of the text."""
 
+import html
 import json
 import math
 import random
 import re
+import shutil
+import struct
+import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +18,8 @@ import torch
 from charnn import (CharRNN, Trainer, Vocab, evaluate, find_neurons, hidden_activations, html_page,
                     split_train_val, text_features, trace_text)
 from charnn.cli import main
-from charnn.render import surprisal_colour
+from charnn.inspect import CharTrace
+from charnn.render import glyph, surprisal_colour
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -187,3 +193,135 @@ def test_bad_picture_options(quotes, capfd, args, needles):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and out == "" and len(lines) == 1 and lines[0].startswith("charnn: error: "), err
     assert "Traceback" not in err and all(needle in lines[0] for needle in needles), (needles, lines[0])
+
+
+# --- a real browser draws the page -------------------------------------------------------------
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("Chromium not found: install the Debian package chromium (.ci/run does) to check the HTML pictures")
+
+
+def run_chromium(page, tmp_path, *args) -> subprocess.CompletedProcess:
+    # --no-sandbox: Chromium refuses to run as root (CI containers) with its sandbox on
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args,
+               page.as_uri()]
+    result = subprocess.run(command, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    return result
+
+
+def read_png(path) -> np.ndarray:
+    """(height, width, 3) uint8: with pillow if it is installed, else a small decoder for 8-bit RGB(A) PNGs."""
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        return np.asarray(Image.open(path).convert("RGB"))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, compressed = 8, []
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        position += length + 12
+        if kind == b"IHDR":
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            compressed.append(body)
+    assert depth == 8 and colour_type in (2, 6) and interlace == 0, (depth, colour_type, interlace)
+    channels = 3 if colour_type == 2 else 4
+    raw, stride = zlib.decompress(b"".join(compressed)), width * channels
+    image, previous = np.zeros((height, stride), dtype=np.uint8), bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):  # unfilter: None, Sub, Up, Average, Paeth
+            a = line[x - channels] if x >= channels else 0
+            b, c = previous[x], previous[x - channels] if x >= channels else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        image[y], previous = np.frombuffer(bytes(line), dtype=np.uint8), line
+    return image.reshape(height, width, channels)[:, :, :3]
+
+
+def made_up_trace(vocab: Vocab, text: str, bits=None, activations=None) -> CharTrace:
+    tokens = vocab.encode(text).astype(np.int64)
+    n = len(tokens)
+    losses = np.full(n, 0.01 * LN2, dtype=np.float32) if bits is None else np.asarray(bits, dtype=np.float32) * LN2
+    losses[0] = np.nan
+    top_ids = np.tile(tokens[:, None], (1, 2))
+    top_probs = np.tile(np.array([[0.9, 0.1]], dtype=np.float32), (n, 1))
+    neuron = (0, 1) if activations is not None else None
+    return CharTrace(tokens, losses, top_ids, top_probs, neuron,
+                     None if activations is None else np.asarray(activations, dtype=np.float32))
+
+
+def bands(mask: np.ndarray, least: int = 10) -> list[tuple[int, int]]:
+    """Runs of consecutive screenshot rows with at least `least` pixels in `mask`: [(first, last)]."""
+    rows = np.flatnonzero(mask.sum(axis=1) >= least)
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if len(rows) else []
+    return [(int(r[0]), int(r[-1])) for r in runs]
+
+
+def test_chromium_draws_surprising_characters_hot_and_the_rest_cold(tmp_path):
+    # line 2 is 12 cold characters then 12 hot ones; lines 1 and 3 are cold; line 3 looks like markup
+    lines = ["a" * 24, "a" * 12 + "Z" * 12, 'x<b>&"\'</pre>y']
+    text = "\n".join(lines) + "\n"
+    vocab = Vocab.from_data(text.encode())
+    bits = [12.0 if c == "Z" else 0.01 for c in text]
+    page = tmp_path / "surprise.html"
+    page.write_text(html_page(made_up_trace(vocab, text, bits=bits), vocab, title="surprise"))
+    run_chromium(page, tmp_path, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=800,360")
+    image = read_png(tmp_path / "shot.png").astype(int)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    hot = (r > 170) & (g < 90) & (b < 90)
+    ink = (r < 100) & (g < 100) & (b < 100)
+    found = bands(hot)
+    assert len(found) == 2, f"only the legend's red end and line 2 should be red, not rows {found}"
+    line2 = found[1]
+    rows = slice(line2[0], line2[1] + 1)
+    hot_x, ink_x = np.flatnonzero(hot[rows].any(0)), np.flatnonzero(ink[rows].any(0))
+    # the line starts with the 12 cold 'a's, black on white, and the 12 hot characters follow them
+    assert ink_x.min() < hot_x.min() and not hot[rows, : hot_x.min()].any()
+    assert 0.85 < (hot_x.max() - hot_x.min()) / (hot_x.min() - ink_x.min()) < 1.15
+    below = ink[line2[1] + 1 :]
+    line3 = bands(below, least=3)
+    assert line3, "line 3 is drawn below line 2"
+    rows3 = slice(line2[1] + 1 + line3[0][0], line2[1] + 1 + line3[0][1] + 1)
+    background = image[rows3][~ink[rows3]]
+    assert background.mean() > 235  # cold: close to white
+    # the page's text is all there, as the browser parsed it
+    dom = run_chromium(page, tmp_path, "--dump-dom").stdout.decode()
+    drawn = html.unescape(re.sub(r"<[^>]+>", "", dom.split('<pre class="text">', 1)[1].split("</pre>\n", 1)[0]))
+    assert drawn == "".join(glyph(c) + ("\n" if c == "\n" else "") for c in text)
+
+
+def test_chromium_draws_activations_blue_to_red(tmp_path):
+    text = "a" * 12 + "b" * 12 + "\n"
+    vocab = Vocab.from_data(text.encode())
+    page = tmp_path / "unit.html"
+    page.write_text(html_page(made_up_trace(vocab, text, activations=[-1.0] * 12 + [1.0] * 12 + [0.0]), vocab,
+                              title="unit"))
+    run_chromium(page, tmp_path, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=800,300")
+    image = read_png(tmp_path / "shot.png").astype(int)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    red = (r > 150) & (g < 70) & (b < 80)
+    blue = (b > 140) & (r < 80) & (g < 130)
+    *_, line = bands(red)  # the last red band is the text (the legend's is above it)
+    rows = slice(line[0], line[1] + 1)
+    blue_x, red_x = np.flatnonzero(blue[rows].any(0)), np.flatnonzero(red[rows].any(0))
+    assert len(blue_x) and blue_x.max() < red_x.min()  # -1 first, in blue; then +1, in red
+    assert 0.8 < (red_x.max() - red_x.min()) / (blue_x.max() - blue_x.min()) < 1.25
