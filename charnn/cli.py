@@ -34,11 +34,14 @@ from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
 from .history import (RunInfo, list_runs, loss_curves, plot_title, printable_chars, read_metrics, run_info,
                       run_metrics_dir, runs_dir)
+from .inspect import find_neurons, parse_neuron, trace_text
 from .plotting import parse_size, print_chart, save_png
 from .progress import ConsoleTrainEvents
+from .render import html_page
 from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
 from .sampling import SamplingConfig, TextGenerator, beam_search, default_prime, generate
+from .show import heat_text, legend, neuron_table
 
 try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions
     from typer._click import exceptions as click_exceptions
@@ -90,6 +93,7 @@ DATA = "Data"
 OPTIM = "Optimisation"
 STOP = "Stopping"
 RUN = "Run and checkpoints"
+PICTURES = "Pictures"
 
 
 class _StopFlag:
@@ -601,15 +605,38 @@ def eval_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
                                                  show_default=False)] = None,
     device: Annotated[Device, typer.Option(help="Where to evaluate.")] = Device.auto,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Draw the text on stderr, each character coloured by how surprised the model was (bits).",
+        rich_help_panel=PICTURES)] = False,
+    show_chars: Annotated[int, typer.Option(
+        help="Draw only the first N characters (the whole text is still scored); 0 draws all.",
+        rich_help_panel=PICTURES)] = 2000,
+    html_file: Annotated[Optional[str], typer.Option(
+        "--html", metavar="FILE", help="Write the picture as a self-contained HTML page (- for stdout); hover a "
+        "character for its bits and the model's guesses.", rich_help_panel=PICTURES, show_default=False)] = None,
+    neuron: Annotated[Optional[str], typer.Option(
+        metavar="LAYER:UNIT", help="Colour by this hidden unit's activation instead (blue -1, red +1); layers and "
+        "units count from 0. Draws on stderr unless only --html is given.", rich_help_panel=PICTURES,
+        show_default=False)] = None,
+    find_units: Annotated[bool, typer.Option(
+        "--find-neurons", help="Rank the units of every layer by how well they track features of the text "
+        "(inside quotes, column, indentation, inside parentheses), on its first 200,000 characters.",
+        rich_help_panel=PICTURES)] = False,
 ) -> None:
     """Score text with a model: characters, loss (nats/char), bits per character and perplexity.
 
     Characters the model has never seen are left out of the text (not fed, not scored) and counted.
+    --show, --html and --neuron draw the text coloured by what the model made of it.
     """
+    if show_chars < 0:
+        raise CharnnError(f"--show-chars must be >= 0, not {show_chars}")
+    if html_file == "-" and as_json:
+        raise CharnnError("--html - and --json both want stdout", hint="write the page to a file")
     paths = list(paths or [])
     if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
         model = paths.pop(0)
     checkpoint, net, vocab, payload = _load(model, device.value)
+    unit = parse_neuron(neuron, net.config) if neuron is not None else None
     unknown = 0
     if paths:
         corpus = read_corpus(paths)
@@ -639,6 +666,14 @@ def eval_command(
         "sources": sources,
         "text": what,
     }
+    console = _stderr()
+    if show or html_file is not None or unit is not None:
+        _draw_text(console, net, vocab, tokens, checkpoint, sources, show_chars, unit,
+                   terminal=show or (unit is not None and html_file is None), html_file=html_file)
+    if find_units:
+        found = find_neurons(net, vocab, tokens)
+        report["neurons"] = found.to_dict()
+        console.print(neuron_table(found))
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         sys.stdout.flush()
@@ -651,7 +686,34 @@ def eval_command(
     table.add_row("bits per character", f"{result.bpc:.4f}")
     table.add_row("perplexity", f"{result.perplexity:.3f}")
     table.add_row("unknown characters", f"{unknown:,} (skipped: neither fed nor scored)")
-    _stderr().print(table)
+    console.print(table)
+
+
+def _draw_text(console: Console, net, vocab, tokens, checkpoint, sources, show_chars: int, unit, terminal: bool,
+               html_file: str | None) -> None:
+    """The first `show_chars` characters, coloured by surprisal or by one unit, on stderr and/or as HTML."""
+    shown = tokens[:show_chars] if show_chars else tokens
+    trace = trace_text(net, shown, neuron=unit)
+    summary = [f"text: {', '.join(map(str, sources))}",
+               f"characters 1-{len(shown):,} of {len(tokens):,} drawn (--show-chars); "
+               f"{trace.mean_loss / math.log(2):.3f} bits per character on them"]
+    if terminal:
+        for line in summary:
+            _say(console, line)
+        console.print(legend(trace), soft_wrap=True)
+        console.print(heat_text(trace, vocab), soft_wrap=True)
+        console.print()
+    if html_file is not None:
+        page = html_page(trace, vocab, f"charnn eval: {checkpoint}", summary)
+        if html_file == "-":
+            sys.stdout.write(page)
+            sys.stdout.flush()
+            return
+        try:
+            Path(html_file).write_text(page, encoding="utf-8")
+        except OSError as err:
+            raise CharnnError(f"--html {html_file}: cannot write ({err.strerror or err})") from None
+        _say(console, f"wrote {html_file}")
 
 
 # --- benchmark ---------------------------------------------------------------------------------
