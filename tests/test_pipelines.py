@@ -54,6 +54,7 @@ def test_readme_pipeline_examples_run_as_written(shell):
         lambda out: len(out) == 200,
         lambda out: 0 < float(out) < 8,
         lambda out: out == b"" and json.loads((shell.cwd / "scores.json").read_text())["chars"] > 1000,
+        lambda out: out == b"demo\n",
     ]
     assert len(commands) == len(checks), "the README's pipeline block and this test must list the same commands"
     for command, check in zip(commands, checks):
