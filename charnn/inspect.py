@@ -20,11 +20,10 @@ import torch
 
 from .config import ModelConfig
 from .errors import CharnnError
-from .model import _RNN_FUNCTIONS, CharRNN, Hidden
+from .model import CharRNN, Hidden
 from .vocab import Vocab
 
 LN2 = math.log(2.0)
-_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None):
@@ -35,23 +34,13 @@ def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None
     c = model.config
     if hidden is None:
         hidden = model.init_hidden(idx.shape[1], idx.device)
-    function = _RNN_FUNCTIONS[c.cell]
     x = model.embedding(idx)  # (T, B, E)
     outputs, finals = [], []
     for layer in range(c.num_layers):
-        params = [getattr(model.rnn, f"{kind}_l{layer}") for kind in _PARAM_KINDS]
-        if c.cell == "lstm":
-            state = (hidden[0][layer : layer + 1], hidden[1][layer : layer + 1])
-        else:
-            state = hidden[layer : layer + 1]
-        # (input, state, params, has_biases, layers, dropout, train, bidirectional, batch_first)
-        x, *final = function(x, state, params, True, 1, 0.0, False, False, False)
+        x, final = model.run_layer(layer, x, hidden)
         outputs.append(x)
         finals.append(final)
-    if c.cell == "lstm":
-        hidden = (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
-    else:
-        hidden = torch.cat([f[0] for f in finals])
+    hidden = model.join_layer_states(finals)
     return model.head(x), outputs, hidden
 
 

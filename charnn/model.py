@@ -99,21 +99,32 @@ class CharRNN(nn.Module):
         c = self.config
         if hidden is None:
             hidden = self.init_hidden(x.shape[1], x.device)
-        function = _RNN_FUNCTIONS[c.cell]
         finals = []
         for layer in range(c.num_layers):
             if layer > 0:
                 x = dropout(x, c.dropout, True)
-            params = [getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            if c.cell == "lstm":
-                state = (hidden[0][layer : layer + 1], hidden[1][layer : layer + 1])
-            else:
-                state = hidden[layer : layer + 1]
-            x, *final = function(x, state, params, True, 1, 0.0, True, False, False)
+            x, final = self.run_layer(layer, x, hidden)
             finals.append(final)
+        return x, self.join_layer_states(finals)
+
+    def run_layer(self, layer: int, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One recurrent layer over x (T, B, in), from its slice of `hidden`: the outputs (T, B, H) and
+        its final state ([h] or [h, c], each (1, B, H)); the same kernel and parameters nn.LSTM uses."""
+        c = self.config
+        params = [getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         if c.cell == "lstm":
-            return x, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
-        return x, torch.cat([f[0] for f in finals])
+            state = (hidden[0][layer : layer + 1], hidden[1][layer : layer + 1])
+        else:
+            state = hidden[layer : layer + 1]
+        # (input, state, params, has_biases, layers, dropout, train, bidirectional, batch_first)
+        x, *final = _RNN_FUNCTIONS[c.cell](x, state, params, True, 1, 0.0, self.training, False, False)
+        return x, final
+
+    def join_layer_states(self, finals: list[list[torch.Tensor]]) -> Hidden:
+        """The per-layer final states of `run_layer` as one hidden state."""
+        if self.config.cell == "lstm":
+            return torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals])
+        return torch.cat([f[0] for f in finals])
 
     def init_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         c = self.config
