@@ -11,6 +11,8 @@ import json
 import math
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -30,6 +32,8 @@ from .config import ModelConfig, TrainConfig, parse_duration, parse_save_every
 from .corpus import read_corpus
 from .data import split_train_val
 from .device import describe_allocation, is_out_of_memory, resolve_device
+from .distributed import ranks_from_environment
+from .distributed import stop as stop_distributed
 from .errors import CharnnError
 from .evaluate import EvalResult, evaluate
 from .history import (RunInfo, list_runs, loss_curves, plot_title, printable_chars, read_metrics, run_info,
@@ -37,6 +41,7 @@ from .history import (RunInfo, list_runs, loss_curves, plot_title, printable_cha
 from .inspect import find_neurons, parse_neuron, trace_text
 from .plotting import parse_size, print_chart, save_png
 from .progress import ConsoleTrainEvents
+from .train import TrainEvents
 from .render import html_page
 from .runs import (load_tokens, looks_like_checkpoint, resolve_checkpoint, resume_training,
                    start_training)
@@ -228,9 +233,24 @@ def train(
         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.",
                                         rich_help_panel=RUN)] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        help="Train data-parallel with N processes on this machine, as torchrun would start them (one per GPU, "
+             "NCCL; on CPUs, gloo). The global --batch-size is split between them.", rich_help_panel=RUN,
+        show_default=False)] = None,
+    context: typer.Context = None,
 ) -> None:
-    """Train a model on CORPUS, writing a run directory with checkpoints and metrics."""
+    """Train a model on CORPUS, writing a run directory with checkpoints and metrics.
+
+    Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
+    """
+    ranks = ranks_from_environment()
+    if nproc is not None:
+        if nproc < 1:
+            raise CharnnError(f"--nproc must be at least 1, not {nproc}")
+        if nproc > 1 and not ranks.active:
+            raise typer.Exit(_launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
     console = _stderr()
+    quiet = quiet or not ranks.is_main
     train_options = {
         "val_frac": val_frac, "batch_size": batch_size, "seq_len": seq_len, "carry_state": carry_state,
         "lr": lr, "weight_decay": weight_decay, "grad_clip": grad_clip,
@@ -252,18 +272,24 @@ def train(
         "reset_on": _unescape(reset_on) if reset_on is not None else None,
     }
     model_given = {k: v for k, v in model_options.items() if v is not None}
-    events = ConsoleTrainEvents(console, quiet=quiet)
+    events = ConsoleTrainEvents(console, quiet=quiet) if ranks.is_main else TrainEvents()
     with _StopFlag() as stop:
-        trainer = _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop)
         try:
-            result = trainer.run()
+            trainer = _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop,
+                                    ranks)
+            try:
+                result = trainer.run()
+            finally:
+                if ranks.is_main:
+                    events.close(trainer)
         finally:
-            events.close(trainer)
+            stop_distributed()
     state = result.state
     if result.stop_reason == "interrupted":
         name = "SIGTERM" if stop.signum == signal.SIGTERM else "SIGINT"
-        _say(console, f"stopped by {name} at step {state.step:,}; saved {result.run_dir / 'last.pt'}")
-        _say(console, f"resume with: charnn train --resume {result.run_dir}")
+        _say(console, f"stopped by {name} at step {state.step:,}; saved {result.run_dir / 'last.pt'}",
+             quiet=not ranks.is_main)
+        _say(console, f"resume with: charnn train --resume {result.run_dir}", quiet=not ranks.is_main)
         raise typer.Exit(143 if stop.signum == signal.SIGTERM else 130)
     best = state.best_val_loss
     reason = result.stop_reason.replace("_", "-")
@@ -273,14 +299,61 @@ def train(
                   f"{best:.4f} nats/char ({best / math.log(2):.4f} bpc); model in {result.run_dir}", quiet=quiet)
 
 
-def _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop):
+def _launch_processes(nproc: int, argv: list[str]) -> int:
+    """`charnn train --nproc N ...`: N copies of the command on this machine, set up as torchrun would set
+    them up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so signals and exit codes stay charnn's own."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc)}
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    children = [subprocess.Popen([sys.executable, "-m", "charnn", *args],
+                                 env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(nproc)]
+    # Ctrl-C reaches every process of the terminal's group by itself; a SIGTERM sent here is passed on
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: [c.send_signal(signum) for c in children])
+    try:
+        return _wait_for_ranks(children)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_ranks(children: list[subprocess.Popen], grace: float = 30.0) -> int:
+    """Rank 0's exit code; if a rank fails, the others (likely waiting for it) are stopped after `grace` s."""
+    failed_at = None
+    while True:
+        try:
+            codes = [child.poll() for child in children]
+            if all(code is not None for code in codes):
+                return codes[0] if codes[0] else next((code for code in codes if code), 0)
+            if failed_at is None and any(code for code in codes if code is not None):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace:
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            continue  # the ranks got the Ctrl-C too: wait for them to save and stop
+
+
+def _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume, events, stop, ranks):
     if resume is not None:
         if out is not None and Path(out).resolve() != resume.resolve():
             raise CharnnError("--resume continues a run in place; --out cannot name another directory")
         overrides = dict(given, model=model_given)
         if bytes_mode:
             overrides["vocab_mode"] = "byte"
-        return resume_training(resume, overrides, corpus_paths=corpus or None, events=events, should_stop=stop)
+        return resume_training(resume, overrides, corpus_paths=corpus or None, events=events, should_stop=stop,
+                               ranks=ranks)
     if not corpus:
         raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
     if "hidden_size" in model_given and "embed_size" not in model_given:
@@ -289,7 +362,7 @@ def _make_trainer(corpus, given, model_given, bytes_mode, out, overwrite, resume
     if config.device != "auto":
         resolve_device(config.device)  # fail before reading a large corpus
     return start_training(corpus, model_given, config, vocab_mode="byte" if bytes_mode else "char",
-                          out=out, overwrite=overwrite, events=events, should_stop=stop)
+                          out=out, overwrite=overwrite, events=events, should_stop=stop, ranks=ranks)
 
 
 def _say(console: Console, text: str, quiet: bool = False, style: str | None = None) -> None:
@@ -1023,7 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns every failure into one line on stderr and an exit code."""
     console = _stderr()
     try:
-        result = app(args=argv, prog_name="charnn", standalone_mode=False)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
     except CharnnError as err:
         _say(console, f"charnn: error: {err}", style="red")
         return 1

@@ -11,6 +11,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -23,6 +24,9 @@ from .checkpoint import load_checkpoint, remove_temporaries, write_json
 from .config import ModelConfig, TrainConfig
 from .corpus import corpus_files
 from .data import check_split_sizes, split_train_val
+from .device import resolve_device
+from .distributed import SINGLE, Ranks, broadcast_object
+from .distributed import start as start_distributed
 from .errors import CharnnError
 from .tokens import EncodedCorpus, encode_cached, open_tokens, place_tokens
 from .train import SNAPSHOT_DIR, Trainer, TrainEvents
@@ -162,24 +166,65 @@ def start_training(
     events: TrainEvents | None = None,
     should_stop: Callable[[], str | None] | None = None,
     stdin=None,
+    ranks: Ranks = SINGLE,
 ) -> Trainer:
-    """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`."""
+    """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`.
+
+    With several ranks (torchrun), rank 0 does all of that and the others then join the run it made.
+    """
     config.validate()
+    if ranks.active:
+        return _start_on_ranks(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop,
+                               stdin, ranks)
+    return _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin)
+
+
+def _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin,
+           ranks: Ranks = SINGLE) -> Trainer:
     root = runs_root()
     with corpus_files(corpus_paths, stdin=stdin, spool_dir=root / ".cache") as corpus:
         encoded = encode_cached(corpus, vocab_mode, root)
         name, sources = corpus.name, corpus.sources
     try:
         trainer, run_dir = _new_run(encoded, name, sources, model_options, config, out, overwrite, events,
-                                    should_stop)
+                                    should_stop, ranks)
     finally:
         if encoded.path.name.endswith(".tmp"):  # stdin's encoding, not yet moved into a run
             encoded.path.unlink(missing_ok=True)
     return trainer
 
 
+def _start_on_ranks(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin,
+                    ranks: Ranks) -> Trainer:
+    ranks.streams(config.batch_size)  # every rank refuses a batch that does not divide, before any work
+    start_distributed(ranks, resolve_device(config.device))
+    if ranks.is_main:
+        try:
+            trainer = _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop,
+                             stdin, ranks)
+        except CharnnError as err:
+            broadcast_object({"error": str(err)})
+            raise
+        broadcast_object({"run_dir": str(trainer.run_dir)})
+        return trainer
+    started = broadcast_object(None)
+    if "error" in started:
+        raise CharnnError(f"rank 0 could not start the run: {started['error']}")
+    return _join_run(Path(started["run_dir"]), events, should_stop, ranks)
+
+
+def _join_run(run_dir: Path, events, should_stop, ranks: Ranks) -> Trainer:
+    """The Trainer of a run that rank 0 has just created, for another rank."""
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(saved["train"])
+    train_tokens, val_tokens = split_train_val(load_tokens(run_dir), config.val_frac)
+    return Trainer(ModelConfig.from_dict(saved["model"]), config, Vocab.from_dict(saved["vocab"]), train_tokens,
+                   val_tokens, run_dir, events=events, should_stop=should_stop, extra={"corpus": saved["corpus"]},
+                   ranks=ranks)
+
+
 def _new_run(encoded: EncodedCorpus, name: str, sources, model_options: dict, config: TrainConfig, out,
-             overwrite: bool, events, should_stop) -> tuple[Trainer, Path]:
+             overwrite: bool, events, should_stop, ranks: Ranks = SINGLE) -> tuple[Trainer, Path]:
     vocab, tokens = encoded.vocab, encoded.tokens()
     model_options = dict(model_options)
     reset_on = model_options.pop("reset_on", None)
@@ -198,7 +243,7 @@ def _new_run(encoded: EncodedCorpus, name: str, sources, model_options: dict, co
     }
     run_dir = new_run_dir(name, out, overwrite)
     trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
-                      events=events, should_stop=should_stop, extra={"corpus": corpus_info})
+                      events=events, should_stop=should_stop, extra={"corpus": corpus_info}, ranks=ranks)
     prepare_run_dir(run_dir)
     place_tokens(encoded, run_dir)
     write_json(run_dir / "config.json", {
@@ -219,6 +264,7 @@ def resume_training(
     events: TrainEvents | None = None,
     should_stop: Callable[[], str | None] | None = None,
     stdin=None,
+    ranks: Ranks = SINGLE,
 ) -> Trainer:
     """A Trainer that continues `run_dir` from its last.pt, exactly where it stopped.
 
@@ -271,13 +317,14 @@ def resume_training(
         raise CharnnError(f"{run_dir}: tokens.npy does not match the run's vocabulary or corpus")
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
     trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
-                      events=events, should_stop=should_stop, extra={"corpus": corpus_info})
+                      events=events, should_stop=should_stop, extra={"corpus": corpus_info}, ranks=ranks)
     try:
         trainer.restore(payload)
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CharnnError(f"{last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
-    for directory in (run_dir, run_dir / SNAPSHOT_DIR):
-        remove_temporaries(directory)
-    remember_latest(run_dir)
+    if ranks.is_main:
+        for directory in (run_dir, run_dir / SNAPSHOT_DIR):
+            remove_temporaries(directory)
+        remember_latest(run_dir)
     return trainer
 

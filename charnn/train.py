@@ -24,9 +24,12 @@ from .checkpoint import atomic_write, keep_copy, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import StreamBatches, as_tensor, epoch_offset
 from .device import out_of_memory_is_an_error, resolve_device
+from .distributed import (SINGLE, Ranks, agree_max, broadcast_object, gather_objects, gather_streams,
+                          mean_over_ranks)
+from .distributed import start as start_distributed
 from .errors import CharnnError
 from .evaluate import evaluate
-from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list, reset_mask
+from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list, reset_mask, select_streams
 from .sampling import default_prime, generate
 from .vocab import Vocab
 
@@ -146,6 +149,7 @@ class Trainer:
         events: TrainEvents | None = None,
         should_stop: Callable[[], str | None] | None = None,
         extra: dict | None = None,
+        ranks: Ranks = SINGLE,
     ):
         self.model_config = model_config.validate()
         self.config = config.validate()
@@ -154,13 +158,18 @@ class Trainer:
         self.events = events or TrainEvents()
         self.should_stop = should_stop or (lambda: None)
         self.extra = extra or {}  # plain data saved with every checkpoint (e.g. the corpus fingerprint)
-        self.device = resolve_device(config.device)
+        self.ranks = ranks
+        self._streams = ranks.streams(config.batch_size)  # this rank's share of the global batch
+        self.device = start_distributed(ranks, resolve_device(config.device))
 
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
         with out_of_memory_is_an_error(f"building the model on {self.device}", MEMORY_HINT):
-            self.model = CharRNN(model_config).to(self.device)
+            self.model = CharRNN(model_config).to(self.device)  # the same on every rank: same seed
+        if ranks.rank:  # rank 0 draws what a single process would; the others their own dropout masks
+            torch.manual_seed(config.seed + ranks.rank)
+        self.net = self.model  # what the training step calls: DDP's wrapper once `run` starts on several ranks
         self.optimizer = make_optimizer(self.model, config)
         self.state = TrainState()
         self.hidden = None
@@ -172,6 +181,8 @@ class Trainer:
         self._last_save_time = time.monotonic()
         self._last_saved_step: int | None = None  # the step last.pt holds, if this run has written one
         self._last_eval: dict | None = None
+        self._stop_request: str | None = None  # what should_stop said, agreed on by every rank
+        self._clock_save_due = False  # --save-every by time, agreed on by every rank
 
     # --- resume ------------------------------------------------------------------------
 
@@ -185,8 +196,17 @@ class Trainer:
         known = {k: v for k, v in train["progress"].items() if k in TrainState.__dataclass_fields__}
         self.state = TrainState(**known)
         self._loss_sum = torch.tensor(self.state.log_loss_sum, device=self.device)
-        self.hidden = hidden_from_list(train.get("hidden", []), self.model_config.cell, self.device)
-        restore_rng_state(train["rng"], self.device)
+        hidden = hidden_from_list(train.get("hidden", []), self.model_config.cell, self.device)
+        if hidden is not None and self.ranks.active:  # saved for the whole batch: keep this rank's streams
+            hidden = select_streams(hidden, self._streams)
+        self.hidden = hidden
+        by_rank = train.get("rng_by_rank") or []
+        if len(by_rank) == self.ranks.world_size:  # the same ranks as before: each continues its own numbers
+            restore_rng_state(by_rank[self.ranks.rank], self.device)
+        else:
+            restore_rng_state(train["rng"], self.device)
+            if self.ranks.rank:  # a different number of ranks cannot continue exactly; stay distinct and seeded
+                torch.manual_seed(self.config.seed + self.ranks.rank + 7919 * self.state.step)
         self._batches = self._epoch_batches(self.state.epoch)
         self._last_saved_step = self.state.step
         self._forget_metrics_after(self.state.step)
@@ -236,21 +256,21 @@ class Trainer:
             return "epochs"
         if c.patience is not None and s.evals_since_best >= c.patience:
             return "patience"
-        return self.should_stop()
+        return self._stop_request
 
     def window_resets(self, k: int, inputs: torch.Tensor) -> torch.Tensor | None:
         """With --reset-on: where in window k the state restarts (the delimiter may begin in window k-1)."""
         ids = self.model_config.reset_ids
         if not ids:
             return None
-        return reset_mask(inputs, ids, self._batches.lookbehind(k, len(ids) - 1))
+        return reset_mask(inputs, ids, self._batches.lookbehind(k, len(ids) - 1)[:, self._streams])
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor,
                    resets: torch.Tensor | None = None) -> torch.Tensor | None:
         """One optimiser step on one window; returns the loss, or None if the step was skipped."""
         model, config = self.model, self.config
         hidden = self.hidden if config.carry_state else None
-        logits, hidden = model(inputs, hidden, resets)
+        logits, hidden = self.net(inputs, hidden, resets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,7 +309,14 @@ class Trainer:
         return f"on {self.device} at step {self.state.step + 1}{kept}"
 
     def _run(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.ranks.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.ranks.active and self.net is self.model:
+            from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415 (only with several ranks)
+
+            # averages the gradients over the ranks during backward, overlapping with the computation
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None)
         self.model.train()
         self.events.on_start(self)
         session_start = time.monotonic()
@@ -298,7 +325,7 @@ class Trainer:
         eval_seconds = 0.0
         reason = None
         while True:
-            self.state.elapsed = elapsed_before + time.monotonic() - session_start
+            self._sync_clock_and_requests(elapsed_before + time.monotonic() - session_start)
             reason = self.stop_reason()
             if reason:
                 break
@@ -309,6 +336,8 @@ class Trainer:
                 self._batches = self._epoch_batches(self.state.epoch)
                 continue
             inputs, targets = self._batches.window(self.state.window)
+            if self.ranks.active:
+                inputs, targets = inputs[:, self._streams], targets[:, self._streams]
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate()
             loss = self.train_step(inputs, targets, self.window_resets(self.state.window, inputs))
@@ -316,7 +345,7 @@ class Trainer:
             if loss is None:
                 continue
             self.state.step += 1
-            self.state.chars += inputs.numel()
+            self.state.chars += inputs.numel() * self.ranks.world_size
             self._loss_sum += loss
             self.state.log_steps += 1
             self.events.on_step(self)
@@ -327,7 +356,7 @@ class Trainer:
                 self._log(chars_per_sec=(self.state.chars - log_start_chars) / train_seconds,
                           elapsed=elapsed_before + now - session_start)
                 log_start_time, log_start_chars, eval_seconds = now, self.state.chars, 0.0
-            if self.config.sample_every and step % self.config.sample_every == 0:
+            if self.config.sample_every and step % self.config.sample_every == 0 and self.ranks.is_main:
                 t0 = time.monotonic()
                 self.events.on_sample(self, self.sample_text())
                 eval_seconds += time.monotonic() - t0
@@ -335,7 +364,7 @@ class Trainer:
                 t0 = time.monotonic()
                 self._evaluate_and_save()
                 eval_seconds += time.monotonic() - t0
-            elif self._save_due():
+            elif self._save_due:
                 self.save()
         if reason != "interrupted" and self.state.last_eval_step != self.state.step:
             self._evaluate_and_save()
@@ -345,10 +374,25 @@ class Trainer:
 
     # --- logging, evaluation and saving -------------------------------------------------
 
+    def _sync_clock_and_requests(self, elapsed: float) -> None:
+        """Time, a stop request (Ctrl-C, SIGTERM) and a save that is due by the clock, agreed by every rank:
+        the schedule follows the clock, so all ranks must read the same time to stay identical."""
+        request = self.should_stop()
+        c = self.config
+        save_due = (c.save_every_seconds is not None
+                    and time.monotonic() - self._last_save_time >= c.save_every_seconds)
+        if self.ranks.active:
+            elapsed, stop, save = agree_max([elapsed, float(request is not None), float(save_due)], self.device)
+            request = request or ("interrupted" if stop else None)
+            save_due = bool(save)
+        self.state.elapsed = elapsed
+        self._stop_request = request
+        self._clock_save_due = save_due
+
     def _forget_metrics_after(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from: that stretch is trained again."""
         path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
+        if not self.ranks.is_main or not path.is_file():
             return
         lines = path.read_text(encoding="utf-8").splitlines()
         kept = []
@@ -362,6 +406,8 @@ class Trainer:
             atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
 
     def _append_metrics(self, record: dict) -> None:
+        if not self.ranks.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -371,7 +417,7 @@ class Trainer:
             "kind": "train",
             "step": s.step,
             "epoch": round(self.epoch_progress, 4),
-            "loss": float(self._loss_sum) / max(s.log_steps, 1),
+            "loss": float(self._ranks_mean(self._loss_sum)) / max(s.log_steps, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "chars_per_sec": round(chars_per_sec, 1),
             "chars": s.chars,
@@ -397,10 +443,16 @@ class Trainer:
             self.model.train()
         return self.vocab.decode(torch.cat(steps).tolist())
 
+    def _ranks_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return mean_over_ranks(value) if self.ranks.active else value
+
     def _evaluate_and_save(self) -> None:
         s = self.state
         started = time.monotonic()
-        result = self.evaluate()
+        if self.ranks.active:  # rank 0 scores; the others wait for its figure, so all decide alike
+            result = broadcast_object(self.evaluate() if self.ranks.is_main else None)
+        else:
+            result = self.evaluate()
         improved = result.loss < s.best_val_loss
         s.evals_since_best = 0 if improved else s.evals_since_best + 1
         if improved:
@@ -431,11 +483,12 @@ class Trainer:
             self.save(best=True)
         self.save()
 
+    @property
     def _save_due(self) -> bool:
         c = self.config
         if c.save_every_steps is not None and self.state.step % c.save_every_steps == 0:
             return True
-        return c.save_every_seconds is not None and time.monotonic() - self._last_save_time >= c.save_every_seconds
+        return self._clock_save_due
 
     def checkpoint_payload(self, with_training_state: bool = True) -> dict:
         model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -449,13 +502,17 @@ class Trainer:
             **self.extra,
         }
         if with_training_state:
-            self.state.log_loss_sum = float(self._loss_sum)
+            self.state.log_loss_sum = float(self._ranks_mean(self._loss_sum))
+            hidden, rng = hidden_to_list(self.hidden), capture_rng_state(self.device)
             payload["train_state"] = {
                 "progress": asdict(self.state),
                 "optimizer": self.optimizer.state_dict(),
-                "rng": capture_rng_state(self.device),
-                "hidden": hidden_to_list(self.hidden),
+                "rng": rng,
+                "hidden": hidden,
             }
+            if self.ranks.active:  # the whole batch's state, so a resume may use another number of ranks
+                payload["train_state"]["hidden"] = [t.cpu() for t in gather_streams([t.to(self.device) for t in hidden])]
+                payload["train_state"]["rng_by_rank"] = gather_objects(rng)
         return payload
 
     def save(self, best: bool = False) -> Path:
@@ -464,11 +521,15 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise CharnnError(f"training diverged: the weights became non-finite at step {self.state.step}; "
                               f"{path} was not overwritten", hint="lower --lr or --grad-clip")
-        if not best:
-            self._keep_previous(path)
-        save_checkpoint(path, self.checkpoint_payload(with_training_state=not best))
+        payload = self.checkpoint_payload(with_training_state=not best)  # every rank: it gathers their state
         if not best:
             self._last_save_time = time.monotonic()
+        if not self.ranks.is_main:
+            return path
+        if not best:
+            self._keep_previous(path)
+        save_checkpoint(path, payload)
+        if not best:
             self._last_saved_step = self.state.step
             self._prune_kept()
         self.events.on_save(self, path, best)
