@@ -105,7 +105,7 @@ def test_a_stopped_distributed_run_resumes_exactly_on_two_or_one_processes(corpu
     assert_close(weights(tmp_path / "copy"), weights(straight), 1e-4)
 
 
-def test_sigterm_stops_every_rank_which_saves_once_and_resumes(corpus, reference, tmp_path):
+def test_sigterm_stops_every_rank_which_saves_once_and_resumes_exactly(corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CHARNN_RUNS_DIR": str(tmp_path / "runs")}
     run = tmp_path / "run"
     command = [sys.executable, "-m", "charnn", "train", str(corpus), *SMALL, "--max-steps", "100000",
@@ -126,6 +126,11 @@ def test_sigterm_stops_every_rank_which_saves_once_and_resumes(corpus, reference
     assert resumed.returncode == 0, resumed.stderr.decode()
     steps = [r["step"] for r in records(run, "train")]
     assert steps == sorted(set(steps)) and load_checkpoint(run / "last.pt")["step"] == stopped_at + 10
+    # the same number of steps without the kill (a constant schedule does not depend on the limit)
+    straight = torchrun("train", corpus, *SMALL, "--max-steps", stopped_at + 10, "--out", tmp_path / "straight",
+                        env={"CHARNN_RUNS_DIR": str(tmp_path / "runs")})
+    assert straight.returncode == 0, straight.stderr.decode()
+    assert_close(weights(run), weights(tmp_path / "straight"), 1e-6)
 
 
 def test_a_batch_that_does_not_divide_is_refused_on_every_rank(corpus, tmp_path):
