@@ -20,20 +20,37 @@ import torch
 
 from .config import ModelConfig
 from .errors import CharnnError
-from .model import CharRNN, Hidden
+from .model import CharRNN, Hidden, reset_mask, reset_streams
 from .vocab import Vocab
 
 LN2 = math.log(2.0)
 
 
-def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None):
-    """`model(idx, hidden)` with dropout off, also returning every layer's outputs.
+def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None,
+                 resets: torch.Tensor | None = None):
+    """`model(idx, hidden, resets)` with dropout off, also returning every layer's outputs.
 
     idx (T, B) -> logits (T, B, V), [h of layer l: (T, B, H)] * num_layers, the new hidden state.
     """
-    c = model.config
     if hidden is None:
         hidden = model.init_hidden(idx.shape[1], idx.device)
+    if resets is None or not bool(resets.any()):
+        return _layer_states(model, idx, hidden)
+    times = torch.nonzero(resets.any(dim=1)).flatten().tolist()  # as the model does: cut where a stream resets
+    bounds = sorted({0, *times, idx.shape[0]})
+    pieces = []
+    for start, end in zip(bounds, bounds[1:]):
+        if start in times:
+            hidden = reset_streams(hidden, resets[start])
+        logits, outputs, hidden = _layer_states(model, idx[start:end], hidden)
+        pieces.append((logits, outputs))
+    logits = torch.cat([p[0] for p in pieces])
+    outputs = [torch.cat([p[1][layer] for p in pieces]) for layer in range(model.config.num_layers)]
+    return logits, outputs, hidden
+
+
+def _layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden):
+    c = model.config
     x = model.embedding(idx)  # (T, B, E)
     outputs, finals = [], []
     for layer in range(c.num_layers):
@@ -42,6 +59,16 @@ def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None
         finals.append(final)
     hidden = model.join_layer_states(finals)
     return model.head(x), outputs, hidden
+
+
+def _resets(model: CharRNN, ids: torch.Tensor) -> torch.Tensor | None:
+    """With a --reset-on model: where the state restarts along `ids` (time first), as in evaluation."""
+    return reset_mask(ids, model.config.reset_ids) if model.config.reset_ids else None
+
+
+def _window(resets: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
+    """Those resets for one stream's window, shaped (T, 1) like its ids."""
+    return None if resets is None else resets[start:end].view(-1, 1)
 
 
 def _ids(model: CharRNN, tokens) -> torch.Tensor:
@@ -86,10 +113,11 @@ def trace_text(model: CharRNN, tokens, top_k: int = 3, neuron: tuple[int, int] |
     top_ids = np.full((n, k), -1, dtype=np.int64)
     top_probs = np.zeros((n, k), dtype=np.float32)
     activations = np.zeros(n, dtype=np.float32) if neuron is not None else None
-    hidden = None
+    hidden, resets = None, _resets(model, ids)
     for start in range(0, n, window):
         chunk = ids[start : start + window]
-        logits, outputs, hidden = layer_states(model, chunk.view(-1, 1), hidden)
+        logits, outputs, hidden = layer_states(model, chunk.view(-1, 1), hidden,
+                                               _window(resets, start, start + len(chunk)))
         if activations is not None:
             activations[start : start + len(chunk)] = outputs[neuron[0]][:, 0, neuron[1]].float().cpu().numpy()
         # logits[t] predicts character start + t + 1; the text's last character predicts nothing
@@ -109,10 +137,10 @@ def hidden_activations(model: CharRNN, tokens, window: int = 256) -> np.ndarray:
     ids = _ids(model, tokens)
     c = model.config
     out = np.zeros((c.num_layers, len(ids), c.hidden_size), dtype=np.float32)
-    hidden = None
+    hidden, resets = None, _resets(model, ids)
     for start in range(0, len(ids), window):
         chunk = ids[start : start + window]
-        _, outputs, hidden = layer_states(model, chunk.view(-1, 1), hidden)
+        _, outputs, hidden = layer_states(model, chunk.view(-1, 1), hidden, _window(resets, start, start + len(chunk)))
         for layer, h in enumerate(outputs):
             out[layer, start : start + len(chunk)] = h[:, 0].float().cpu().numpy()
     return out
@@ -275,15 +303,19 @@ def find_neurons(model: CharRNN, vocab: Vocab, tokens, max_chars: int | None = 2
     inputs = ids[: streams * piece].view(streams, piece).t()  # (piece, S)
     values = torch.as_tensor(np.stack([features[name] for name in names], axis=1), device=device)
     values = values[: streams * piece].view(streams, piece, len(names)).transpose(0, 1)  # (piece, S, F)
+    resets = _resets(model, ids)
+    laid_out = None if resets is None else resets[: streams * piece].view(streams, piece).t()
     hidden = model.init_hidden(1, device)
     if streams > 1:
         starts = torch.arange(1, streams, device=device) * piece
         warm_idx = starts.unsqueeze(0) - burn_in + torch.arange(burn_in, device=device).unsqueeze(1)
-        _, _, warm_hidden = layer_states(model, ids[warm_idx], None)  # (burn_in, S-1): state at each piece start
+        _, _, warm_hidden = layer_states(model, ids[warm_idx], None,  # (burn_in, S-1): state at each piece start
+                                         None if resets is None else resets[warm_idx])
         hidden = _concat_hidden(hidden, warm_hidden)
     stats = _Correlation(c.num_layers * c.hidden_size, len(names), device)
     for start in range(0, piece, window):
-        _, outputs, hidden = layer_states(model, inputs[start : start + window], hidden)
+        _, outputs, hidden = layer_states(model, inputs[start : start + window], hidden,
+                                          None if laid_out is None else laid_out[start : start + window])
         activations = torch.cat(outputs, dim=-1)  # (T, S, layers * hidden), layer-major
         stats.add(activations.reshape(-1, activations.shape[-1]), values[start : start + window].reshape(-1, len(names)))
     correlation = stats.result()  # (layers * hidden, F)

@@ -325,6 +325,19 @@ def resume_training(
     if ranks.is_main:
         for directory in (run_dir, run_dir / SNAPSHOT_DIR):
             remove_temporaries(directory)
+        _record_resumed_config(run_dir, config)
         remember_latest(run_dir)
     return trainer
+
+
+def _record_resumed_config(run_dir: Path, config: TrainConfig) -> None:
+    """config.json shows the limits and cadence in force now (a resume may extend them)."""
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a run without a readable config.json still resumes: last.pt has everything
+    if saved.get("train") != config.to_dict():
+        saved["train"] = config.to_dict()
+        write_json(path, saved)
 

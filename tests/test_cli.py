@@ -96,6 +96,8 @@ def test_train_from_stdin_and_resume(workdir, tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 40 and b"40 steps" in result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["max_steps"] == 40 and config["corpus"]["sources"] == ["-"]  # the limit in force now
 
 
 def test_byte_level_model_accepts_invalid_utf8(tmp_path):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import CharnnError, CharRNN, SamplingConfig, TextGenerator, Vocab, evaluate, split_train_val
+from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, Vocab, evaluate, hidden_activations,
+                    split_train_val, trace_text)
 from charnn.model import reset_mask
 from charnn.runs import delimiter_ids
 from charnn.train import Trainer
@@ -97,3 +98,17 @@ def test_the_delimiter_must_be_in_the_vocabulary():
     assert delimiter_ids(vocab, "\n") == (int(vocab.encode("\n")[0]),)
     with pytest.raises(CharnnError, match="--reset-on"):
         delimiter_ids(vocab, "%%")
+
+
+def test_pictures_of_a_records_model_apply_the_same_resets():
+    text = records_corpus(200, seed=2)
+    vocab = Vocab.from_data(text.encode())
+    tokens, _ = vocab.encode_bytes(text.encode())
+    torch.manual_seed(1)
+    model = CharRNN(tiny_model_config(vocab.size, num_layers=2, reset_ids=delimiter_ids(vocab, "\n"))).eval()
+    trace = trace_text(model, tokens, window=64)
+    assert float(np.nanmean(trace.losses)) == pytest.approx(evaluate(model, tokens, num_streams=1).loss, abs=1e-5)
+    # a unit's activation right after a delimiter is the same whatever came before
+    activations = hidden_activations(model, tokens)
+    after_newline = activations[:, tokens == vocab.encode("\n")[0]]
+    assert np.allclose(after_newline, after_newline[:, :1], atol=1e-6)
