@@ -280,10 +280,13 @@ def train(
             try:
                 result = trainer.run()
             finally:
+                trainer.release()
                 if ranks.is_main:
                     events.close(trainer)
-        finally:
-            stop_distributed()
+        except BaseException:
+            stop_distributed()  # no waiting: the other ranks may be gone
+            raise
+        stop_distributed(wait=True)
     state = result.state
     if result.stop_reason == "interrupted":
         name = "SIGTERM" if stop.signum == signal.SIGTERM else "SIGINT"

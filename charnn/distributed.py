@@ -71,8 +71,12 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
     return device
 
 
-def stop() -> None:
+def stop(wait: bool = False) -> None:
+    """Leave the process group. With `wait`, first meet every other rank there: a rank that tears its
+    group down while another is still writing the last checkpoint can abort in gloo's threads."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

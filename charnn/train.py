@@ -8,6 +8,7 @@ object supplied by the caller, so the loop itself stays free of any UI.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -302,6 +303,13 @@ class Trainer:
         """Train until a stop condition; running out of memory ends in a CharnnError, last.pt untouched."""
         with out_of_memory_is_an_error(self._where_memory_ran_out, MEMORY_HINT):
             return self._run()
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (and the gradient communication it holds) while the process group and
+        the interpreter are still alive: left to the interpreter's exit, gloo's threads may abort it."""
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()  # the wrapper and its reducer refer to each other
 
     def _where_memory_ran_out(self) -> str:
         last = self.run_dir / "last.pt"
