@@ -31,7 +31,8 @@ _EXPORTS = {
     "model": ["CharRNN", "detach_hidden"],
     "render": ["html_page"],
     "runs": ["latest_run", "resolve_checkpoint", "resume_training", "start_training"],
-    "sampling": ["SamplingConfig", "Stepper", "TextGenerator", "beam_search", "generate"],
+    "sampling": ["SamplingConfig", "TextGenerator", "beam_search", "generate"],
+    "stepper": ["BlasStepper", "Stepper", "make_stepper"],
     "train": ["Trainer", "TrainEvents", "TrainResult", "TrainState"],
     "vocab": ["Vocab"],
 }

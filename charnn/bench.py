@@ -108,9 +108,21 @@ def gemm_gflops(device: torch.device, n: int = 2048, seconds: float = 2.0) -> fl
     return _best_rate(lambda: torch.mm(a, b, out=out), 2 * n**3 / 1e9, device, seconds)
 
 
-def read_bandwidth(device: torch.device, megabytes: int = 512, seconds: float = 2.0) -> float:
-    """GB/s reading a buffer far larger than any cache (a sum touches every byte once)."""
-    x = torch.ones(megabytes * (1 << 20) // 4, device=device)
+def numpy_gemm_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    """The same product through numpy's BLAS (OpenBLAS in numpy's wheels), which charnn's one-stream
+    sampler uses: on some CPUs it is faster than torch's (MKL on an AMD EPYC), and the ceiling is the
+    best the machine does, whichever library does it."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), dtype=np.float32)
+    return _best_rate(lambda: np.matmul(a, b, out=out), 2 * n**3 / 1e9, torch.device("cpu"), seconds)
+
+
+def read_bandwidth(device: torch.device, megabytes: float = 512, seconds: float = 2.0) -> float:
+    """GB/s reading a buffer of this size again and again (a sum touches every byte once): far larger
+    than any cache by default, the memory's rate; at the size of a model's weights, what a cache
+    that holds them delivers."""
+    x = torch.ones(int(megabytes * (1 << 20)) // 4, device=device)
     return _best_rate(lambda: x.sum(), x.numel() * 4 / 1e9, device, seconds)
 
 
@@ -281,6 +293,10 @@ def bench_training(cases, device: str, seconds: float, log: Callable[[str], None
 # --- sampling ---------------------------------------------------------------------------------
 
 SAMPLING_CHUNK = 50  # steps each sampler runs per turn: long enough to keep its weights in cache
+# Uncounted pause between turns: torch's OpenMP threads and numpy's OpenBLAS threads (charnn's one-stream
+# sampler) spin for a while after work, and a sampler timed right after the other would share the
+# cores with them (first steps of a turn measured at 12-37 ms instead of 0.3 ms without the pause).
+SAMPLING_PAUSE = 0.3
 
 
 def naive_sampler(model: CharRNN, streams: int) -> Iterator[None]:
@@ -313,6 +329,7 @@ def sampling_rates(model: CharRNN, streams: int, seconds: float) -> tuple[float,
     while True:
         durations = []
         for sampler in (ours, naive):
+            time.sleep(SAMPLING_PAUSE)
             start = time.perf_counter()
             for _ in range(SAMPLING_CHUNK):
                 next(sampler)
@@ -423,14 +440,17 @@ def bench_corpora(sizes_mb, device: str, workdir: Path, log: Callable[[str], Non
 # --- the whole benchmark -----------------------------------------------------------------------
 
 
-def add_shares(report: BenchReport, gemm: float, bandwidth: float) -> None:
+def add_shares(report: BenchReport, gemm: float, bandwidth: float, cached: float | None = None) -> None:
     """Each speed as a share of its ceiling: GEMM for training and batched sampling, memory bandwidth
-    for one stream (which reads every weight once per character)."""
+    for one stream (which reads every weight once per character), and the read rate of a cache that
+    holds the weights, where they fit in one."""
     for row in report.training:
         row["ceiling_share"] = round(row["gflops"] / gemm, 3)
     for row in report.sampling:
         if row["streams"] == 1:
             row["bandwidth_share"] = round(row["gb_per_sec"] / bandwidth, 3)
+            if cached is not None:
+                row["cached_share"] = round(row["gb_per_sec"] / cached, 3)
         else:
             row["ceiling_share"] = round(row["gflops"] / gemm, 3)
 
@@ -447,17 +467,27 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda mes
     device = torch.device(options.device)
     seconds = options.measure_seconds
     report = BenchReport(machine=machine_info(device))
-    log("measuring the ceilings")
     ceiling_seconds = min(seconds, 3.0)
-    gemm = gemm_gflops(device, seconds=ceiling_seconds)
-    bandwidth = read_bandwidth(device, seconds=ceiling_seconds)
+    layers, hidden = SAMPLE_MODEL
+    weights_mb = sampling_bytes_per_step(layers, hidden, VOCAB_SIZE) / (1 << 20)
+
+    def ceilings() -> dict:
+        found = {"gemm_gflops_torch": gemm_gflops(device, seconds=ceiling_seconds),
+                 "read_gb_per_sec": read_bandwidth(device, seconds=ceiling_seconds)}
+        if device.type == "cpu":
+            found["gemm_gflops_numpy"] = numpy_gemm_gflops(seconds=ceiling_seconds)
+            found["cached_read_gb_per_sec"] = read_bandwidth(device, weights_mb, seconds=ceiling_seconds)
+        return found
+
+    log("measuring the ceilings")
+    first = ceilings()
     report.training = bench_training(QUICK_TRAIN if options.quick else FULL_TRAIN, options.device, seconds, log)
     report.sampling = bench_sampling(QUICK_STREAMS if options.quick else FULL_STREAMS, options.device, seconds, log)
     log("measuring the ceilings again")  # a ceiling is the best the machine did at any point of the run
-    gemm = max(gemm, gemm_gflops(device, seconds=ceiling_seconds))
-    bandwidth = max(bandwidth, read_bandwidth(device, seconds=ceiling_seconds))
-    report.ceilings = {"gemm_gflops": round(gemm, 1), "read_gb_per_sec": round(bandwidth, 1)}
-    add_shares(report, gemm, bandwidth)
+    best = {key: round(max(value, first[key]), 1) for key, value in ceilings().items()}
+    gemm = max(best["gemm_gflops_torch"], best.get("gemm_gflops_numpy", 0.0))
+    report.ceilings = {"gemm_gflops": gemm, **best}
+    add_shares(report, gemm, best["read_gb_per_sec"], best.get("cached_read_gb_per_sec"))
     sizes = options.corpora_mb
     if sizes is None:
         sizes = QUICK_CORPORA_MB if options.quick else FULL_CORPORA_MB

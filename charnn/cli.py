@@ -844,8 +844,13 @@ def _bench_tables(report: dict) -> list[Table]:
                      title_justify="left")
     ceilings.add_column("ceiling")
     ceilings.add_column("measured", justify="right")
-    ceilings.add_row("fp32 GEMM", f"{c['gemm_gflops']:,.1f} GFLOP/s")
+    ceilings.add_row("fp32 GEMM, torch (2048²)", f"{c['gemm_gflops_torch']:,.1f} GFLOP/s")
+    if "gemm_gflops_numpy" in c:
+        ceilings.add_row("fp32 GEMM, numpy's BLAS (2048²)", f"{c['gemm_gflops_numpy']:,.1f} GFLOP/s")
     ceilings.add_row("memory read bandwidth", f"{c['read_gb_per_sec']:,.1f} GB/s")
+    if "cached_read_gb_per_sec" in c:
+        ceilings.add_row("cache read rate (the size of the sampled model's weights)",
+                         f"{c['cached_read_gb_per_sec']:,.1f} GB/s")
     tables = [ceilings]
     training = Table(title="training (chars/s; reference: pytorch/examples word_language_model loop)",
                      title_justify="left")
@@ -862,6 +867,8 @@ def _bench_tables(report: dict) -> list[Table]:
     for r in report["sampling"]:
         share = (f"{r['bandwidth_share']:.0%} of bandwidth" if "bandwidth_share" in r
                  else f"{r['ceiling_share']:.0%} of GEMM")
+        if "cached_share" in r:
+            share += f", {r['cached_share']:.0%} of cache"
         sampling.add_row(r["model"], str(r["streams"]), f"{r['chars_per_sec']:,.0f}", share,
                          f"{r['naive_chars_per_sec']:,.0f}", f"{r['ratio']:.1f}x")
     tables.append(sampling)

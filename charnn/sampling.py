@@ -1,10 +1,7 @@
 """Sampling: warm the state up on a prime, then generate one character at a time.
 
-Each sampled character is fed back in as the next input. Generating one step
-through nn.LSTM on a length-1 input is slow on the CPU (a heavyweight kernel
-set up for every call), so `Stepper` runs the recurrence with the model's own
-matrices, pre-arranged for one small matrix multiply per layer and step. Its
-output equals the model's forward pass to floating-point rounding.
+Each sampled character is fed back in as the next input, through a stepper (`charnn.stepper`)
+that runs the recurrence with the model's own matrices, one step at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import torch
 
 from .errors import CharnnError
 from .model import CharRNN, reset_mask, reset_streams
+from .stepper import make_stepper
 from .vocab import Vocab
 
 
@@ -99,116 +97,6 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return (probs / noise).argmax(dim=-1)
 
 
-class Stepper:
-    """One character at a time through the model, for sampling. State: a list, one entry per layer."""
-
-    def __init__(self, model: CharRNN, logit_scale: float = 1.0):
-        """`logit_scale` multiplies the logits for free (folded into the output layer): 1/temperature."""
-        config = model.config
-        # A one-row matrix product runs on one core in the CPU's BLAS; cut into one block of rows per
-        # thread and run as a batched product, it uses every core (twice as fast on two, at any batch).
-        on_cpu = model.head.weight.device.type == "cpu"
-        self.blocks = max(torch.get_num_threads(), 1) if on_cpu else 1
-        self.cell = config.cell
-        self.hidden_size = H = config.hidden_size
-        rnn = model.rnn
-        with torch.no_grad():
-            embedding = model.embedding.weight.detach()
-            self.layers = []
-            for layer in range(config.num_layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}").detach()
-                w_hh = getattr(rnn, f"weight_hh_l{layer}").detach()
-                b_ih = getattr(rnn, f"bias_ih_l{layer}").detach()
-                b_hh = getattr(rnn, f"bias_hh_l{layer}").detach()
-                if self.cell == "lstm":
-                    # torch's gate order is i, f, g, o; i, f, o first lets one sigmoid cover three gates
-                    order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
-                    w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
-                # matrices stay (out, in), used transposed: for one stream the multiply is then a
-                # row-by-row dot product, the fastest way to stream the weights through the cache
-                if self.cell == "gru":  # r and z sum both halves; n needs W_hn h kept apart
-                    self.layers.append(self._gru_layer(layer, embedding, w_ih, w_hh, b_ih, b_hh))
-                elif layer == 0:
-                    # the first layer's input term depends only on the character: precompute it per character
-                    table = torch.addmm(b_ih + b_hh, embedding, w_ih.t())  # (V, gates)
-                    self.layers.append({"table": table.contiguous(), "w_hh": w_hh.contiguous()})
-                else:
-                    w_cat = torch.cat([w_ih, w_hh], dim=1).contiguous()  # (gates, [x, h])
-                    self.layers.append({"bias": (b_ih + b_hh).contiguous(), "w_cat": w_cat})
-            self.head_w = (model.head.weight.detach() * logit_scale).contiguous()
-            self.head_b = (model.head.bias.detach() * logit_scale).contiguous()
-
-    @staticmethod
-    def _gru_layer(layer, embedding, w_ih, w_hh, b_ih, b_hh) -> dict:
-        if layer == 0:
-            return {"table": torch.addmm(b_ih, embedding, w_ih.t()).contiguous(),
-                    "w_hh": w_hh.contiguous(), "b_hh": b_hh.contiguous()}
-        return {"w_ih": w_ih.contiguous(), "b_ih": b_ih.contiguous(),
-                "w_hh": w_hh.contiguous(), "b_hh": b_hh.contiguous()}
-
-    def state_from_hidden(self, hidden) -> list:
-        """nn.LSTM/GRU hidden state (num_layers, B, H) -> the stepper's per-layer list."""
-        if self.cell == "lstm":
-            h, c = hidden
-            return [(h[i].contiguous(), c[i].contiguous()) for i in range(h.shape[0])]
-        return [hidden[i].contiguous() for i in range(hidden.shape[0])]
-
-    def hidden_from_state(self, state: list):
-        if self.cell == "lstm":
-            return torch.stack([h for h, _ in state]), torch.stack([c for _, c in state])
-        return torch.stack(state)
-
-    def __call__(self, ids: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
-        """ids (B,) -> logits (B, V) and the new state."""
-        step = {"lstm": self._lstm, "gru": self._gru, "rnn": self._rnn}[self.cell]
-        x = None
-        new_state = []
-        for index, (params, layer_state) in enumerate(zip(self.layers, state)):
-            x, layer_state = step(params, ids if index == 0 else None, x, layer_state)
-            new_state.append(layer_state)
-        return torch.addmm(self.head_b, x, self.head_w.t()), new_state
-
-    def _affine(self, bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """bias + x @ w.T for w (N, K) and x (B, K); bias (N,) or (B, N)."""
-        P = self.blocks
-        if P == 1 or w.shape[0] % P:
-            return torch.addmm(bias, x, w.t())
-        B, n = x.shape[0], w.shape[0] // P
-        bias = bias.view(P, 1, n) if bias.dim() == 1 else bias.view(B, P, n).transpose(0, 1)
-        out = torch.baddbmm(bias, x.expand(P, B, x.shape[1]), w.view(P, n, w.shape[1]).transpose(1, 2))
-        return out.transpose(0, 1).reshape(B, P * n)
-
-    def _lstm(self, p, ids, x, state):
-        h, c = state
-        if ids is not None:
-            gates = self._affine(p["table"][ids], h, p["w_hh"])
-        else:
-            gates = self._affine(p["bias"], torch.cat([x, h], dim=1), p["w_cat"])
-        H = self.hidden_size
-        ifo = torch.sigmoid(gates[:, : 3 * H])
-        g = torch.tanh(gates[:, 3 * H :])
-        c = torch.addcmul(ifo[:, H : 2 * H] * c, ifo[:, :H], g)
-        h = ifo[:, 2 * H :] * torch.tanh(c)
-        return h, (h, c)
-
-    def _gru(self, p, ids, x, h):
-        gi = p["table"][ids] if ids is not None else self._affine(p["b_ih"], x, p["w_ih"])
-        gh = self._affine(p["b_hh"], h, p["w_hh"])
-        H = self.hidden_size
-        rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
-        n = torch.tanh(torch.addcmul(gi[:, 2 * H :], rz[:, :H], gh[:, 2 * H :]))
-        h = torch.addcmul(n, rz[:, H:], h - n)  # (1 - z) * n + z * h
-        return h, h
-
-    def _rnn(self, p, ids, x, h):
-        if ids is not None:
-            pre = self._affine(p["table"][ids], h, p["w_hh"])
-        else:
-            pre = self._affine(p["bias"], torch.cat([x, h], dim=1), p["w_cat"])
-        h = torch.tanh(pre)
-        return h, h
-
-
 def default_prime(vocab: Vocab, reset_ids: Sequence[int] = ()) -> list[int]:
     """Without a prime, start where texts usually do: after a newline (else the first character), or
     for a model trained with --reset-on, after its delimiter, where every record starts."""
@@ -279,7 +167,7 @@ class TextGenerator:
         self.scale = 1.0 / config.temperature if config.temperature > 0 else 1.0
         self.config = replace(config, temperature=1.0) if config.temperature > 0 else config
         self.generator = make_generator(seed, self.device)
-        self.stepper = Stepper(model, logit_scale=self.scale)
+        self.stepper = make_stepper(model, logit_scale=self.scale, streams=num_samples)
         self.reset_ids = model.config.reset_ids
         self.reset()
 
@@ -388,8 +276,8 @@ def beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, 
     searcher = TextGenerator(model, config, num_samples=1)
     searcher.feed(prime)
     recent = searcher.recent
-    stepper, vocab_size = searcher.stepper, model.config.vocab_size
-    state, tail = searcher.state, searcher.tail
+    stepper, vocab_size = make_stepper(model, streams=beams), model.config.vocab_size
+    state, tail = stepper.state_from_hidden(searcher.stepper.hidden_from_state(searcher.state)), searcher.tail
     scores = torch.zeros(1, device=searcher.device, dtype=torch.float64)
     unsettled = torch.zeros(1, 0, dtype=torch.int64, device=searcher.device)  # (K, t): where the beams differ
     logits = searcher.logits
@@ -410,7 +298,7 @@ def beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, 
         unsettled = unsettled[:, agreed:]
         if step + 1 == length:
             break
-        state = [tuple(t[parents] for t in s) if isinstance(s, tuple) else s[parents] for s in state]
+        state = stepper.select(state, parents)
         if searcher.reset_ids:
             tail = torch.cat([tail[parents], ids.view(-1, 1)], dim=1)
             restart = reset_mask(tail[:, -1:].t(), searcher.reset_ids, tail[:, :-1].t())[0]

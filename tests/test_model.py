@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charnn import CharRNN, ModelConfig, Stepper, detach_hidden
+from charnn import BlasStepper, CharRNN, ModelConfig, Stepper, detach_hidden
 from charnn.model import dropout, hidden_from_list, hidden_to_list
 
 from conftest import tiny_model_config
@@ -48,24 +48,41 @@ def test_carried_state_does_not_keep_the_previous_graph(cell):
         logits2.sum().backward()
 
 
+@pytest.mark.parametrize("stepper_class", [Stepper, BlasStepper])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_stepper_matches_the_model(cell, layers):
+@pytest.mark.parametrize("streams", [1, 5, 300])  # 300 x 32 units: torch's tanh in BlasStepper
+def test_stepper_matches_the_model(stepper_class, cell, layers, streams):
     torch.manual_seed(1)
     model = CharRNN(tiny_model_config(13, cell=cell, num_layers=layers, embed_size=8)).eval()
-    ids = torch.randint(0, 13, (12, 5))
+    ids = torch.randint(0, 13, (12, streams))
     with torch.no_grad():
-        want, want_hidden = model(ids)
-        stepper = Stepper(model)
-        state = stepper.state_from_hidden(model.init_hidden(5))
+        warm_up = torch.randint(0, 13, (4, streams))  # start from a state that is not zero
+        _, start = model(warm_up)
+        want, want_hidden = model(ids, start)
+        stepper = stepper_class(model, logit_scale=0.5)
+        state = stepper.state_from_hidden(start)
         got = []
         for t in range(12):
             logits, state = stepper(ids[t], state)
             got.append(logits)
-    torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got), want * 0.5, atol=1e-5, rtol=1e-5)
     got_hidden = stepper.hidden_from_state(state)
     for a, b in zip(got_hidden if cell == "lstm" else [got_hidden], want_hidden if cell == "lstm" else [want_hidden]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stepper_class", [Stepper, BlasStepper])
+def test_stepper_select_reorders_streams(stepper_class):
+    torch.manual_seed(2)
+    model = CharRNN(tiny_model_config(11, num_layers=2, embed_size=8)).eval()
+    with torch.no_grad():
+        _, hidden = model(torch.randint(0, 11, (6, 3)))
+        stepper = stepper_class(model)
+        rows = torch.tensor([2, 0, 0])
+        picked = stepper.hidden_from_state(stepper.select(stepper.state_from_hidden(hidden), rows))
+    for got, want in zip(picked, hidden):
+        torch.testing.assert_close(got, want[:, rows])
 
 
 def test_hidden_list_round_trip():
