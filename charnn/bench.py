@@ -292,7 +292,10 @@ def bench_training(cases, device: str, seconds: float, log: Callable[[str], None
 
 # --- sampling ---------------------------------------------------------------------------------
 
-SAMPLING_CHUNK = 50  # steps each sampler runs per turn: long enough to keep its weights in cache
+# Steps each sampler runs per turn. Sampling runs for thousands of characters, and after the other
+# loop's turn the first steps refill the cache and wake threads (0.5-1.4 ms each instead of 0.3 for one
+# stream): 200 steps make them as small a part of a turn as they are of real use (50 measured 20% low).
+SAMPLING_CHUNK = 200
 # Uncounted pause between turns: torch's OpenMP threads and numpy's OpenBLAS threads (charnn's one-stream
 # sampler) spin for a while after work, and a sampler timed right after the other would share the
 # cores with them (first steps of a turn measured at 12-37 ms instead of 0.3 ms without the pause).
