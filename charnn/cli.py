@@ -395,25 +395,44 @@ class _PipeClosed(Exception):
 
 
 class _Output:
-    """Writes bytes to stdout, flushing often enough to stream but not on every character."""
+    """Writes bytes to stdout, flushing often enough to stream but not on every character.
+
+    It keeps its own buffer: with PYTHONUNBUFFERED set (common in containers) stdout's binary layer is
+    unbuffered, and every generated character would otherwise cost a system call.
+    """
 
     def __init__(self, stream=None, interval: float = 0.05):
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.interval = interval
+        self.pending = bytearray()
         self.last_flush = time.monotonic()
+        self.closed = False
 
     def write(self, data: bytes, force_flush: bool = False) -> None:
-        try:
-            self.stream.write(data)
-            now = time.monotonic()
-            if force_flush or now - self.last_flush >= self.interval:
+        if self.closed:
+            return
+        self.pending += data
+        now = time.monotonic()
+        if force_flush or now - self.last_flush >= self.interval:
+            try:
+                self.stream.write(self.pending)
                 self.stream.flush()
-                self.last_flush = now
-        except BrokenPipeError:
-            raise _PipeClosed from None
+            except BrokenPipeError:
+                self.closed = True
+                raise _PipeClosed from None
+            self.pending.clear()
+            self.last_flush = now
 
     def flush(self) -> None:
         self.write(b"", force_flush=True)
+
+    def close(self) -> None:
+        """Flush what is left, unless the reader has gone."""
+        try:
+            self.flush()
+        except _PipeClosed:
+            _quiet_broken_pipe()
+        self.closed = True
 
 
 def _quiet_broken_pipe() -> None:
@@ -539,6 +558,8 @@ def sample(
         output.flush()
     except _PipeClosed:
         _quiet_broken_pipe()
+    finally:  # on Ctrl-C or SIGTERM too, what was generated reaches stdout
+        output.close()
 
 
 def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactive) -> None:
@@ -580,7 +601,7 @@ class _SampleText:
         for index, token in enumerate(ids):
             if self.done[index]:
                 continue
-            text, piece = self.texts[index], self.vocab.decode_bytes([token])
+            text, piece = self.texts[index], self.vocab.token_bytes(token)
             text += piece
             if self.stop:
                 found = text.find(self.stop, max(len(text) - len(piece) - len(self.stop) + 1, 0))

@@ -15,7 +15,7 @@ import torch
 
 from .errors import CharnnError
 from .model import CharRNN, reset_mask, reset_streams
-from .stepper import make_stepper
+from .stepper import BlasStepper, make_stepper
 from .vocab import Vocab
 
 
@@ -97,6 +97,15 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return (probs / noise).argmax(dim=-1)
 
 
+def draw_host(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`draw` for numpy (B, V) logits, without a torch call: a few microseconds where the torch
+    version takes some fifteen. exp(logit - max) is proportional to the probability, which is all
+    the argmax of p / E needs. The noise is float64, so it is never exactly zero."""
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= rng.standard_exponential(weights.shape)
+    return weights.argmax(axis=1)
+
+
 def default_prime(vocab: Vocab, reset_ids: Sequence[int] = ()) -> list[int]:
     """Without a prime, start where texts usually do: after a newline (else the first character), or
     for a model trained with --reset-on, after its delimiter, where every record starts."""
@@ -110,8 +119,12 @@ def default_prime(vocab: Vocab, reset_ids: Sequence[int] = ()) -> list[int]:
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    generator.manual_seed(seed if seed is not None else fresh_seed())
     return generator
+
+
+def fresh_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 class RecentCharacters:
@@ -152,6 +165,11 @@ class TextGenerator:
     The state carries over between calls, so a conversation-like loop (`charnn sample --interactive`)
     can alternate `feed` and `sample`; `reset` forgets everything. With a model trained with
     --reset-on, the state restarts at the delimiter here too, exactly as in training.
+
+    With numpy's stepper (one stream on the CPU), the logits, the drawn ids and the state stay numpy
+    arrays from step to step; torch only sees them for the options written in torch (top-k, top-p,
+    min-p, the repetition penalty, --reset-on). Sampled ids come out as numpy arrays on the host
+    either way: that is where every reader of them (decoding, printing) needs them.
     """
 
     PRIME_CHUNK = 1024  # prime steps per forward pass: bounds the logits kept for a long prime
@@ -166,16 +184,21 @@ class TextGenerator:
         # 1/temperature folded into the output layer once, not applied at every step
         self.scale = 1.0 / config.temperature if config.temperature > 0 else 1.0
         self.config = replace(config, temperature=1.0) if config.temperature > 0 else config
+        seed = fresh_seed() if seed is None else seed
         self.generator = make_generator(seed, self.device)
+        self.rng = np.random.default_rng(seed)
         self.stepper = make_stepper(model, logit_scale=self.scale, streams=num_samples)
+        self.on_host = isinstance(self.stepper, BlasStepper)
+        filtered = config.top_k is not None or (config.top_p or 1) < 1 or bool(config.min_p)
+        self.draw_on_host = self.on_host and not filtered and config.repetition_penalty == 1.0
         self.reset_ids = model.config.reset_ids
         self.reset()
 
     def reset(self) -> None:
         """Back to the zero state with nothing read."""
         self.state: list | None = None
-        self.logits: torch.Tensor | None = None  # (B, V): what comes next, given everything read
-        self.pending: torch.Tensor | None = None  # (B,): drawn and handed out, not yet read
+        self._logits = None  # (B, V), as the stepper gives them: what comes next, given everything read
+        self.pending = None  # (B,): drawn and handed out, not yet read
         self.tail = torch.full((self.num_samples, max(len(self.reset_ids) - 1, 0)), -1, dtype=torch.int64,
                                device=self.device)  # the last characters read: a delimiter may straddle calls
         self.recent = None
@@ -191,7 +214,7 @@ class TextGenerator:
             return
         steps = ids.view(-1, 1).expand(-1, self.num_samples)  # (P, B)
         if self.pending is not None:
-            steps = torch.cat([self.pending.view(1, -1), steps])
+            steps = torch.cat([self._tensor(self.pending).view(1, -1), steps])
             self.pending = None
         hidden = None if self.state is None else self.stepper.hidden_from_state(self.state)
         for start in range(0, len(steps), self.PRIME_CHUNK):
@@ -199,37 +222,68 @@ class TextGenerator:
             resets = reset_mask(chunk, self.reset_ids, self.tail.t()) if self.reset_ids else None
             logits, hidden = self.model(chunk, hidden, resets)
             self._remember(chunk)
-        self.logits = logits[-1] * self.scale
+        self._logits = logits[-1] * self.scale
+        if self.on_host:
+            self._logits = self._logits.numpy()
         self.state = self.stepper.state_from_hidden(hidden)
         if self.recent is not None:
             self.recent.add(ids.view(-1, 1).expand(-1, self.num_samples))
 
-    @torch.inference_mode()
-    def sample(self, length: int) -> Iterator[torch.Tensor]:
-        """Yield `length` steps of (num_samples,) ids, each drawn and then fed back in."""
-        if self.logits is None:
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """(B, V): the scaled logits of what comes next, given everything read (None before any text)."""
+        return None if self._logits is None else self._tensor(self._logits)
+
+    def sample(self, length: int) -> Iterator[np.ndarray]:
+        """Yield `length` steps of (num_samples,) int64 ids, each drawn and then fed back in.
+
+        Only torch's stepper runs under inference mode, entered per step: numpy's makes no torch call
+        a step, and a generator decorated with inference mode pays for entering and leaving it at every
+        step all the same (the steppers hold detached weights, so nothing records gradients anyway).
+        """
+        if self._logits is None:
             raise CharnnError("nothing to continue from: feed a prime first")
         for _ in range(length):
-            if self.pending is not None:
-                self._step(self.pending)
-            logits = self.logits
-            if self.recent is not None:
-                logits = penalize_repeats(logits, self.recent.seen(), self.config.repetition_penalty)
-            ids = sample_next(logits, self.config, self.generator)
-            if self.recent is not None:
-                self.recent.add(ids)
-            self.pending = ids
-            yield ids
+            if self.on_host:
+                yield self._advance()
+            else:
+                with torch.inference_mode():  # the torch stepper's small operations skip autograd's bookkeeping
+                    ids = self._advance().cpu().numpy()
+                yield ids
 
-    def _step(self, ids: torch.Tensor) -> None:
+    def _advance(self):
+        """Read the pending ids, if any, and draw the next ones."""
+        if self.pending is not None:
+            self._step(self.pending)
+        self.pending = self._draw()
+        return self.pending
+
+    def _draw(self):
+        """The next ids, as the stepper takes them (numpy for numpy's)."""
+        if self.draw_on_host:
+            return draw_host(self._logits, self.rng) if self.config.temperature > 0 else self._logits.argmax(axis=1)
+        logits = self._tensor(self._logits)
+        if self.recent is not None:
+            logits = penalize_repeats(logits, self.recent.seen(), self.config.repetition_penalty)
+        ids = sample_next(logits, self.config, self.generator)
+        if self.recent is not None:
+            self.recent.add(ids)
+        return ids.numpy() if self.on_host else ids
+
+    def _step(self, ids) -> None:
         if self.reset_ids:
-            restart = reset_mask(ids.view(1, -1), self.reset_ids, self.tail.t())[0]
+            tensor = self._tensor(ids).view(1, -1)
+            restart = reset_mask(tensor, self.reset_ids, self.tail.t())[0]
             if bool(restart.any()):
                 self.state = self.stepper.state_from_hidden(
                     reset_streams(self.stepper.hidden_from_state(self.state), restart))
-            self._remember(ids.view(1, -1))
-        self.logits, self.state = self.stepper(ids, self.state)
+            self._remember(tensor)
+        step = self.stepper.step if self.on_host else self.stepper
+        self._logits, self.state = step(ids, self.state)
         self.pending = None
+
+    def _tensor(self, array) -> torch.Tensor:
+        return torch.from_numpy(array) if isinstance(array, np.ndarray) else array
 
     def _remember(self, steps: torch.Tensor) -> None:
         """Keep the last len(delimiter) - 1 characters read, (B, n), to find a delimiter across calls."""
@@ -237,7 +291,6 @@ class TextGenerator:
             self.tail = torch.cat([self.tail, steps.t()], dim=1)[:, -self.tail.shape[1]:]
 
 
-@torch.inference_mode()
 def generate(
     model: CharRNN,
     prime: Sequence[int] | np.ndarray,
@@ -245,8 +298,8 @@ def generate(
     config: SamplingConfig = SamplingConfig(),
     num_samples: int = 1,
     seed: int | None = None,
-) -> Iterator[torch.Tensor]:
-    """Yield `length` steps of (num_samples,) character ids that follow `prime`.
+) -> Iterator[np.ndarray]:
+    """Yield `length` steps of (num_samples,) character ids (int64 numpy arrays) that follow `prime`.
 
     The prime (at least one id) is read in one pass of the model's own forward;
     then every sampled id is fed back in to produce the next.

@@ -449,7 +449,7 @@ class Trainer:
             steps = list(generate(self.model, prime, self.config.sample_chars, seed=self.config.seed + self.state.step))
         finally:
             self.model.train()
-        return self.vocab.decode(torch.cat(steps).tolist())
+        return self.vocab.decode(np.concatenate(steps))
 
     def _ranks_mean(self, value: torch.Tensor) -> torch.Tensor:
         return mean_over_ranks(value) if self.ranks.active else value

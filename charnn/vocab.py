@@ -124,6 +124,15 @@ class Vocab:
     def _char_bytes(self) -> list[bytes]:
         return [c.encode("utf-8", "surrogatepass") for c in self.chars]
 
+    @cached_property
+    def _token_bytes(self) -> list[bytes]:
+        return [bytes([i]) for i in range(256)] if self.mode == "byte" else self._char_bytes
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """One token's bytes, looked up: what decode_bytes gives for it, without its per-call setup
+        (the sampler prints one token at a time)."""
+        return self._token_bytes[token_id]
+
     def token_text(self, token_id: int) -> str:
         """A readable form of one token, for messages."""
         if self.mode == "byte":

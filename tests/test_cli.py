@@ -1,16 +1,19 @@
 """The command line, end to end: real subprocesses for the main paths, and every bad input a user can
 cause answered by one clear line on stderr, a non-zero exit, no traceback and no file changed."""
 
+import io
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from charnn.cli import main
+from charnn.cli import _Output, _PipeClosed, main
 
 from conftest import SHAKESPEARE, TINY, run_cli
 
@@ -78,6 +81,46 @@ def test_sample_into_head_ends_quietly(workdir):
     result = subprocess.run(["bash", "-c", command], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr == b"" and len(result.stdout) == 50
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_sampling_keeps_every_character_it_made(workdir, tmp_path, signum, code):
+    """`sample` buffers its output itself (stdout's own buffer is off under PYTHONUNBUFFERED): a signal
+    must still leave a whole, unchanged prefix of the text the same seed gives uninterrupted."""
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "charnn", "sample", workdir["run"], "-n", "100000000",
+                                    "--seed", "1"], stdout=stdout, stderr=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 120
+        while out.stat().st_size < 3000 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr.decode()
+    text = out.read_bytes().decode()
+    assert len(text) >= 3000
+    uninterrupted = run_cli("sample", workdir["run"], "-n", str(len(text)), "--seed", "1").stdout.decode()
+    assert text == uninterrupted
+
+
+def test_output_holds_small_writes_until_its_interval_or_close():
+    stream = io.BytesIO()
+    output = _Output(stream, interval=3600)
+    for piece in (b"a", b"bc", b"d"):
+        output.write(piece)
+    assert stream.getvalue() == b""  # one system call later, not one per character
+    output.close()
+    assert stream.getvalue() == b"abcd"
+
+    class GoneReader(io.BytesIO):
+        def write(self, data):
+            raise BrokenPipeError
+
+    gone = _Output(GoneReader(), interval=0)
+    with pytest.raises(_PipeClosed):
+        gone.write(b"x")
+    gone.close()  # nothing more is attempted once the reader has gone
 
 
 def test_num_samples_with_a_separator(workdir):

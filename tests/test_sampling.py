@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from charnn import CharnnError, CharRNN, SamplingConfig, generate
-from charnn.sampling import RecentCharacters, TextGenerator, beam_search, filter_logits, penalize_repeats
+from charnn.sampling import (RecentCharacters, TextGenerator, beam_search, draw_host, filter_logits,
+                             penalize_repeats)
 
 from conftest import tiny_model_config
 
@@ -20,7 +21,7 @@ def model_for(cell="lstm", vocab_size=20, layers=2) -> CharRNN:
 
 def run(model, prime=(1, 2, 3), length=60, **kwargs) -> list[list[int]]:
     steps = list(generate(model, list(prime), length, **kwargs))
-    return torch.stack(steps, dim=1).tolist() if steps else []
+    return np.stack(steps, axis=1).tolist() if steps else []
 
 
 def test_same_seed_same_text_and_different_seed_different_text():
@@ -71,6 +72,38 @@ def test_sampling_follows_the_model_distribution():
     first = np.array(run(model, prime=[1], length=1, num_samples=20_000, seed=0))[:, 0]
     freq = np.bincount(first, minlength=6) / len(first)
     assert np.abs(freq - probs).max() < 0.02
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_one_stream_on_the_cpu_follows_the_model_distribution(temperature):
+    """One stream samples through numpy end to end (draw_host): over many steps its frequencies match
+    softmax(logits / T). The output layer's bias alone sets the logits, so every step has the same
+    distribution."""
+    model = model_for(vocab_size=5, layers=1)
+    bias = torch.tensor([1.0, 0.2, -0.5, 0.0, -3.0])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(bias)
+    generator = TextGenerator(model, SamplingConfig(temperature=temperature), seed=5)
+    assert generator.draw_on_host
+    ids = np.concatenate(list(generate(model, [1], 30_000, SamplingConfig(temperature=temperature), seed=5)))
+    freq = np.bincount(ids, minlength=5) / len(ids)
+    assert np.abs(freq - (bias / temperature).softmax(-1).numpy()).max() < 0.01
+
+
+def test_draw_host_never_picks_an_impossible_character():
+    rng = np.random.default_rng(0)
+    logits = np.array([[0.0, -200.0, 3.0, -np.inf], [-np.inf, -np.inf, 5.0, -300.0]], dtype=np.float32)
+    picks = np.stack([draw_host(logits, rng) for _ in range(5_000)])
+    assert set(picks[:, 0]) == {0, 2} and set(picks[:, 1]) == {2}
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_ids_come_out_as_int64_numpy_arrays_from_either_stepper(streams):
+    model = model_for()
+    for config in (SamplingConfig(), SamplingConfig(top_k=3), SamplingConfig(temperature=0)):
+        steps = list(generate(model, [1, 2], 5, config, num_samples=streams, seed=0))
+        assert all(isinstance(s, np.ndarray) and s.dtype == np.int64 and s.shape == (streams,) for s in steps)
 
 
 def test_top_k_and_top_p_filter():
@@ -142,7 +175,7 @@ def test_generator_state_carries_across_calls():
     whole = run(model, prime=[1, 2], length=30, seed=9)[0]
     generator = TextGenerator(model, seed=9)
     generator.feed([1, 2])
-    parts = [int(i) for i in generator.sample(12)] + [int(i) for i in generator.sample(18)]
+    parts = [int(i[0]) for i in generator.sample(12)] + [int(i[0]) for i in generator.sample(18)]
     assert parts == whole
     generator.feed([7, 8])
     with torch.no_grad():

@@ -18,6 +18,7 @@ def test_char_round_trip_with_non_ascii():
     assert vocab.decode(ids) == text
     assert vocab.decode_bytes(ids) == text.encode("utf-8")
     assert np.array_equal(vocab.encode(text), ids)
+    assert b"".join(vocab.token_bytes(int(i)) for i in ids) == text.encode("utf-8")  # what `sample` prints
 
 
 def test_byte_round_trip_accepts_anything():
@@ -27,6 +28,7 @@ def test_byte_round_trip_accepts_anything():
     ids, unknown = vocab.encode_bytes(data)
     assert unknown == 0 and ids.dtype == np.uint8
     assert vocab.decode_bytes(ids) == data
+    assert b"".join(vocab.token_bytes(int(i)) for i in ids) == data
 
 
 def test_smallest_dtype_that_fits():
