@@ -4,9 +4,11 @@
 
 A 2x512 LSTM (vocabulary 96) samples at temperature 0.8 through `charnn.generate` with each stepper
 forced in turn (`Stepper`: torch; `BlasStepper`: numpy's BLAS), and through the naive loop (nn.LSTM on
-a length-1 input, multinomial, .item()). They take turns, 50 steps each, with an uncounted pause
-between turns so that neither is timed against the other's spinning threads; rates are medians over
-turns. This is the measurement behind `make_stepper`'s choice: numpy's for one stream, torch's for more.
+a length-1 input, multinomial, .item()). They take turns of `charnn.bench.SAMPLING_CHUNK` steps, with
+an uncounted pause between turns so that neither is timed against the other's spinning threads; rates
+are medians over turns. This is the measurement behind `make_stepper`'s choice: numpy's for one
+stream, torch's for more (where numpy's is no faster, and clashes with torch's threads as soon as an
+option such as --top-k runs in torch).
 """
 
 from __future__ import annotations
