@@ -17,23 +17,28 @@ import types
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "checkpoint": ["load_checkpoint", "model_from_checkpoint", "save_checkpoint"],
-    "config": ["ModelConfig", "TrainConfig", "parse_duration"],
+    "checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "open_model", "save_checkpoint"],
+    "config": ["BenchOptions", "ModelConfig", "SampleRequest", "SamplingConfig", "TrainConfig", "parse_duration"],
     "corpus": ["Corpus", "read_corpus"],
-    "data": ["StreamBatches", "split_train_val"],
+    "data": ["StreamBatches", "TrainData", "split_train_val"],
     "device": ["resolve_device"],
     "errors": ["CharnnError"],
-    "evaluate": ["EvalResult", "evaluate"],
-    "history": ["LossCurves", "Metrics", "RunInfo", "RunSummary", "list_runs", "loss_curves", "read_metrics",
-                "run_info", "summarize_run"],
+    "evaluate": ["EvalResult", "EvalText", "evaluate", "text_to_score"],
+    "events": ["TrainEvents", "TrainResult", "TrainSnapshot"],
+    "history": ["RunInfo", "RunSummary", "list_runs", "run_info", "run_loss_curves", "summarize_run"],
     "inspect": ["CharTrace", "NeuronReport", "find_neurons", "hidden_activations", "parse_neuron", "text_features",
                 "trace_text"],
+    "metrics": ["LossCurves", "Metrics", "Progress", "loss_curves", "read_metrics"],
     "model": ["CharRNN", "detach_hidden"],
+    "processes": ["StopFlag", "launch_processes"],
     "render": ["html_page"],
-    "runs": ["latest_run", "resolve_checkpoint", "resume_training", "start_training"],
-    "sampling": ["SamplingConfig", "TextGenerator", "beam_search", "generate"],
+    "rundir": ["RunDir", "latest_run", "resolve_checkpoint"],
+    "runs": ["TrainHooks", "TrainRequest", "open_training", "resume_training", "start_training"],
+    "sampling": ["TextGenerator", "beam_search", "generate"],
     "stepper": ["BlasStepper", "Stepper", "make_stepper"],
-    "train": ["Trainer", "TrainEvents", "TrainResult", "TrainState"],
+    "streaming": ["BufferedOutput", "Conversation", "PipeClosed", "SampleWriter", "encode_prime", "write_samples"],
+    "train": ["Trainer"],
+    "train_state": ["TrainState"],
     "vocab": ["Vocab"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -65,13 +70,10 @@ def __dir__() -> list[str]:
 
 def load_model(path=None, device="cpu"):
     """(model, vocab) from a checkpoint file or run directory (default: the newest run)."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .device import resolve_device
-    from .runs import resolve_checkpoint
+    from .checkpoint import open_model
 
-    checkpoint = resolve_checkpoint(path)
-    model, vocab = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    return model.to(resolve_device(device)), vocab
+    loaded = open_model(path, device)
+    return loaded.model, loaded.vocab
 
 
 __all__ = sorted([*_MODULE_OF, "load_model"])

@@ -8,89 +8,20 @@ or newer file is refused with a clear message instead of a traceback.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .config import ModelConfig
 from .errors import CharnnError
+from .files import atomic_write
 from .model import CharRNN
 from .vocab import Vocab
 
 FORMAT = "charnn-checkpoint"
 FORMAT_VERSION = 1
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    Readers see the old file or the new one, never half of one; on any failure
-    the old file is untouched and the temporary file is removed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def keep_copy(path: str | os.PathLike, copy: str | os.PathLike) -> None:
-    """Make `copy` hold what `path` holds now, atomically: a hard link where the file system allows
-    one (no extra space; `path` is later replaced by rename, so the copy keeps the old contents)."""
-    path, copy = Path(path), Path(copy)
-    tmp = copy.with_name(f".{copy.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        atomic_write(copy, lambda f: f.write(path.read_bytes()))
-        return
-    os.replace(tmp, copy)
-    _fsync_dir(copy.parent)
-
-
-def remove_temporaries(directory: str | os.PathLike) -> None:
-    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left behind."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
@@ -145,3 +76,24 @@ def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint
         raise CharnnError(f"{source}: checkpoint vocabulary ({vocab.size}) does not match the model ({config.vocab_size})")
     model.eval()
     return model, vocab
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to sample or evaluate, with where it came from."""
+
+    path: Path  # the checkpoint file
+    model: CharRNN  # in eval mode, on the device asked for
+    vocab: Vocab
+    payload: dict  # the whole checkpoint (training config, corpus, step)
+
+
+def open_model(path: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
+    """The model of a checkpoint file or run directory (its best.pt, else last.pt; default: the newest run)."""
+    from .device import resolve_device  # noqa: PLC0415
+    from .rundir import resolve_checkpoint  # noqa: PLC0415
+
+    checkpoint = resolve_checkpoint(path)
+    payload = load_checkpoint(checkpoint)
+    model, vocab = model_from_checkpoint(payload, checkpoint)
+    return LoadedModel(checkpoint, model.to(resolve_device(device)), vocab, payload)

@@ -1,20 +1,33 @@
-"""Configuration: what a model is (ModelConfig) and how it is trained (TrainConfig).
+"""Configuration, and every default: what a model is (ModelConfig), how it is trained (TrainConfig),
+how each character is drawn (SamplingConfig) and what `charnn sample` prints (SampleRequest).
 
-Both are plain dataclasses that round-trip through JSON and checkpoints as dicts.
-`validate()` turns every bad value into a CharnnError that names the option.
+Plain dataclasses that round-trip through JSON and checkpoints as dicts; `validate()` turns every
+bad value into a CharnnError that names the option. The command line passes only the options a
+user gave, so each default lives here and nowhere else.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from .errors import CharnnError
 
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "plateau", "constant")
+
+
+# the command-line flag of a config field, where it is not the field's name in kebab case
+_FLAGS = {"num_layers": "--layers", "reset_ids": "--reset-on", "save_every_steps": "--save-every",
+          "save_every_seconds": "--save-every"}
+
+
+def flag(name: str) -> str:
+    """The option that sets a config field: 'num_layers' -> '--layers', 'seq_len' -> '--seq-len'."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def _require(ok: bool, option: str, message: str) -> None:
@@ -33,12 +46,16 @@ class ModelConfig:
     cell: str = "lstm"
     num_layers: int = 2
     hidden_size: int = 256
-    embed_size: int = 256
+    embed_size: int | None = None  # None: the hidden size
     dropout: float = 0.1  # between layers, on the embedding and before the output layer
     tie_weights: bool = False  # share embedding and output matrices; needs embed_size == hidden_size
     # --reset-on: the delimiter's token ids; its last character is read from a zero state, so every
     # record after a delimiter is modelled on its own (training, evaluation and sampling alike)
     reset_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.embed_size is None:
+            object.__setattr__(self, "embed_size", self.hidden_size)
 
     def validate(self) -> ModelConfig:
         _require(self.vocab_size >= 1, "vocab_size", "must be at least 1")
@@ -146,6 +163,82 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each character; the names follow transformers' generation config."""
+
+    temperature: float = 1.0  # 1 samples the model's own distribution; 0 is greedy argmax
+    top_k: int | None = None  # keep only the k most likely characters
+    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
+    min_p: float | None = None  # keep characters at least min_p times as likely as the likeliest
+    repetition_penalty: float = 1.0  # > 1 discourages characters seen in the last repetition_window
+    # transformers penalises every token of the context; on characters that soon covers the whole
+    # alphabet, so only the recent ones count (None: all of them)
+    repetition_window: int | None = 64
+
+    def validate(self, vocab_size: int) -> SamplingConfig:
+        """Check every value; top_k above the vocabulary size is clamped to it."""
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise CharnnError(f"--temp must be >= 0, not {self.temperature}", hint="use --temp 0 for greedy decoding")
+        if self.top_k is not None and self.top_k < 1:
+            raise CharnnError(f"--top-k must be at least 1, not {self.top_k}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.min_p is not None and not (0 <= self.min_p <= 1):
+            raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise CharnnError(f"--repetition-penalty must be positive, not {self.repetition_penalty}",
+                              hint="1 turns it off; 1.1-1.5 discourages repeats")
+        if self.repetition_window is not None and self.repetition_window < 1:
+            raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
+        if self.top_k is not None and self.top_k > vocab_size:
+            return replace(self, top_k=vocab_size)
+        return self
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What `charnn sample` prints: how much, from which prime, and how samples end and are joined."""
+
+    length: int = 1000  # characters per sample (bytes with a byte-level model); the most, with a stop string
+    interactive_length: int = 300  # per turn of --interactive
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int | None = None  # None: a fresh random seed
+    echo_prime: bool = True
+    stop: bytes = b""  # end a sample where it produces this (not printed)
+    num_samples: int = 1
+    separator: bytes = b"\n\n"
+    beam: int | None = None  # beam search with this many beams instead of sampling
+
+    def validate(self) -> SampleRequest:
+        if self.length < 0:
+            raise CharnnError(f"--length must be >= 0, not {self.length}")
+        if self.num_samples < 1:
+            raise CharnnError(f"--num-samples must be at least 1, not {self.num_samples}")
+        if self.beam is not None and self.beam < 1:
+            raise CharnnError(f"--beam must be at least 1, not {self.beam}")
+        if self.beam is not None and self.num_samples != 1:
+            raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
+        self.sampling.validate(vocab_size=1 << 30)
+        return self
+
+
+@dataclass
+class BenchOptions:
+    """What `charnn bench` measures, and for how long."""
+
+    quick: bool = False
+    device: str = "cpu"
+    seconds: float | None = None  # per timed measurement; default depends on quick
+    corpora_mb: tuple[int, ...] | None = None  # synthetic corpus sizes; () skips the section
+    workdir: Path | None = None  # where the synthetic corpora go (default: a temporary directory)
+    corpus_steps: int = 20  # training steps per big-corpus run
+
+    @property
+    def measure_seconds(self) -> float:
+        return self.seconds if self.seconds is not None else (4.0 if self.quick else 12.0)
 
 
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -22,10 +22,28 @@ so the truncation points differ from epoch to epoch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from .errors import CharnnError
+from .model import reset_mask
+
+if TYPE_CHECKING:
+    from .vocab import Vocab
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What a run trains on: the vocabulary, the training and validation tokens, and where they came
+    from (`corpus`: sources, fingerprint, sizes; saved with every checkpoint)."""
+
+    vocab: Vocab
+    train: np.ndarray
+    val: np.ndarray
+    corpus: dict | None = None
 
 
 def split_train_val(tokens: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +99,21 @@ class StreamBatches:
         """The (up to) n tokens of every stream just before window k: (n', B)."""
         start = k * self.seq_len
         return self.streams[max(start - n, 0) : start].long()
+
+    def resets(self, k: int, inputs: torch.Tensor, reset_ids: tuple[int, ...], streams: slice) -> torch.Tensor | None:
+        """With --reset-on: where in window k (`inputs`, these `streams`) the state restarts; the
+        delimiter may begin in window k-1."""
+        if not reset_ids:
+            return None
+        return reset_mask(inputs, reset_ids, self.lookbehind(k, len(reset_ids) - 1)[:, streams])
+
+
+def epoch_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int, epoch: int) -> StreamBatches:
+    """The windows of one epoch, its streams shifted by the epoch's seeded offset."""
+    batches = StreamBatches(tokens, batch_size, seq_len, epoch_offset(seed, epoch, seq_len))
+    if len(batches) == 0:  # a corpus just one window long has no room to shift the streams
+        batches = StreamBatches(tokens, batch_size, seq_len, 0)
+    return batches
 
 
 def as_tensor(tokens: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

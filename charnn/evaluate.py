@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import CharRNN, Hidden, reset_mask, select_streams
-
-LN2 = math.log(2.0)
+from .errors import CharnnError
+from .model import CharRNN, Hidden, join_streams, reset_mask, select_streams
+from .units import LN2
+from .vocab import Vocab
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,26 @@ class EvalResult:
         return math.exp(self.loss) if self.loss < 700 else math.inf
 
 
-def _concat_hidden(first: Hidden, rest: Hidden) -> Hidden:
-    if isinstance(first, torch.Tensor):
-        return torch.cat([first, rest], dim=1)
-    return tuple(torch.cat([a, b], dim=1) for a, b in zip(first, rest))
+def split_into_pieces(n: int, num_streams: int, burn_in: int) -> tuple[int, int]:
+    """n characters read as contiguous pieces side by side: (how many, how long). Each piece is at
+    least 4x the burn-in, so warming the pieces up costs at most a quarter more work."""
+    streams = max(1, min(num_streams, n // (4 * max(burn_in, 1))))
+    return streams, n // streams
+
+
+def warm_start(model: CharRNN, streams: int, piece: int, burn_in: int,
+               read: Callable[[torch.Tensor], Hidden]) -> Hidden:
+    """The state each piece starts from: zero for the first; for every other, the state after the
+    `burn_in` characters before it, which `read(positions)` computes (positions: (burn_in, streams - 1)
+    indices into the text)."""
+    device = model.head.weight.device
+    warm = min(burn_in, piece)
+    hidden = model.init_hidden(1 if warm else streams, device)
+    if streams > 1 and warm:
+        starts = torch.arange(1, streams, device=device) * piece
+        positions = (starts.unsqueeze(0) - warm + torch.arange(warm, device=device).unsqueeze(1)).long()
+        hidden = join_streams(hidden, read(positions))
+    return hidden
 
 
 def _score(model: CharRNN, inputs: torch.Tensor, targets: torch.Tensor, hidden, window: int, resets=None):
@@ -75,21 +94,13 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        # each piece at least 4x the burn-in, so warming up costs at most a quarter more work
-        streams = max(1, min(num_streams, n_targets // (4 * max(burn_in, 1))))
-        piece = n_targets // streams
+        streams, piece = split_into_pieces(n_targets, num_streams, burn_in)
         inputs = tokens[: streams * piece].view(streams, piece).t().long()  # (piece, S)
         targets = tokens[1 : streams * piece + 1].view(streams, piece).t().long()
         # with --reset-on, where the state restarts, over the whole text at once
         resets = reset_mask(tokens, model.config.reset_ids) if model.config.reset_ids else None
-        warm = min(burn_in, piece)
-        hidden = model.init_hidden(1 if warm else streams)
-        if streams > 1 and warm:
-            starts = torch.arange(1, streams, device=device) * piece
-            warm_idx = (starts.unsqueeze(0) - warm + torch.arange(warm, device=device).unsqueeze(1)).long()
-            warm_resets = None if resets is None else resets[warm_idx]
-            _, warm_hidden = model(tokens[warm_idx].long(), None, warm_resets)  # state at each piece start
-            hidden = _concat_hidden(hidden, warm_hidden)
+        hidden = warm_start(model, streams, piece, burn_in, lambda at: model(
+            tokens[at].long(), None, None if resets is None else resets[at])[1])
         piece_resets = None if resets is None else resets[: streams * piece].view(streams, piece).t()
         total, hidden = _score(model, inputs, targets, hidden, window, piece_resets)
         rest = n_targets - streams * piece
@@ -107,3 +118,35 @@ def evaluate(
         return EvalResult(loss=float(total) / n_targets, chars=n_targets)
     finally:
         model.train(was_training)
+
+
+@dataclass(frozen=True)
+class EvalText:
+    """The text `charnn eval` scores: files the user named, or the run's own validation text."""
+
+    tokens: np.ndarray
+    unknown: int  # characters the model never saw, left out (neither fed nor scored)
+    sources: list[str]
+    kind: str  # "files" or "validation"
+
+
+def text_to_score(paths: Sequence[str], vocab: Vocab, checkpoint: Path, payload: dict) -> EvalText:
+    """The files in `paths` encoded with the model's vocabulary, or with no paths, the validation text of
+    the run the checkpoint belongs to."""
+    from .corpus import read_corpus  # noqa: PLC0415
+    from .rundir import RunDir  # noqa: PLC0415
+
+    if paths:
+        corpus = read_corpus(paths)
+        tokens, unknown = vocab.encode_bytes(corpus.data, describe_offset=corpus.describe_offset)
+        text = EvalText(tokens, unknown, list(corpus.sources), "files")
+    else:
+        run = RunDir(checkpoint.parent)
+        tokens = run.validation_tokens((payload.get("train_config") or {}).get("val_frac"))
+        if tokens is None:
+            raise CharnnError(f"{checkpoint}: no text given and no run validation text beside the checkpoint",
+                              hint="name a file to evaluate")
+        text = EvalText(tokens, 0, [f"{run.path} (validation split)"], "validation")
+    if len(text.tokens) < 2:
+        raise CharnnError("nothing to score: the text has fewer than 2 characters the model knows")
+    return text

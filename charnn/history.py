@@ -1,4 +1,4 @@
-"""Reading runs back: summaries for `charnn runs`, details for `charnn info`, curves for `charnn plot`.
+"""Reading runs back: summaries for `charnn runs`, details for `charnn info`, what `charnn plot` draws.
 
 Everything here reads a run's config.json and metrics.jsonl, which answer almost every question;
 a checkpoint is loaded (with `load_checkpoint`, so `weights_only=True`) only when they cannot:
@@ -8,187 +8,23 @@ Nothing here fails on a half-written run: what cannot be read is reported in `pr
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .corpus import corpus_name
 from .errors import CharnnError
-from .runs import LATEST_FILE, RUN_FILES, is_run_dir, latest_run, runs_root
-from .train import SNAPSHOT_DIR
-
-LN2 = math.log(2.0)
-TAIL_BYTES = 1 << 16  # a summary needs only the last records; long runs have megabytes of metrics
-CHECKPOINT_NAMES = ("last.pt", "best.pt")
-
-
-def _finite(value) -> float | None:
-    """A float for JSON and tables: None for missing, non-numeric or non-finite values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _bpc(nats: float | None) -> float | None:
-    return None if nats is None else nats / LN2
-
-
-# --- metrics.jsonl ------------------------------------------------------------------------------
-
-
-@dataclass
-class Metrics:
-    """The records of a metrics.jsonl, split by kind, in file (= step) order."""
-
-    train: list[dict] = field(default_factory=list)  # "kind": "train": loss, lr, chars_per_sec, elapsed...
-    evals: list[dict] = field(default_factory=list)  # "kind": "eval": val_loss, val_bpc, best_val_loss...
-    damaged_lines: int = 0  # lines that are not whole records: a crash mid-write, or one being written now
-    partial: bool = False  # only the end of the file was read
-
-    @property
-    def last(self) -> dict | None:
-        """The record with the highest step (an evaluation wins a tie: it comes after the log line)."""
-        candidates = [r for r in (self.last_train, self.last_eval) if r is not None]
-        return max(candidates, key=lambda r: (r["step"], r["kind"] == "eval"), default=None)
-
-    @property
-    def last_train(self) -> dict | None:
-        return self.train[-1] if self.train else None
-
-    @property
-    def last_eval(self) -> dict | None:
-        return self.evals[-1] if self.evals else None
-
-    @property
-    def steps(self) -> int:
-        return self.last["step"] if self.last else 0
-
-
-def _parse_record(line: str) -> dict | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
-        return None
-    if not isinstance(record.get("step"), int):
-        return None
-    return record
-
-
-def read_metrics(path: str | os.PathLike, tail_bytes: int | None = None) -> Metrics:
-    """The records of a metrics.jsonl; lines that are not whole records are counted, not fatal.
-
-    With `tail_bytes`, only the end of the file is read (enough for the latest records); a missing
-    file reads as no records.
-    """
-    metrics = Metrics()
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(0, size - tail_bytes) if tail_bytes else 0
-            f.seek(start)
-            data = f.read()
-    except FileNotFoundError:
-        return metrics
-    lines = data.decode("utf-8", "replace").split("\n")
-    if start > 0:
-        lines = lines[1:]  # the first line read is a fragment of a whole one
-        metrics.partial = True
-    for line in lines:
-        if not line.strip():
-            continue
-        record = _parse_record(line)
-        if record is None:
-            metrics.damaged_lines += 1
-        elif record["kind"] == "train":
-            metrics.train.append(record)
-        else:
-            metrics.evals.append(record)
-    return metrics
-
-
-@dataclass
-class Progress:
-    """How far a run has got, from its metrics (or, for a bare checkpoint, from the checkpoint)."""
-
-    steps: int = 0
-    epochs: float | None = None
-    elapsed: float | None = None  # seconds of training, over every session of the run
-    evaluations: int | None = None
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    last_val_loss: float | None = None
-    last_train_loss: float | None = None
-    chars_per_sec: float | None = None  # in the last log interval
-    chars: int | None = None  # training characters seen
-
-    @property
-    def best_val_bpc(self) -> float | None:
-        return _bpc(self.best_val_loss)
-
-    @property
-    def last_val_bpc(self) -> float | None:
-        return _bpc(self.last_val_loss)
-
-    @classmethod
-    def from_metrics(cls, metrics: Metrics) -> Progress:
-        last, train, evaluation = metrics.last, metrics.last_train, metrics.last_eval
-        best = _finite(evaluation.get("best_val_loss")) if evaluation else None
-        best_step = None
-        if best is not None:  # best.pt was written at the evaluation that reached the best loss
-            best_step = next((r["step"] for r in metrics.evals if _finite(r.get("val_loss")) == best), None)
-        return cls(
-            steps=metrics.steps,
-            epochs=_finite(last.get("epoch")) if last else None,
-            elapsed=_finite(last.get("elapsed")) if last else None,
-            evaluations=None if metrics.partial else len(metrics.evals),
-            best_val_loss=best,
-            best_step=best_step,
-            last_val_loss=_finite(evaluation.get("val_loss")) if evaluation else None,
-            last_train_loss=_finite(train.get("loss")) if train else None,
-            chars_per_sec=_finite(train.get("chars_per_sec")) if train else None,
-            chars=train.get("chars") if train else None,
-        )
-
-    @classmethod
-    def from_checkpoint(cls, payload: dict) -> Progress:
-        """What a checkpoint records: everything for a last.pt, the step and loss for a best.pt."""
-        state = (payload.get("train_state") or {}).get("progress") or {}
-        step = payload.get("step", state.get("step", 0))
-        return cls(
-            steps=step if isinstance(step, int) else 0,
-            epochs=_finite(state.get("epoch")),
-            elapsed=_finite(state.get("elapsed")),
-            best_val_loss=_finite(state.get("best_val_loss")),
-            last_val_loss=_finite(payload.get("val_loss")),
-            chars=state.get("chars"),
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "steps": self.steps, "epochs": self.epochs, "elapsed": self.elapsed, "evaluations": self.evaluations,
-            "best_val_loss": self.best_val_loss, "best_val_bpc": self.best_val_bpc, "best_step": self.best_step,
-            "last_val_loss": self.last_val_loss, "last_val_bpc": self.last_val_bpc,
-            "last_train_loss": self.last_train_loss, "chars_per_sec": self.chars_per_sec, "chars": self.chars,
-        }
+from .files import is_torch_archive
+from .metrics import TAIL_BYTES, LossCurves, Progress, finite, loss_curves, read_metrics
+from .rundir import RunDir, latest_run, run_dirs, runs_root
+from .schedule import limit_reached
+from .units import bits
 
 
 # --- one run, cheaply ---------------------------------------------------------------------------
-
-
-def _read_config(run_dir: Path) -> dict | None:
-    try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) and isinstance(config.get("model"), dict) else None
 
 
 def _config_from_checkpoint(payload: dict) -> dict:
@@ -202,16 +38,6 @@ def _config_from_checkpoint(payload: dict) -> dict:
         "corpus": payload.get("corpus"),
         "parameters": sum(unique.values()),
     }
-
-
-def _updated(run_dir: Path) -> datetime | None:
-    times = []
-    for name in RUN_FILES:
-        try:
-            times.append((run_dir / name).stat().st_mtime)
-        except OSError:
-            continue
-    return datetime.fromtimestamp(max(times)).astimezone() if times else None
 
 
 def _describe_corpus(corpus: dict | None) -> str | None:
@@ -234,12 +60,8 @@ def _finished(config: dict | None, last: dict | None) -> bool:
         train = TrainConfig.from_dict(config["train"])
     except TypeError:
         return False
-    step, epoch, elapsed = last["step"], _finite(last.get("epoch")), _finite(last.get("elapsed"))
-    if train.max_steps is not None and step >= train.max_steps:
-        return True
-    if train.max_time is not None and elapsed is not None and elapsed >= train.max_time - 1e-3:
-        return True
-    return train.stop_epochs is not None and epoch is not None and epoch >= train.stop_epochs - 1e-4
+    epochs, elapsed = finite(last.get("epoch")), finite(last.get("elapsed"))
+    return limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None
 
 
 @dataclass
@@ -267,7 +89,7 @@ class RunSummary:
 
     @property
     def best_val_bpc(self) -> float | None:
-        return _bpc(self.best_val_loss)
+        return None if self.best_val_loss is None else bits(self.best_val_loss)
 
     @property
     def size(self) -> str | None:
@@ -289,36 +111,41 @@ class RunSummary:
         }
 
 
-def _config_or_checkpoint(run_dir: Path, checkpoints: list[str], problems: list[str]) -> dict | None:
-    config = _read_config(run_dir)
+def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[str]) -> dict | None:
+    config = run.read_config()
     if config is not None:
         return config
-    problems.append("config.json missing or unreadable" if (run_dir / "config.json").exists()
-                    else "no config.json")
+    problems.append("config.json missing or unreadable" if run.config_path.exists() else "no config.json")
     for name in reversed(checkpoints):  # best.pt is smaller than last.pt: no optimiser state
         try:
-            return _config_from_checkpoint(load_checkpoint(run_dir / name))
+            return _config_from_checkpoint(_load_checkpoint(run.file(name)))
         except CharnnError:
             problems.append(f"{name} unreadable")
     return None
 
 
+def _load_checkpoint(path: Path) -> dict:
+    from .checkpoint import load_checkpoint  # noqa: PLC0415 (PyTorch: only where config.json cannot answer)
+
+    return load_checkpoint(path)
+
+
 def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummary:
     """A RunSummary of one run directory; never raises for damaged or half-written files."""
-    run_dir = Path(run_dir)
-    summary = RunSummary(name=run_dir.name, path=run_dir.resolve(), latest=latest, updated=_updated(run_dir))
-    summary.checkpoints = [n for n in CHECKPOINT_NAMES if (run_dir / n).is_file()]
+    run = RunDir(run_dir)
+    summary = RunSummary(name=run.name, path=run.path.resolve(), latest=latest, updated=run.updated())
+    summary.checkpoints = run.checkpoints()
     problems = summary.problems
-    config = _config_or_checkpoint(run_dir, summary.checkpoints, problems)
+    config = _config_or_checkpoint(run, summary.checkpoints, problems)
     if config is not None:
         model = config.get("model") or {}
         summary.cell, summary.num_layers = model.get("cell"), model.get("num_layers")
         summary.hidden_size, summary.vocab_size = model.get("hidden_size"), model.get("vocab_size")
         summary.parameters = config.get("parameters")
         summary.corpus = _describe_corpus(config.get("corpus"))
-    metrics = read_metrics(run_dir / "metrics.jsonl", tail_bytes=TAIL_BYTES)
+    metrics = read_metrics(run.metrics_path, tail_bytes=TAIL_BYTES)
     if metrics.partial and metrics.last_eval is None:  # no evaluation in the tail: read it all
-        metrics = read_metrics(run_dir / "metrics.jsonl")
+        metrics = read_metrics(run.metrics_path)
     if metrics.damaged_lines:
         problems.append(f"metrics.jsonl: {metrics.damaged_lines} incomplete line"
                         f"{'s' if metrics.damaged_lines > 1 else ''} skipped")
@@ -355,11 +182,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
     """
     root, default_root = runs_dir(root), runs_root()
     latest = _latest_path(default_root)
-    found: dict[Path, Path] = {}
-    if root.is_dir():
-        for path in sorted(root.iterdir()):
-            if not path.name.startswith(".") and path.name != LATEST_FILE and is_run_dir(path):
-                found[path.resolve()] = path
+    found = {path.resolve(): path for path in run_dirs(root)}
     if latest is not None and latest not in found and root.resolve() == default_root.resolve():
         found[latest] = latest
     summaries = [summarize_run(path, latest=resolved == latest) for resolved, path in found.items()]
@@ -391,23 +214,23 @@ class CheckpointInfo:
 def _checkpoint_info(path: Path, file: str, role: str, payload: dict | None = None) -> CheckpointInfo:
     info = CheckpointInfo(file=file, role=role, bytes=path.stat().st_size)
     try:
-        payload = payload if payload is not None else load_checkpoint(path)
+        payload = payload if payload is not None else _load_checkpoint(path)
     except CharnnError as err:
         info.error = str(err).removeprefix(f"{path}: ")
         return info
     step = payload.get("step")
     info.step = step if isinstance(step, int) else None
-    info.val_loss = _finite(payload.get("val_loss"))
+    info.val_loss = finite(payload.get("val_loss"))
     info.resumable = "train_state" in payload
     return info
 
 
-def run_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
+def run_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     """last.pt, best.pt and the kept checkpoints/step-N.pt of a run, each loaded to read its step."""
-    found = [_checkpoint_info(run_dir / name, name, name.removesuffix(".pt"))
-             for name in CHECKPOINT_NAMES if (run_dir / name).is_file()]
-    for path in sorted((run_dir / SNAPSHOT_DIR).glob("step-*.pt")):
-        found.append(_checkpoint_info(path, f"{SNAPSHOT_DIR}/{path.name}", "kept"))
+    run = RunDir(run_dir)
+    found = [_checkpoint_info(run.file(name), name, name.removesuffix(".pt")) for name in run.checkpoints()]
+    for path in run.kept_checkpoints():
+        found.append(_checkpoint_info(path, str(path.relative_to(run.path)), "kept"))
     return found
 
 
@@ -475,18 +298,12 @@ class RunInfo:
 
 
 def _info_from_checkpoint(path: Path) -> RunInfo:
-    payload = load_checkpoint(path)
+    payload = _load_checkpoint(path)
     config = _config_from_checkpoint(payload)
     return RunInfo(path=path.resolve(), kind="checkpoint", model=config["model"], train=config["train"],
                    vocab=config["vocab"] or {}, corpus=config["corpus"], parameters=config["parameters"],
                    progress=Progress.from_checkpoint(payload),
                    checkpoints=[_checkpoint_info(path, path.name, "checkpoint", payload)])
-
-
-def _is_torch_archive(path: Path) -> bool:
-    """torch.save writes a zip archive; anything else (a text file, say) is no checkpoint."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
 
 
 def run_info(path: str | os.PathLike | None = None) -> RunInfo:
@@ -501,79 +318,37 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     if path.is_file():
-        if not _is_torch_archive(path):
+        if not is_torch_archive(path):
             raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives)")
         return _info_from_checkpoint(path)
-    if not is_run_dir(path):
+    if not RunDir.is_run(path):
         raise CharnnError(f"{path}: not a run directory (no config.json, last.pt or best.pt)")
     latest = root_latest.resolve() if root_latest else _latest_path(runs_root())
     summary = summarize_run(path, latest=path.resolve() == latest)
     problems = []
-    config = _config_or_checkpoint(path, summary.checkpoints, problems)
+    config = _config_or_checkpoint(RunDir(path), summary.checkpoints, problems)
     if config is None:
         raise CharnnError(f"{path}: neither config.json nor a checkpoint of this run can be read")
     return RunInfo(path=path.resolve(), kind="run", model=config.get("model") or {}, train=config.get("train"),
                    vocab=config.get("vocab") or {}, corpus=config.get("corpus"), parameters=config.get("parameters"),
-                   progress=Progress.from_metrics(read_metrics(path / "metrics.jsonl")),
+                   progress=Progress.from_metrics(read_metrics(RunDir(path).metrics_path)),
                    checkpoints=run_checkpoints(path), summary=summary)
 
 
-# --- loss curves --------------------------------------------------------------------------------
+# --- loss curves of a run --------------------------------------------------------------------------------
 
 
-@dataclass
-class Series:
-    name: str
-    xs: list[float]
-    ys: list[float]  # loss in nats per character
-
-
-@dataclass
-class LossCurves:
-    """What `charnn plot` draws: train and validation loss against steps or elapsed seconds."""
-
-    x: str  # "step" or "time"
-    train: Series
-    val: Series
-    title: str = ""
-
-    @property
-    def x_label(self) -> str:
-        return "step" if self.x == "step" else "training time"
-
-    @property
-    def empty(self) -> bool:
-        return not self.train.xs and not self.val.xs
-
-
-def _points(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-    key = "step" if x == "step" else "elapsed"
-    pairs = [(_finite(r.get(key)), _finite(r.get(y))) for r in records]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    return [a for a, _ in pairs], [b for _, b in pairs]
-
-
-def loss_curves(metrics: Metrics, x: str = "step", title: str = "") -> LossCurves:
-    """Train loss (each log line: the mean since the previous one) and validation loss, against x."""
-    if x not in ("step", "time"):
-        raise CharnnError(f"--x must be step or time, not {x!r}")
-    return LossCurves(x=x, train=Series("train loss", *_points(metrics.train, x, "loss")),
-                      val=Series("validation loss", *_points(metrics.evals, x, "val_loss")), title=title)
-
-
-def run_metrics_dir(path: str | os.PathLike | None = None) -> Path:
-    """The run directory whose metrics to plot: `path` (a checkpoint file means its run) or the newest run."""
-    run_dir = latest_run() if path is None else Path(path)
-    if not run_dir.exists():
-        raise CharnnError(f"{run_dir}: no such run directory")
-    if run_dir.is_file():
-        run_dir = run_dir.parent
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise CharnnError(f"{run_dir}: no metrics.jsonl (not a run directory, or training has not logged yet)")
-    return run_dir
-
-
-def plot_title(run_dir: Path) -> str:
-    summary = summarize_run(run_dir)
+def run_loss_curves(path: str | os.PathLike | None = None, x: str = "step") -> LossCurves:
+    """What `charnn plot` draws for a run directory (a checkpoint file means its run; default: the
+    newest run): its loss curves, titled with the run's name, model and corpus."""
+    run = RunDir(latest_run() if path is None else path)
+    if not run.path.exists():
+        raise CharnnError(f"{run.path}: no such run directory")
+    if run.path.is_file():
+        run = RunDir(run.path.parent)
+    if not run.metrics_path.is_file():
+        raise CharnnError(f"{run.path}: no metrics.jsonl (not a run directory, or training has not logged yet)")
+    summary = summarize_run(run.path)
     parts = [p for p in (summary.size, summary.corpus) if p]
-    return f"{run_dir.name}" + (f" ({', '.join(parts)})" if parts else "")
+    title = run.name + (f" ({', '.join(parts)})" if parts else "")
+    return loss_curves(read_metrics(run.metrics_path), x, title=title)

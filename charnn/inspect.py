@@ -20,10 +20,10 @@ import torch
 
 from .config import ModelConfig
 from .errors import CharnnError
-from .model import CharRNN, Hidden, reset_mask, reset_streams
+from .evaluate import split_into_pieces, warm_start
+from .model import CharRNN, Hidden, reset_mask, reset_segments, reset_streams
+from .units import LN2
 from .vocab import Vocab
-
-LN2 = math.log(2.0)
 
 
 def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None,
@@ -36,12 +36,10 @@ def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None
         hidden = model.init_hidden(idx.shape[1], idx.device)
     if resets is None or not bool(resets.any()):
         return _layer_states(model, idx, hidden)
-    times = torch.nonzero(resets.any(dim=1)).flatten().tolist()  # as the model does: cut where a stream resets
-    bounds = sorted({0, *times, idx.shape[0]})
     pieces = []
-    for start, end in zip(bounds, bounds[1:]):
-        if start in times:
-            hidden = reset_streams(hidden, resets[start])
+    for start, end, restart in reset_segments(resets):  # as the model does: cut where a stream resets
+        if restart is not None:
+            hidden = reset_streams(hidden, restart)
         logits, outputs, hidden = _layer_states(model, idx[start:end], hidden)
         pieces.append((logits, outputs))
     logits = torch.cat([p[0] for p in pieces])
@@ -278,12 +276,6 @@ class _Correlation:
         return torch.where(scale > 1e-12, cov / scale, torch.nan).cpu().numpy()
 
 
-def _concat_hidden(first: Hidden, rest: Hidden) -> Hidden:
-    if isinstance(first, torch.Tensor):
-        return torch.cat([first, rest], dim=1)
-    return tuple(torch.cat([a, b], dim=1) for a, b in zip(first, rest))
-
-
 @torch.inference_mode()
 def find_neurons(model: CharRNN, vocab: Vocab, tokens, max_chars: int | None = 200_000, top: int = 3,
                  num_streams: int = 16, burn_in: int = 256, window: int = 256) -> NeuronReport:
@@ -297,21 +289,15 @@ def find_neurons(model: CharRNN, vocab: Vocab, tokens, max_chars: int | None = 2
     device = model.head.weight.device
     features = text_features(code_points(tokens, vocab))
     names = list(features)
-    streams = max(1, min(num_streams, len(tokens) // (4 * max(burn_in, 1))))
-    piece = len(tokens) // streams
+    streams, piece = split_into_pieces(len(tokens), num_streams, burn_in)
     ids = _ids(model, tokens)
     inputs = ids[: streams * piece].view(streams, piece).t()  # (piece, S)
     values = torch.as_tensor(np.stack([features[name] for name in names], axis=1), device=device)
     values = values[: streams * piece].view(streams, piece, len(names)).transpose(0, 1)  # (piece, S, F)
     resets = _resets(model, ids)
     laid_out = None if resets is None else resets[: streams * piece].view(streams, piece).t()
-    hidden = model.init_hidden(1, device)
-    if streams > 1:
-        starts = torch.arange(1, streams, device=device) * piece
-        warm_idx = starts.unsqueeze(0) - burn_in + torch.arange(burn_in, device=device).unsqueeze(1)
-        _, _, warm_hidden = layer_states(model, ids[warm_idx], None,  # (burn_in, S-1): state at each piece start
-                                         None if resets is None else resets[warm_idx])
-        hidden = _concat_hidden(hidden, warm_hidden)
+    hidden = warm_start(model, streams, piece, burn_in, lambda at: layer_states(
+        model, ids[at], None, None if resets is None else resets[at])[2])
     stats = _Correlation(c.num_layers * c.hidden_size, len(names), device)
     for start in range(0, piece, window):
         _, outputs, hidden = layer_states(model, inputs[start : start + window], hidden,

@@ -77,12 +77,10 @@ class CharRNN(nn.Module):
         some stream resets: one kernel call per piece, the state zeroed between pieces."""
         if hidden is None:
             hidden = self.init_hidden(x.shape[1], x.device)
-        times = torch.nonzero(resets.any(dim=1)).flatten().tolist()
-        bounds = sorted({0, *times, x.shape[0]})
         outs = []
-        for start, end in zip(bounds, bounds[1:]):
-            if start in times:
-                hidden = reset_streams(hidden, resets[start])
+        for start, end, restart in reset_segments(resets):
+            if restart is not None:
+                hidden = reset_streams(hidden, restart)
             out, hidden = self._recur(x[start:end], hidden)
             outs.append(out)
         return torch.cat(outs), hidden
@@ -134,6 +132,24 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def reset_segments(resets: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
+    """A window cut where some stream resets (`resets`: (T, B), see `reset_mask`): the stretches
+    (start, end, mask), where mask (B,) marks the streams whose state is zeroed before `start`
+    (None for a stretch that does not start at a reset). The fused kernels cannot zero a state
+    half-way, so each stretch is one kernel call."""
+    times = torch.nonzero(resets.any(dim=1)).flatten().tolist()
+    bounds = sorted({0, *times, resets.shape[0]})
+    restarts = set(times)
+    return [(start, end, resets[start] if start in restarts else None) for start, end in zip(bounds, bounds[1:])]
+
+
+def join_streams(first: Hidden, rest: Hidden) -> Hidden:
+    """Two hidden states side by side: the streams of `first`, then those of `rest`."""
+    if isinstance(first, torch.Tensor):
+        return torch.cat([first, rest], dim=1)
+    return tuple(torch.cat([a, b], dim=1) for a, b in zip(first, rest))
 
 
 def reset_streams(hidden: Hidden, mask: torch.Tensor) -> Hidden:

@@ -1,146 +1,151 @@
-"""Runs: a directory per training run, the newest one remembered, and starting or resuming training.
+"""Starting and resuming training: from a corpus (or a run directory) to a Trainer ready to `run()`.
 
-A run directory holds:
-    config.json     model, training and corpus settings, for people and tools
-    metrics.jsonl   one JSON object per log line and per evaluation
-    tokens.npy      the encoded corpus (memory-mapped; a hard link into the cache), so a resume needs
-                    neither the files nor stdin again
-    last.pt         everything needed to resume (weights, optimiser, schedule, RNG, data position)
-    best.pt         the weights with the lowest validation loss, for sampling and evaluation
+`open_training` takes a `TrainRequest` (what `charnn train` was asked) and decides: a new run, or the
+continuation of one. `start_training` and `resume_training` are the two cases, for library callers.
+With several processes (torchrun), rank 0 reads the corpus and creates the run; the others then
+join the run it made.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, remove_temporaries, write_json
-from .config import ModelConfig, TrainConfig
+from .checkpoint import load_checkpoint
+from .config import ModelConfig, TrainConfig, flag
 from .corpus import corpus_files
-from .data import check_split_sizes, split_train_val
+from .data import TrainData, check_split_sizes, split_train_val
 from .device import resolve_device
-from .distributed import SINGLE, Ranks, broadcast_object
-from .distributed import start as start_distributed
+from .distributed import SingleProcess
 from .errors import CharnnError
-from .tokens import EncodedCorpus, encode_cached, open_tokens, place_tokens
-from .train import SNAPSHOT_DIR, Trainer, TrainEvents
+from .events import TrainEvents
+from .rundir import RunDir, new_run_path, remember_latest, runs_root
+from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
+from .train import Trainer
 from .vocab import Vocab
 
-RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
-LATEST_FILE = "latest"
-RUN_FILES = ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt")
 # options that may change when resuming; every other one is fixed by the run
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "eval_chars", "save_every_steps",
                      "save_every_seconds", "keep", "log_every", "device", "patience", "sample_every", "sample_chars")
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
-def runs_root() -> Path:
-    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `charnn train` was asked: the options the user gave (the configs own every default)."""
+
+    corpus: tuple[str, ...] = ()  # files, directories or '-'
+    model: dict = field(default_factory=dict)  # ModelConfig fields; `reset_on`: the delimiter as text
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+    vocab_mode: str | None = None  # "byte" with --bytes
+    out: Path | None = None
+    overwrite: bool = False
+    resume: Path | None = None  # continue this run instead of starting one
 
 
-# --- finding runs and checkpoints -------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainHooks:
+    """How training talks to its surroundings: progress events, a stop request, the process group."""
+
+    events: TrainEvents | None = None
+    should_stop: Callable[[], str | None] | None = None
+    group: SingleProcess = field(default_factory=SingleProcess)
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("config.json", "last.pt", "best.pt"))
+def open_training(request: TrainRequest, hooks: TrainHooks | None = None, stdin: BinaryIO | None = None) -> Trainer:
+    """The Trainer a request asks for: a new run on its corpus, or, with `resume`, the run continued."""
+    hooks = hooks or TrainHooks()
+    if request.resume is not None:
+        if request.out is not None and Path(request.out).resolve() != Path(request.resume).resolve():
+            raise CharnnError("--resume continues a run in place; --out cannot name another directory")
+        overrides = dict(request.train, model=request.model)
+        if request.vocab_mode is not None:
+            overrides["vocab_mode"] = request.vocab_mode
+        return resume_training(request.resume, overrides, corpus=request.corpus or None, stdin=stdin, hooks=hooks)
+    if not request.corpus:
+        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
+    config = TrainConfig(**request.train).validate()
+    if config.device != "auto":
+        resolve_device(config.device)  # fail before reading a large corpus
+    return _start(request, config, hooks, stdin)
 
 
-def looks_like_checkpoint(path: Path) -> bool:
-    """A run directory, a .pt file, or any file that starts like a torch.save archive."""
-    if is_run_dir(path):
-        return True
-    if path.suffix == ".pt":
-        return True
-    if path.is_file():
-        with open(path, "rb") as f:
-            return f.read(4) == _ZIP_MAGIC
-    return False
+def start_training(corpus_paths: Sequence[str], model_options: dict | None = None, config: TrainConfig | None = None,
+                   *, vocab_mode: str = "char", out: str | Path | None = None, overwrite: bool = False,
+                   stdin: BinaryIO | None = None, hooks: TrainHooks | None = None) -> Trainer:
+    """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`.
 
-
-def remember_latest(run_dir: Path, root: Path | None = None) -> None:
-    root = root or runs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    (root / LATEST_FILE).write_text(str(run_dir.resolve()) + "\n", encoding="utf-8")
-
-
-def latest_run(root: Path | None = None) -> Path:
-    root = root or runs_root()
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        remembered = Path(pointer.read_text(encoding="utf-8").strip())
-        if is_run_dir(remembered):
-            return remembered
-    candidates = [p for p in root.iterdir() if is_run_dir(p)] if root.is_dir() else []
-    if not candidates:
-        raise CharnnError(
-            f"no trained model found under {root}/",
-            hint="train one with `charnn train CORPUS`, or name a run directory or checkpoint",
-        )
-    return max(candidates, key=lambda p: max((p / n).stat().st_mtime for n in RUN_FILES if (p / n).exists()))
-
-
-def resolve_checkpoint(model: str | Path | None, prefer: str = "best") -> Path:
-    """The checkpoint a sample/eval command should load: a file as given, or a run's best (else last)."""
-    path = latest_run() if model is None else Path(model)
-    if path.is_dir():
-        order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-        for name in order:
-            if (path / name).is_file():
-                return path / name
-        if is_run_dir(path):
-            raise CharnnError(f"{path}: run has no checkpoint yet", hint="wait for the first evaluation or save")
-        raise CharnnError(f"{path}: not a run directory (no config.json, last.pt or best.pt)")
-    if not path.exists():
-        raise CharnnError(f"{path}: no such run directory or checkpoint")
-    return path
-
-
-# --- run directories --------------------------------------------------------------------------
-
-
-def new_run_dir(name: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Where a new run goes: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one.
-
-    Nothing is created or removed here: that waits for `prepare_run_dir`, once everything that can
-    fail before training (reading the corpus, building the model) has succeeded.
+    `model_options` are ModelConfig fields (the vocabulary size comes from the corpus; `reset_on`
+    may give the --reset-on delimiter as text); `out` names the run directory (default runs/NAME).
     """
-    if out is not None:
-        run_dir = Path(out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CharnnError(f"--out {run_dir}: exists and is not a directory")
-        if is_run_dir(run_dir) and not overwrite:
-            raise CharnnError(f"--out {run_dir}: already holds a run",
-                              hint="use --resume to continue it, --overwrite to replace it, or another --out")
-        return run_dir
+    request = TrainRequest(corpus=tuple(corpus_paths), model=dict(model_options or {}), vocab_mode=vocab_mode,
+                           out=Path(out) if out is not None else None, overwrite=overwrite)
+    return _start(request, (config or TrainConfig()).validate(), hooks or TrainHooks(), stdin)
+
+
+def _start(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin) -> Trainer:
+    group = hooks.group
+    group.check_batch(config.batch_size)  # every process refuses a batch that does not divide, before any work
+    group.join(resolve_device(config.device))
+    made: list[Trainer] = []
+
+    def create() -> str:
+        made.append(_new_run(request, config, hooks, stdin))
+        return str(made[0].run_dir)
+
+    run_path = group.on_main(create)  # rank 0 creates the run; every other process joins it
+    return made[0] if made else _join_run(RunDir(run_path), hooks)
+
+
+def _new_run(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin) -> Trainer:
     root = runs_root()
-    run_dir = root / name
-    n = 2
-    while run_dir.exists():
-        run_dir = root / f"{name}-{n}"
-        n += 1
-    return run_dir
+    with corpus_files(request.corpus, stdin=stdin, spool_dir=cache_dir(root)) as corpus:
+        encoded = encode_cached(corpus, request.vocab_mode or "char", root)
+        name, sources = corpus.name, corpus.sources
+    try:
+        return _create_run(encoded, name, sources, request, config, hooks)
+    finally:
+        if encoded.path.name.endswith(".tmp"):  # stdin's encoding, not yet moved into a run
+            encoded.path.unlink(missing_ok=True)
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory, removing the files of a run it held (--overwrite was checked earlier)."""
-    for file in RUN_FILES:
-        (run_dir / file).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / SNAPSHOT_DIR, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainRequest, config: TrainConfig,
+                hooks: TrainHooks) -> Trainer:
+    """The Trainer first (building the model may fail), then the run directory and its files."""
+    vocab, tokens = encoded.vocab, encoded.tokens()
+    model_config = ModelConfig(vocab_size=vocab.size, **model_fields(vocab, request.model)).validate()
+    train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
+    check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
+    corpus_info = {
+        "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
+        "fingerprint": encoded.fingerprint,
+        "bytes": encoded.bytes,
+        "tokens": int(len(tokens)),
+        "train_tokens": int(len(train_tokens)),
+        "val_tokens": int(len(val_tokens)),
+    }
+    run = RunDir(new_run_path(name, request.out, request.overwrite))
+    data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
+    trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
+    run.create()
+    place_tokens(encoded, run.tokens_path)
+    run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
+                      "corpus": corpus_info, "parameters": trainer.model.num_parameters()})
+    remember_latest(run.path)
+    return trainer
 
 
-def load_tokens(run_dir: Path) -> np.ndarray:
-    path = run_dir / "tokens.npy"
-    if not path.is_file():
-        raise CharnnError(f"{run_dir}: run has no tokens.npy; cannot resume without the encoded corpus")
-    return open_tokens(path)
+def _join_run(run: RunDir, hooks: TrainHooks) -> Trainer:
+    """The Trainer of a run that rank 0 has just created, for another process."""
+    saved = run.read_config()
+    config = TrainConfig.from_dict(saved["train"])
+    train_tokens, val_tokens = split_train_val(run.tokens(), config.val_frac)
+    data = TrainData(Vocab.from_dict(saved["vocab"]), train_tokens, val_tokens, saved["corpus"])
+    return Trainer(ModelConfig.from_dict(saved["model"]), config, data, run.path, hooks.events, hooks.should_stop,
+                   hooks.group)
 
 
 def delimiter_ids(vocab: Vocab, delimiter: str) -> tuple[int, ...]:
@@ -153,191 +158,80 @@ def delimiter_ids(vocab: Vocab, delimiter: str) -> tuple[int, ...]:
         raise CharnnError(f"--reset-on {delimiter!r}: the corpus does not contain all its characters") from None
 
 
-# --- starting and resuming training ------------------------------------------------------------
-
-
-def start_training(
-    corpus_paths: Sequence[str],
-    model_options: dict,
-    config: TrainConfig,
-    vocab_mode: str = "char",
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    events: TrainEvents | None = None,
-    should_stop: Callable[[], str | None] | None = None,
-    stdin=None,
-    ranks: Ranks = SINGLE,
-) -> Trainer:
-    """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`.
-
-    With several ranks (torchrun), rank 0 does all of that and the others then join the run it made.
-    """
-    config.validate()
-    if ranks.active:
-        return _start_on_ranks(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop,
-                               stdin, ranks)
-    return _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin)
-
-
-def _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin,
-           ranks: Ranks = SINGLE) -> Trainer:
-    root = runs_root()
-    with corpus_files(corpus_paths, stdin=stdin, spool_dir=root / ".cache") as corpus:
-        encoded = encode_cached(corpus, vocab_mode, root)
-        name, sources = corpus.name, corpus.sources
-    try:
-        trainer, run_dir = _new_run(encoded, name, sources, model_options, config, out, overwrite, events,
-                                    should_stop, ranks)
-    finally:
-        if encoded.path.name.endswith(".tmp"):  # stdin's encoding, not yet moved into a run
-            encoded.path.unlink(missing_ok=True)
-    return trainer
-
-
-def _start_on_ranks(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop, stdin,
-                    ranks: Ranks) -> Trainer:
-    ranks.streams(config.batch_size)  # every rank refuses a batch that does not divide, before any work
-    start_distributed(ranks, resolve_device(config.device))
-    if ranks.is_main:
-        try:
-            trainer = _start(corpus_paths, model_options, config, vocab_mode, out, overwrite, events, should_stop,
-                             stdin, ranks)
-        except CharnnError as err:
-            broadcast_object({"error": str(err)})
-            raise
-        broadcast_object({"run_dir": str(trainer.run_dir)})
-        return trainer
-    started = broadcast_object(None)
-    if "error" in started:
-        raise CharnnError(f"rank 0 could not start the run: {started['error']}")
-    return _join_run(Path(started["run_dir"]), events, should_stop, ranks)
-
-
-def _join_run(run_dir: Path, events, should_stop, ranks: Ranks) -> Trainer:
-    """The Trainer of a run that rank 0 has just created, for another rank."""
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    config = TrainConfig.from_dict(saved["train"])
-    train_tokens, val_tokens = split_train_val(load_tokens(run_dir), config.val_frac)
-    return Trainer(ModelConfig.from_dict(saved["model"]), config, Vocab.from_dict(saved["vocab"]), train_tokens,
-                   val_tokens, run_dir, events=events, should_stop=should_stop, extra={"corpus": saved["corpus"]},
-                   ranks=ranks)
-
-
-def _new_run(encoded: EncodedCorpus, name: str, sources, model_options: dict, config: TrainConfig, out,
-             overwrite: bool, events, should_stop, ranks: Ranks = SINGLE) -> tuple[Trainer, Path]:
-    vocab, tokens = encoded.vocab, encoded.tokens()
-    model_options = dict(model_options)
-    reset_on = model_options.pop("reset_on", None)
+def model_fields(vocab: Vocab, options: dict) -> dict:
+    """Model options as ModelConfig fields: the --reset-on delimiter, given as text, becomes `reset_ids`."""
+    fields = dict(options)
+    reset_on = fields.pop("reset_on", None)
     if reset_on is not None:
-        model_options["reset_ids"] = delimiter_ids(vocab, reset_on)
-    model_config = ModelConfig(vocab_size=vocab.size, **model_options).validate()
-    train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
-    check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
-    corpus_info = {
-        "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
-        "fingerprint": encoded.fingerprint,
-        "bytes": encoded.bytes,
-        "tokens": int(len(tokens)),
-        "train_tokens": int(len(train_tokens)),
-        "val_tokens": int(len(val_tokens)),
-    }
-    run_dir = new_run_dir(name, out, overwrite)
-    trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
-                      events=events, should_stop=should_stop, extra={"corpus": corpus_info}, ranks=ranks)
-    prepare_run_dir(run_dir)
-    place_tokens(encoded, run_dir)
-    write_json(run_dir / "config.json", {
-        "model": model_config.to_dict(),
-        "train": config.to_dict(),
-        "vocab": vocab.to_dict(),
-        "corpus": corpus_info,
-        "parameters": trainer.model.num_parameters(),
-    })
-    remember_latest(run_dir)
-    return trainer, run_dir
+        fields["reset_ids"] = delimiter_ids(vocab, reset_on)
+    return fields
 
 
-def resume_training(
-    run_dir: str | Path,
-    overrides: dict | None = None,
-    corpus_paths: Sequence[str] | None = None,
-    events: TrainEvents | None = None,
-    should_stop: Callable[[], str | None] | None = None,
-    stdin=None,
-    ranks: Ranks = SINGLE,
-) -> Trainer:
+# --- resuming ---------------------------------------------------------------------------------
+
+
+def resume_training(run_dir: str | Path, overrides: dict | None = None, *, corpus: Sequence[str] | None = None,
+                    stdin: BinaryIO | None = None, hooks: TrainHooks | None = None) -> Trainer:
     """A Trainer that continues `run_dir` from its last.pt, exactly where it stopped.
 
-    `overrides` may change only the stop conditions, cadence and device; any other
-    option that differs from the run's is an error, as is a corpus other than the run's.
+    `overrides` may change only the stop conditions, cadence and device; any other option that
+    differs from the run's is an error, as is a corpus other than the run's (`model`: model options,
+    which must match the run's; `vocab_mode` likewise).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CharnnError(f"--resume {run_dir}: no such run directory")
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        raise CharnnError(f"--resume {run_dir}: run has no last.pt to resume from")
-    payload = load_checkpoint(last)
+    hooks = hooks or TrainHooks()
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise CharnnError(f"--resume {run.path}: no such run directory")
+    if not run.last.is_file():
+        raise CharnnError(f"--resume {run.path}: run has no last.pt to resume from")
+    payload = load_checkpoint(run.last)
     if "train_state" not in payload or "train_config" not in payload:
-        raise CharnnError(f"{last}: checkpoint holds no training state to resume from")
+        raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
     model_config = ModelConfig.from_dict(payload["model_config"])
     vocab = Vocab.from_dict(payload["vocab"])
-    saved = TrainConfig.from_dict(payload["train_config"])
-    overrides = dict(overrides or {})
-    for key in list(overrides):
-        if key in ("model", "vocab_mode"):
-            continue
-        if key not in RESUMABLE_OPTIONS and overrides[key] != getattr(saved, key):
-            flag = "--" + key.replace("_", "-")
-            raise CharnnError(f"--resume: {flag} {overrides[key]} contradicts the run's {getattr(saved, key)}",
-                              hint="leave it out to keep the run's setting, or start a new run")
-    model_overrides = dict(overrides.pop("model", None) or {})
-    if model_overrides.get("reset_on") is not None:
-        model_overrides["reset_ids"] = delimiter_ids(vocab, model_overrides["reset_on"])
-    model_overrides.pop("reset_on", None)
-    for key, value in model_overrides.items():
-        if value != getattr(model_config, key):
-            flag = "--" + key.replace("_", "-").replace("num-layers", "layers").replace("reset-ids", "reset-on")
-            raise CharnnError(f"--resume: {flag} {value} contradicts the run's {getattr(model_config, key)}",
-                              hint="the architecture is fixed when a run starts")
-    vocab_mode = overrides.pop("vocab_mode", None)
-    if vocab_mode is not None and vocab_mode != vocab.mode:
-        raise CharnnError(f"--resume: the run uses a {vocab.mode}-level vocabulary, not {vocab_mode}-level")
-    config = replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS}).validate()
-    tokens = load_tokens(run_dir)
+    config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides or {})
     corpus_info = payload.get("corpus", {})
-    if corpus_paths:
-        with corpus_files(corpus_paths, stdin=stdin, spool_dir=run_dir) as corpus:
-            fingerprint = corpus.fingerprint()
-        if fingerprint != corpus_info.get("fingerprint"):
-            raise CharnnError(f"--resume {run_dir}: the corpus given is not the one this run was trained on",
-                              hint="leave the corpus out: the run keeps its own encoded copy")
-    if len(tokens) != corpus_info.get("tokens", len(tokens)) or (
-            len(tokens) and int(np.max(tokens)) >= vocab.size):
-        raise CharnnError(f"{run_dir}: tokens.npy does not match the run's vocabulary or corpus")
+    tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
-    trainer = Trainer(model_config, config, vocab, train_tokens, val_tokens, run_dir,
-                      events=events, should_stop=should_stop, extra={"corpus": corpus_info}, ranks=ranks)
+    data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
+    trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
     try:
         trainer.restore(payload)
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise CharnnError(f"{last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
-    if ranks.is_main:
-        for directory in (run_dir, run_dir / SNAPSHOT_DIR):
-            remove_temporaries(directory)
-        _record_resumed_config(run_dir, config)
-        remember_latest(run_dir)
+        raise CharnnError(f"{run.last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
+    if hooks.group.is_main:
+        run.remove_temporaries()
+        run.record_train_config(config.to_dict())
+        remember_latest(run.path)
     return trainer
 
 
-def _record_resumed_config(run_dir: Path, config: TrainConfig) -> None:
-    """config.json shows the limits and cadence in force now (a resume may extend them)."""
-    path = run_dir / "config.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # a run without a readable config.json still resumes: last.pt has everything
-    if saved.get("train") != config.to_dict():
-        saved["train"] = config.to_dict()
-        write_json(path, saved)
+def _resumed_config(saved: TrainConfig, model_config: ModelConfig, vocab: Vocab, overrides: dict) -> TrainConfig:
+    """The run's configuration with the overrides a resume allows; any other difference is an error."""
+    overrides = dict(overrides)
+    model, vocab_mode = overrides.pop("model", None) or {}, overrides.pop("vocab_mode", None)
+    for key, value in overrides.items():
+        if key not in RESUMABLE_OPTIONS and value != getattr(saved, key):
+            raise CharnnError(f"--resume: {flag(key)} {value} contradicts the run's {getattr(saved, key)}",
+                              hint="leave it out to keep the run's setting, or start a new run")
+    for key, value in model_fields(vocab, model).items():
+        if value != getattr(model_config, key):
+            raise CharnnError(f"--resume: {flag(key)} {value} contradicts the run's {getattr(model_config, key)}",
+                              hint="the architecture is fixed when a run starts")
+    if vocab_mode is not None and vocab_mode != vocab.mode:
+        raise CharnnError(f"--resume: the run uses a {vocab.mode}-level vocabulary, not {vocab_mode}-level")
+    return replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_OPTIONS}).validate()
 
+
+def _checked_tokens(run: RunDir, vocab: Vocab, corpus_info: dict, corpus, stdin) -> np.ndarray:
+    """The run's encoded corpus, checked against its checkpoint (and against a corpus given again)."""
+    tokens = run.tokens()
+    if corpus:
+        with corpus_files(corpus, stdin=stdin, spool_dir=run.path) as given:
+            fingerprint = given.fingerprint()
+        if fingerprint != corpus_info.get("fingerprint"):
+            raise CharnnError(f"--resume {run.path}: the corpus given is not the one this run was trained on",
+                              hint="leave the corpus out: the run keeps its own encoded copy")
+    if len(tokens) != corpus_info.get("tokens", len(tokens)) or (len(tokens) and int(np.max(tokens)) >= vocab.size):
+        raise CharnnError(f"{run.path}: tokens.npy does not match the run's vocabulary or corpus")
+    return tokens

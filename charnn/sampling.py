@@ -7,49 +7,17 @@ that runs the recurrence with the model's own matrices, one step at a time.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .config import SamplingConfig
 from .errors import CharnnError
 from .model import CharRNN, reset_mask, reset_streams
 from .stepper import BlasStepper, make_stepper
 from .vocab import Vocab
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each character; the names follow transformers' generation config."""
-
-    temperature: float = 1.0  # 1 samples the model's own distribution; 0 is greedy argmax
-    top_k: int | None = None  # keep only the k most likely characters
-    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
-    min_p: float | None = None  # keep characters at least min_p times as likely as the likeliest
-    repetition_penalty: float = 1.0  # > 1 discourages characters seen in the last repetition_window
-    # transformers penalises every token of the context; on characters that soon covers the whole
-    # alphabet, so only the recent ones count (None: all of them)
-    repetition_window: int | None = 64
-
-    def validate(self, vocab_size: int) -> SamplingConfig:
-        """Check every value; top_k above the vocabulary size is clamped to it."""
-        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise CharnnError(f"--temp must be >= 0, not {self.temperature}", hint="use --temp 0 for greedy decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise CharnnError(f"--top-k must be at least 1, not {self.top_k}")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
-        if self.min_p is not None and not (0 <= self.min_p <= 1):
-            raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
-        if not (self.repetition_penalty > 0 and np.isfinite(self.repetition_penalty)):
-            raise CharnnError(f"--repetition-penalty must be positive, not {self.repetition_penalty}",
-                              hint="1 turns it off; 1.1-1.5 discourages repeats")
-        if self.repetition_window is not None and self.repetition_window < 1:
-            raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
-        if self.top_k is not None and self.top_k > vocab_size:
-            return replace(self, top_k=vocab_size)
-        return self
 
 
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
@@ -125,6 +93,13 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 def fresh_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def restart_streams(stepper, state: list, restart: torch.Tensor) -> list:
+    """A stepper's state with the streams marked in `restart` (B,) back at zero (--reset-on)."""
+    if not bool(restart.any()):
+        return state
+    return stepper.state_from_hidden(reset_streams(stepper.hidden_from_state(state), restart))
 
 
 class RecentCharacters:
@@ -274,9 +249,7 @@ class TextGenerator:
         if self.reset_ids:
             tensor = self._tensor(ids).view(1, -1)
             restart = reset_mask(tensor, self.reset_ids, self.tail.t())[0]
-            if bool(restart.any()):
-                self.state = self.stepper.state_from_hidden(
-                    reset_streams(self.stepper.hidden_from_state(self.state), restart))
+            self.state = restart_streams(self.stepper, self.state, restart)
             self._remember(tensor)
         step = self.stepper.step if self.on_host else self.stepper
         self._logits, self.state = step(ids, self.state)
@@ -309,6 +282,18 @@ def generate(
     generator = TextGenerator(model, config, num_samples=num_samples, seed=seed)
     generator.feed(prime)
     yield from generator.sample(length)
+
+
+def preview_text(model: CharRNN, vocab: Vocab, length: int, seed: int) -> str:
+    """A short sample from the default prime, for watching a model learn. Its random numbers come from
+    a generator of its own, so a training run that previews stays what it was; the model is put back
+    in training mode afterwards."""
+    prime = default_prime(vocab, model.config.reset_ids)
+    try:
+        steps = list(generate(model, prime, length, seed=seed))
+    finally:
+        model.train()
+    return vocab.decode(np.concatenate(steps))
 
 
 @torch.inference_mode()
@@ -355,8 +340,7 @@ def beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, 
         if searcher.reset_ids:
             tail = torch.cat([tail[parents], ids.view(-1, 1)], dim=1)
             restart = reset_mask(tail[:, -1:].t(), searcher.reset_ids, tail[:, :-1].t())[0]
-            if bool(restart.any()):
-                state = stepper.state_from_hidden(reset_streams(stepper.hidden_from_state(state), restart))
+            state = restart_streams(stepper, state, restart)
             tail = tail[:, 1:]
         logits, state = stepper(ids, state)
     yield from unsettled[int(scores.argmax())].tolist()

@@ -100,13 +100,18 @@ def _from_cache(meta_path: Path, token_path: Path, signature: list) -> EncodedCo
         return None  # a missing, stale or damaged entry is simply rebuilt
 
 
+def cache_dir(runs_root: str | Path) -> Path:
+    """Where the token cache of a runs root lives (also where stdin is copied while it is encoded)."""
+    return Path(runs_root) / CACHE_DIR
+
+
 def encode_cached(corpus: CorpusFiles, mode: str, cache_root: str | Path) -> EncodedCorpus:
-    """The encoded corpus from the cache in `cache_root`/.cache, encoding (and caching) it if needed.
+    """The encoded corpus from the cache of the runs root `cache_root`, encoding (and caching) it if needed.
 
     Stdin has no file to check for changes: it is encoded into a temporary file there, uncached;
     the caller moves it into the run directory.
     """
-    directory = Path(cache_root) / CACHE_DIR
+    directory = cache_dir(cache_root)
     directory.mkdir(parents=True, exist_ok=True)
     signature = corpus.signature()
     if signature is None:
@@ -132,10 +137,10 @@ def encode_cached(corpus: CorpusFiles, mode: str, cache_root: str | Path) -> Enc
     return EncodedCorpus(token_path, encoded.vocab, encoded.num_tokens, encoded.fingerprint, encoded.bytes)
 
 
-def place_tokens(encoded: EncodedCorpus, run_dir: Path) -> None:
-    """Give the run its own tokens.npy: a hard link to the cache entry, else a copy; a temporary is moved."""
-    target = run_dir / "tokens.npy"
-    tmp = run_dir / ".tokens.npy.tmp"
+def place_tokens(encoded: EncodedCorpus, target: Path) -> None:
+    """Give a run its own token file at `target`: a hard link to the cache entry, else a copy; a
+    temporary (stdin's encoding) is moved there."""
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     if encoded.path.name.endswith(".tmp"):
         try:

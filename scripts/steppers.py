@@ -20,7 +20,8 @@ import time
 import torch
 
 from charnn import CharRNN, ModelConfig, SamplingConfig, generate, sampling
-from charnn.bench import SAMPLING_CHUNK, SAMPLING_PAUSE, naive_sampler
+from charnn.baselines import naive_sampler
+from charnn.bench import SAMPLING_CHUNK, SAMPLING_PAUSE
 from charnn.stepper import BlasStepper, Stepper
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import CharnnError, Trainer, TrainEvents, Vocab, load_checkpoint, model_from_checkpoint, save_checkpoint, split_train_val
+from charnn import (CharnnError, TrainData, Trainer, TrainEvents, Vocab, load_checkpoint, model_from_checkpoint,
+                    save_checkpoint, split_train_val)
 from charnn.checkpoint import FORMAT, FORMAT_VERSION
 
 from conftest import tiny_model_config, tiny_train_config
@@ -20,7 +21,7 @@ def make_trainer(run_dir, **overrides) -> Trainer:
     tokens, _ = vocab.encode_bytes(TEXT.encode())
     config = tiny_train_config(**overrides)
     train, val = split_train_val(tokens, config.val_frac)
-    return Trainer(tiny_model_config(vocab.size, num_layers=2, dropout=0.2), config, vocab, train, val, run_dir)
+    return Trainer(tiny_model_config(vocab.size, num_layers=2, dropout=0.2), config, TrainData(vocab, train, val), run_dir)
 
 
 def train_losses(run_dir) -> list[tuple[int, float]]:
@@ -180,7 +181,7 @@ class Warnings(TrainEvents):
     def __init__(self):
         self.messages = []
 
-    def on_warning(self, trainer, message):
+    def on_warning(self, snapshot, message):
         self.messages.append(message)
 
 

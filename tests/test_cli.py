@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from charnn.cli import _Output, _PipeClosed, main
+from charnn.cli import main
+from charnn.streaming import BufferedOutput, PipeClosed
 
 from conftest import SHAKESPEARE, TINY, run_cli
 
@@ -106,7 +107,7 @@ def test_interrupted_sampling_keeps_every_character_it_made(workdir, tmp_path, s
 
 def test_output_holds_small_writes_until_its_interval_or_close():
     stream = io.BytesIO()
-    output = _Output(stream, interval=3600)
+    output = BufferedOutput(stream, interval=3600)
     for piece in (b"a", b"bc", b"d"):
         output.write(piece)
     assert stream.getvalue() == b""  # one system call later, not one per character
@@ -117,8 +118,8 @@ def test_output_holds_small_writes_until_its_interval_or_close():
         def write(self, data):
             raise BrokenPipeError
 
-    gone = _Output(GoneReader(), interval=0)
-    with pytest.raises(_PipeClosed):
+    gone = BufferedOutput(GoneReader(), interval=0)
+    with pytest.raises(PipeClosed):
         gone.write(b"x")
     gone.close()  # nothing more is attempted once the reader has gone
 

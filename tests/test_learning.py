@@ -5,7 +5,7 @@ import random
 import numpy as np
 import torch
 
-from charnn import Trainer, Vocab, split_train_val
+from charnn import TrainData, Trainer, Vocab, split_train_val
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -15,7 +15,7 @@ def train_on(text: str, tmp_path, model_overrides=None, **train_overrides) -> tu
     tokens, _ = vocab.encode_bytes(text.encode("utf-8"))
     config = tiny_train_config(**train_overrides)
     train, val = split_train_val(tokens, config.val_frac)
-    trainer = Trainer(tiny_model_config(vocab.size, **(model_overrides or {})), config, vocab, train, val, tmp_path / "run")
+    trainer = Trainer(tiny_model_config(vocab.size, **(model_overrides or {})), config, TrainData(vocab, train, val), tmp_path / "run")
     trainer.run()
     return trainer, val
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import (CharRNN, Trainer, Vocab, evaluate, find_neurons, hidden_activations, html_page,
+from charnn import (CharRNN, TrainData, Trainer, Vocab, evaluate, find_neurons, hidden_activations, html_page,
                     split_train_val, text_features, trace_text)
 from charnn.cli import main
 from charnn.inspect import CharTrace
@@ -48,7 +48,8 @@ def quotes(tmp_path_factory):
     tokens, _ = vocab.encode_bytes(text.encode())
     config = tiny_train_config(max_steps=120, seq_len=32, val_frac=0.1)
     train, val = split_train_val(tokens, config.val_frac)
-    trainer = Trainer(tiny_model_config(vocab.size, hidden_size=16), config, vocab, train, val, root / "run")
+    trainer = Trainer(tiny_model_config(vocab.size, hidden_size=16), config, TrainData(vocab, train, val),
+                      root / "run")
     trainer.run()
     held_out = root / "held_out.txt"
     held_out.write_text(quoted_text(60, seed=1))

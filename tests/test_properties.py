@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charnn import CharnnError, Trainer, Vocab, generate, load_checkpoint, model_from_checkpoint, split_train_val
+from charnn import CharnnError, TrainData, Trainer, Vocab, generate, load_checkpoint, model_from_checkpoint, split_train_val
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -20,7 +20,8 @@ def train_briefly(tmp_path_factory, vocab: Vocab, tokens: np.ndarray) -> Trainer
     config = tiny_train_config(batch_size=2, seq_len=4, val_frac=0.5, max_steps=3, log_every=1, eval_every=3)
     train, val = split_train_val(tokens, config.val_frac)
     run_dir = tmp_path_factory.mktemp("run")
-    trainer = Trainer(tiny_model_config(vocab.size, hidden_size=8, embed_size=4), config, vocab, train, val, run_dir)
+    trainer = Trainer(tiny_model_config(vocab.size, hidden_size=8, embed_size=4), config, TrainData(vocab, train, val),
+                      run_dir)
     result = trainer.run()
     assert result.state.step == 3 and math.isfinite(result.state.best_val_loss)
     return trainer

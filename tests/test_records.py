@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, Vocab, evaluate, hidden_activations,
+from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, TrainData, Vocab, evaluate, hidden_activations,
                     split_train_val, trace_text)
 from charnn.model import reset_mask
 from charnn.runs import delimiter_ids
@@ -59,7 +59,8 @@ def test_a_model_trained_with_resets_treats_each_record_on_its_own(tmp_path):
     tokens, _ = vocab.encode_bytes(text.encode())
     train, val = split_train_val(tokens, 0.1)
     model_config = tiny_model_config(vocab.size, reset_ids=delimiter_ids(vocab, "\n"))
-    trainer = Trainer(model_config, tiny_train_config(max_steps=150, seq_len=24), vocab, train, val, tmp_path / "r")
+    trainer = Trainer(model_config, tiny_train_config(max_steps=150, seq_len=24), TrainData(vocab, train, val),
+                      tmp_path / "r")
     trainer.run()
     model = trainer.model.eval()
     # what follows a delimiter does not depend on anything before it

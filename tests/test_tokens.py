@@ -12,7 +12,7 @@ import pytest
 import charnn.vocab as vocab_module
 from charnn import CharnnError, Vocab, read_corpus, start_training
 from charnn.corpus import corpus_files
-from charnn.runs import runs_root
+from charnn.rundir import runs_root
 from charnn.tokens import CACHE_DIR, encode_cached, encode_files, encode_to_file
 
 from conftest import tiny_train_config

@@ -3,7 +3,7 @@
 
 import torch
 
-from charnn import EvalResult, TrainEvents, Trainer, Vocab, split_train_val
+from charnn import EvalResult, TrainData, TrainEvents, Trainer, Vocab, split_train_val
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -14,8 +14,8 @@ def make_trainer(tmp_path, name, events=None, **overrides) -> Trainer:
     vocab = Vocab.from_data(TEXT.encode())
     tokens, _ = vocab.encode_bytes(TEXT.encode())
     train, val = split_train_val(tokens, 0.1)
-    return Trainer(tiny_model_config(vocab.size, dropout=0.1), tiny_train_config(**overrides), vocab, train, val,
-                   tmp_path / name, events=events)
+    return Trainer(tiny_model_config(vocab.size, dropout=0.1), tiny_train_config(**overrides),
+                   TrainData(vocab, train, val), tmp_path / name, events=events)
 
 
 def test_patience_stops_after_that_many_evaluations_without_a_new_best(tmp_path):
@@ -32,8 +32,8 @@ class Samples(TrainEvents):
     def __init__(self):
         self.texts = []
 
-    def on_sample(self, trainer, text):
-        self.texts.append((trainer.state.step, text))
+    def on_sample(self, snapshot, text):
+        self.texts.append((snapshot.step, text))
 
 
 def test_samples_while_training_leave_the_training_unchanged(tmp_path):

@@ -1,6 +1,6 @@
 """Drawing loss curves: a braille chart for the terminal (rich) and a PNG (matplotlib, optional).
 
-The data comes from `history.loss_curves`; this module only draws it. matplotlib is imported only
+The data comes from `charnn.metrics.loss_curves`; this module only draws it. matplotlib is imported only
 when a PNG is asked for, so the terminal chart needs nothing beyond rich.
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from .errors import CharnnError
-from .history import LN2, LossCurves
+from ..errors import CharnnError
+from ..metrics import LossCurves
+from ..units import LN2, format_duration
 
 TRAIN_STYLE = "bright_blue"  # matplotlib's C0 and C1, so the terminal and the PNG agree
 VAL_STYLE = "dark_orange"
@@ -54,13 +55,6 @@ def time_ticks(high: float, count: int) -> list[float]:
     steps = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 4 * 3600, 6 * 3600, 12 * 3600, 86400)
     step = next((s for s in steps if s >= raw), 86400 * math.ceil(raw / 86400))
     return [i * step for i in range(int(high // step) + 1)]
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def format_number(value: float, step: float) -> str:

@@ -11,9 +11,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .inspect import FEATURES, CharTrace, NeuronReport
-from .render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
-from .vocab import Vocab
+from ..inspect import FEATURES, CharTrace, NeuronReport
+from ..render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
+from ..vocab import Vocab
 
 
 def _style(background: RGB) -> Style:

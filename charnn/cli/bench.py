@@ -1,0 +1,120 @@
+"""`charnn bench`: speed against this machine's own ceilings and plain PyTorch loops, as tables on stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..config import BenchOptions
+from ..errors import CharnnError
+from .app import app, stderr
+from .options import EXIT_CODES_HELP, Device, default
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in under two minutes: 2 training "
+                                        "configs, 1 and 64 streams, a 100 MB corpus.")] = False,
+    json_file: Annotated[Optional[str], typer.Option(
+        "--json", help="Also write the figures as JSON to this file (- for stdout).", show_default=False)] = None,
+    device: Annotated[Optional[Device], typer.Option(help=f"Where to measure. {default(BenchOptions, 'device')}",
+                                                     show_default=False)] = None,
+    seconds: Annotated[Optional[float], typer.Option(
+        help="Seconds per timed comparison. \\[default: 4 with --quick, else 12]", show_default=False)] = None,
+    corpus_mb: Annotated[Optional[list[int]], typer.Option(
+        "--corpus-mb", help="Synthetic corpus sizes for the encoding and memory rows (repeatable; 0 skips them). "
+                            "\\[default: 100 and 1000; 100 with --quick]", show_default=False)] = None,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Where to write the synthetic corpora. \\[default: a temporary directory]", show_default=False)] = None,
+) -> None:
+    """Measure training and sampling speed against this machine's own ceilings and a plain PyTorch loop.
+
+    A table goes to stderr; --json FILE writes the same figures as JSON.
+    """
+    from ..bench import run_benchmark  # noqa: PLC0415 (only this command needs it)
+    from ..device import resolve_device  # noqa: PLC0415
+
+    if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+        raise CharnnError(f"--seconds must be positive, not {seconds}")
+    if corpus_mb is not None and any(mb < 0 for mb in corpus_mb):
+        raise CharnnError("--corpus-mb must be >= 0")
+    options = BenchOptions(quick=quick, seconds=seconds, workdir=workdir,
+                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0))
+    options.device = str(resolve_device(device.value if device else options.device))
+    console = stderr()
+    with console.status("benchmarking") as status:
+        report = run_benchmark(options, log=lambda message: status.update(f"benchmarking: {message}"))
+    for table in bench_tables(report.to_dict()):
+        console.print(table)
+    if json_file is not None:
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        if json_file == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            Path(json_file).write_text(text, encoding="utf-8")
+
+
+def bench_tables(report: dict) -> list[Table]:
+    tables = [_ceilings_table(report["machine"], report["ceilings"]), _training_table(report["training"]),
+              _sampling_table(report["sampling"])]
+    if report["corpora"]:
+        tables.append(_corpora_table(report["corpora"]))
+    return tables
+
+
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in columns:
+        table.add_column(name, justify="left" if name in left else "right")
+    return table
+
+
+def _ceilings_table(m: dict, c: dict) -> Table:
+    table = _table(f"charnn bench: {m['device']}, {m['threads']} threads, torch {m['torch']}", ("ceiling", "measured"),
+                   left=("ceiling",))
+    table.add_row("fp32 GEMM, torch (2048²)", f"{c['gemm_gflops_torch']:,.1f} GFLOP/s")
+    if "gemm_gflops_numpy" in c:
+        table.add_row("fp32 GEMM, numpy's BLAS (2048²)", f"{c['gemm_gflops_numpy']:,.1f} GFLOP/s")
+    table.add_row("memory read bandwidth", f"{c['read_gb_per_sec']:,.1f} GB/s")
+    if "cached_read_gb_per_sec" in c:
+        table.add_row("cache read rate (the size of the sampled model's weights)",
+                      f"{c['cached_read_gb_per_sec']:,.1f} GB/s")
+    return table
+
+
+def _training_table(rows: list[dict]) -> Table:
+    table = _table("training (chars/s; reference: pytorch/examples word_language_model loop)",
+                   ("config", "charnn", "GFLOP/s", "of GEMM ceiling", "reference", "ratio"), left=("config",))
+    for r in rows:
+        table.add_row(r["config"], f"{r['chars_per_sec']:,.0f}", f"{r['gflops']:.1f}", f"{r['ceiling_share']:.0%}",
+                      f"{r['reference_chars_per_sec']:,.0f}", f"{r['ratio']:.2f}x")
+    return table
+
+
+def _sampling_table(rows: list[dict]) -> Table:
+    table = _table("sampling (chars/s; naive: nn.LSTM on one character, .item() every step)",
+                   ("model", "streams", "charnn", "of ceiling", "naive", "ratio"), left=("model",))
+    for r in rows:
+        share = (f"{r['bandwidth_share']:.0%} of bandwidth" if "bandwidth_share" in r
+                 else f"{r['ceiling_share']:.0%} of GEMM")
+        if "cached_share" in r:
+            share += f", {r['cached_share']:.0%} of cache"
+        table.add_row(r["model"], str(r["streams"]), f"{r['chars_per_sec']:,.0f}", share,
+                      f"{r['naive_chars_per_sec']:,.0f}", f"{r['ratio']:.1f}x")
+    return table
+
+
+def _corpora_table(rows: list[dict]) -> Table:
+    table = _table("big corpora (charnn train, 20 steps; the second run starts from the cache)",
+                   ("corpus", "encode", "first run", "second run", "peak resident", "token file (mapped)"))
+    for r in rows:
+        table.add_row(f"{r['megabytes']:,} MB", f"{r['encode_mb_per_sec']:,.0f} MB/s", f"{r['first_start_seconds']:.1f} s",
+                      f"{r['second_start_seconds']:.1f} s", f"{r['peak_rss_mb']:,.0f} MB", f"{r['token_file_mb']:,.0f} MB")
+    return table

@@ -1,0 +1,70 @@
+"""The error edge: every failure of a command becomes one line on stderr and an exit code.
+
+A CharnnError is exit code 1; a bad option 2; Ctrl-C 130 (SIGTERM's 143 is `charnn.__main__`'s);
+a reader closing the pipe early is a quiet 0; anything else is a bug, shown as one line (and the
+traceback with CHARNN_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..device import describe_allocation, is_out_of_memory
+from ..errors import CharnnError
+from .app import app, quiet_broken_pipe, say, stderr
+
+# each module registers its commands with the app; the order of these imports is the order of the help
+from . import train  # noqa: E402, F401, I001
+from . import sample  # noqa: E402, F401
+from . import evaluate  # noqa: E402, F401
+from . import bench  # noqa: E402, F401
+from . import runs  # noqa: E402, F401
+
+try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and turn every failure into one line on stderr and an exit code."""
+    console = stderr()
+    try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
+    except CharnnError as err:
+        say(console, f"charnn: error: {err}", style="red")
+        return 1
+    except click_exceptions.NoArgsIsHelpError:
+        return 2  # the help has been shown
+    except click_exceptions.UsageError as err:
+        command = f"{err.ctx.command_path} --help" if err.ctx and err.ctx.command_path else "charnn --help"
+        say(console, f"charnn: usage error: {err.format_message()} (see '{command}')", style="red")
+        return 2
+    except click_exceptions.ClickException as err:
+        say(console, f"charnn: error: {err.format_message()}", style="red")
+        return err.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        say(console, "charnn: interrupted")
+        return 130
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return 0
+    except Exception as err:  # a bug, not a user error: one line, and the traceback on request
+        return _internal_error(console, err)
+    return result if isinstance(result, int) else 0
+
+
+def _internal_error(console, err: Exception) -> int:
+    if os.environ.get("CHARNN_DEBUG"):
+        raise err
+    if is_out_of_memory(err):  # sampling or evaluating
+        say(console, f"charnn: error: out of memory ({describe_allocation(err)}) "
+                     "(try --device cpu, or fewer --num-samples when sampling)", style="red")
+        return 1
+    say(console, f"charnn: internal error: {type(err).__name__}: {err} (set CHARNN_DEBUG=1 for the traceback)",
+        style="red")
+    return 1

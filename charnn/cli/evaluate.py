@@ -1,0 +1,126 @@
+"""`charnn eval`: a model scores text; a table on stderr or JSON on stdout, and pictures on request."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..checkpoint import LoadedModel, open_model
+from ..errors import CharnnError
+from ..evaluate import EvalText, evaluate, text_to_score
+from ..inspect import find_neurons, parse_neuron, trace_text
+from ..render import html_page
+from ..rundir import looks_like_checkpoint
+from ..units import bits
+from .app import app, print_json, say, stderr
+from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag
+from .show import heat_text, legend, neuron_table
+
+PICTURES = "Pictures"
+UNKNOWN_POLICY = "skipped: left out of the text, neither fed to the model nor scored"
+
+
+@app.command("eval", epilog=EXIT_CODES_HELP)
+def eval_command(
+    paths: Annotated[Optional[list[str]], typer.Argument(
+        help="[RUN_DIR_OR_CHECKPOINT] FILE...: text to score (- for stdin). With no file, the run's own "
+             "validation text. With no model, the newest run.", show_default=False, metavar="[MODEL] [FILE]...")] = None,
+    as_json: JsonFlag = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
+                                                 show_default=False)] = None,
+    device: DeviceOption = None,
+    show: Annotated[bool, typer.Option(
+        "--show", help="Draw the text on stderr, each character coloured by how surprised the model was (bits).",
+        rich_help_panel=PICTURES)] = False,
+    show_chars: Annotated[int, typer.Option(
+        help="Draw only the first N characters (the whole text is still scored); 0 draws all.",
+        rich_help_panel=PICTURES)] = 2000,
+    html_file: Annotated[Optional[str], typer.Option(
+        "--html", metavar="FILE", help="Write the picture as a self-contained HTML page (- for stdout); hover a "
+        "character for its bits and the model's guesses.", rich_help_panel=PICTURES, show_default=False)] = None,
+    neuron: Annotated[Optional[str], typer.Option(
+        metavar="LAYER:UNIT", help="Colour by this hidden unit's activation instead (blue -1, red +1); layers and "
+        "units count from 0. Draws on stderr unless only --html is given.", rich_help_panel=PICTURES,
+        show_default=False)] = None,
+    find_units: Annotated[bool, typer.Option(
+        "--find-neurons", help="Rank the units of every layer by how well they track features of the text "
+        "(inside quotes, column, indentation, inside parentheses), on its first 200,000 characters.",
+        rich_help_panel=PICTURES)] = False,
+) -> None:
+    """Score text with a model: characters, loss (nats/char), bits per character and perplexity.
+
+    Characters the model has never seen are left out of the text (not fed, not scored) and counted.
+    --show, --html and --neuron draw the text coloured by what the model made of it.
+    """
+    if show_chars < 0:
+        raise CharnnError(f"--show-chars must be >= 0, not {show_chars}")
+    if html_file == "-" and as_json:
+        raise CharnnError("--html - and --json both want stdout", hint="write the page to a file")
+    paths = list(paths or [])
+    if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
+        model = paths.pop(0)
+    loaded = open_model(model, device.value if device else "auto")
+    unit = parse_neuron(neuron, loaded.model.config) if neuron is not None else None
+    text = text_to_score(paths, loaded.vocab, loaded.path, loaded.payload)
+    result = evaluate(loaded.model, text.tokens)
+    report = {"loss": result.loss, "bpc": result.bpc, "perplexity": result.perplexity, "chars": result.chars,
+              "unknown_chars": text.unknown, "unknown_policy": UNKNOWN_POLICY, "checkpoint": str(loaded.path),
+              "sources": text.sources, "text": text.kind}
+    console = stderr()
+    if show or html_file is not None or unit is not None:
+        picture = _Picture(loaded, text, show_chars, unit)
+        picture.draw(console, terminal=show or (unit is not None and html_file is None), html_file=html_file)
+    if find_units:
+        found = find_neurons(loaded.model, loaded.vocab, text.tokens)
+        report["neurons"] = found.to_dict()
+        console.print(neuron_table(found))
+    if as_json:
+        print_json(report, indent=None)
+        return
+    table = Table(title=f"charnn eval: {loaded.path}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in (("characters scored", f"{result.chars:,}"), ("loss (nats/char)", f"{result.loss:.4f}"),
+                        ("bits per character", f"{result.bpc:.4f}"), ("perplexity", f"{result.perplexity:.3f}"),
+                        ("unknown characters", f"{text.unknown:,} (skipped: neither fed nor scored)")):
+        table.add_row(name, value)
+    console.print(table)
+
+
+class _Picture:
+    """The first `show_chars` characters, coloured by surprisal or by one unit, on stderr and/or as HTML."""
+
+    def __init__(self, loaded: LoadedModel, text: EvalText, show_chars: int, unit):
+        self.loaded, self.text = loaded, text
+        self.shown = text.tokens[:show_chars] if show_chars else text.tokens
+        self.trace = trace_text(loaded.model, self.shown, neuron=unit)
+        self.summary = [f"text: {', '.join(map(str, text.sources))}",
+                        f"characters 1-{len(self.shown):,} of {len(text.tokens):,} drawn (--show-chars); "
+                        f"{bits(self.trace.mean_loss):.3f} bits per character on them"]
+
+    def draw(self, console: Console, terminal: bool, html_file: str | None) -> None:
+        if terminal:
+            for line in self.summary:
+                say(console, line)
+            console.print(legend(self.trace), soft_wrap=True)
+            console.print(heat_text(self.trace, self.loaded.vocab), soft_wrap=True)
+            console.print()
+        if html_file is not None:
+            self._write_html(console, html_file)
+
+    def _write_html(self, console: Console, html_file: str) -> None:
+        page = html_page(self.trace, self.loaded.vocab, f"charnn eval: {self.loaded.path}", self.summary)
+        if html_file == "-":
+            sys.stdout.write(page)
+            sys.stdout.flush()
+            return
+        try:
+            Path(html_file).write_text(page, encoding="utf-8")
+        except OSError as err:
+            raise CharnnError(f"--html {html_file}: cannot write ({err.strerror or err})") from None
+        say(console, f"wrote {html_file}")

@@ -1,0 +1,182 @@
+"""`charnn sample`: options into a SampleRequest, the library streams the text to stdout.
+
+--interactive's prompt lives here (it talks to a person); what a turn does is the library's
+`Conversation`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..checkpoint import open_model
+from ..config import SampleRequest, SamplingConfig
+from ..errors import CharnnError
+from ..streaming import BufferedOutput, Conversation, PipeClosed, encode_prime, write_samples
+from .app import app, quiet_broken_pipe, say, stderr
+from .options import EXIT_CODES_HELP, DeviceOption, ModelArgument, QuietFlag, default, given, unescape
+
+SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
+_SEPARATOR = SampleRequest.separator.decode().encode("unicode_escape").decode()  # shown as typed: \n\n
+
+
+def _sampling(text: str, name: str | None = None, panel: str = SAMPLING):
+    suffix = f" {default(SamplingConfig, name)}" if name else ""
+    return typer.Option(help=text + suffix, rich_help_panel=panel, show_default=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def sample(
+    model: ModelArgument = None,
+    length: Annotated[Optional[int], typer.Option(
+        "--length", "-n", help="Characters to generate (bytes with a byte-level model): at most this many with "
+        f"--stop. \\[default: {SampleRequest.length}; {SampleRequest.interactive_length} per turn with --interactive]",
+        show_default=False)] = None,
+    temp: Annotated[Optional[float], typer.Option(
+        "--temp", "-t", help="Temperature: below 1 is safer, above 1 wilder, 0 is greedy. "
+        f"{default(SamplingConfig, 'temperature')}", rich_help_panel=SAMPLING, show_default=False)] = None,
+    top_k: Annotated[Optional[int], _sampling("Sample only from the k most likely characters.")] = None,
+    top_p: Annotated[Optional[float], _sampling(
+        "Sample only from the most likely characters whose probabilities add up to p (nucleus).")] = None,
+    min_p: Annotated[Optional[float], _sampling(
+        "Sample only from characters at least p times as likely as the likeliest one.")] = None,
+    repetition_penalty: Annotated[Optional[float], _sampling(
+        "Above 1, make characters seen in the last --repetition-window characters less likely (transformers' rule: "
+        "positive logits divided by it, negative ones multiplied).", "repetition_penalty")] = None,
+    repetition_window: Annotated[Optional[int], _sampling(
+        "How many recent characters --repetition-penalty looks back over; 0: all of them.",
+        "repetition_window")] = None,
+    beam: Annotated[Optional[int], _sampling(
+        "Beam search with N beams: the most likely continuation instead of a random one (deterministic; streams "
+        "as the beams agree; --repetition-penalty applies).")] = None,
+    seed: Annotated[Optional[int], _sampling(
+        "Random seed: the same seed gives the same text. \\[default: random]")] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", "-p", help="Text to start from; it warms up the state.",
+                                                 rich_help_panel=PRIME, show_default=False)] = None,
+    prime_file: Annotated[Optional[str], _sampling("Read the prime from a file (- for stdin).", panel=PRIME)] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Leave out prime characters the model has never seen instead of failing.", rich_help_panel=PRIME)] = False,
+    echo_prime: Annotated[bool, typer.Option("--echo-prime/--no-prime-echo", help="Print the prime before the "
+                                             "continuation.", rich_help_panel=PRIME)] = SampleRequest.echo_prime,
+    stop: Annotated[Optional[str], _sampling(
+        "End a sample where it produces this string, which is not printed (\\n, \\t and \\0 are understood; e.g. "
+        "'\\n\\n' for a paragraph).", panel=OUTPUT)] = None,
+    num_samples: Annotated[Optional[int], _sampling(
+        f"Independent samples, generated together as one batch. \\[default: {SampleRequest.num_samples}]",
+        panel=OUTPUT)] = None,
+    separator: Annotated[Optional[str], _sampling(
+        f"Printed between samples (\\n, \\t and \\0 are understood). \\[default: {_SEPARATOR}]", panel=OUTPUT)] = None,
+    interactive: Annotated[bool, typer.Option(
+        "--interactive", "-i", help="Type a prime, watch the continuation; the state carries over between turns. "
+        "An empty line continues; /reset forgets; /quit or Ctrl-D ends.", rich_help_panel=OUTPUT)] = False,
+    quiet: QuietFlag = False,
+    device: DeviceOption = None,
+) -> None:
+    """Generate text from a trained model and stream it to stdout."""
+    if repetition_window is not None and repetition_window < 0:
+        raise CharnnError(f"--repetition-window must be >= 0 (0: all characters), not {repetition_window}")
+    window = {} if repetition_window is None else {"repetition_window": repetition_window or None}
+    sampling = SamplingConfig(**given(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                      repetition_penalty=repetition_penalty), **window)
+    request = SampleRequest(sampling=sampling, echo_prime=echo_prime, **given(
+        length=length, interactive_length=length, seed=seed, num_samples=num_samples, beam=beam,
+        stop=_bytes(stop) if stop else None, separator=_bytes(separator) if separator is not None else None))
+    if beam is not None:
+        _check_beam_options(beam, temp, top_k, top_p, min_p, request.num_samples, interactive)
+    request.validate()
+    if prime is not None and prime_file is not None:
+        raise CharnnError("give --prime or --prime-file, not both")
+    if interactive and prime_file == "-":
+        raise CharnnError("--interactive reads its primes from stdin; --prime-file - cannot share it")
+    prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
+    if prime is not None:
+        prime_bytes = prime.encode("utf-8", "surrogateescape")
+    loaded = open_model(model, device.value if device else "auto")
+    console = stderr()
+    prime_ids = None
+    if prime_bytes:
+        prime_ids, dropped = encode_prime(loaded.vocab, prime_bytes, drop_unknown)
+        if dropped:
+            say(console, f"charnn: left out {dropped:,} prime character{'s' * (dropped != 1)} the model does not know",
+                quiet=quiet, style="yellow")
+    output = BufferedOutput()
+    try:
+        if interactive:
+            _interactive(Conversation(loaded.model, loaded.vocab, request, prime_ids), output, console, quiet,
+                         drop_unknown)
+            return
+        write_samples(loaded.model, loaded.vocab, request, output, prime_ids)
+        if request.length and sys.stdout.isatty():
+            output.write(b"\n", force_flush=True)
+    except PipeClosed:
+        pass
+    finally:  # on Ctrl-C or SIGTERM too, what was generated reaches stdout
+        output.close()
+        if output.reader_gone:
+            quiet_broken_pipe()
+
+
+def _bytes(text: str) -> bytes:
+    return unescape(text).encode("utf-8", "surrogateescape")
+
+
+def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactive) -> None:
+    if beam < 1:
+        raise CharnnError(f"--beam must be at least 1, not {beam}")
+    options = [name for name, value in (("--temp", temp), ("--top-k", top_k), ("--top-p", top_p), ("--min-p", min_p))
+               if value is not None]
+    if options:
+        raise CharnnError(f"--beam searches for the most likely text; {', '.join(options)} only apply to sampling")
+    if num_samples != 1 or interactive:
+        raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
+
+
+def _read_prime_file(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CharnnError(f"--prime-file {path}: no such file") from None
+    except OSError as err:
+        raise CharnnError(f"--prime-file {path}: cannot read ({err.strerror or err})") from None
+
+
+def _interactive(conversation: Conversation, output: BufferedOutput, console: Console, quiet: bool,
+                 drop_unknown: bool) -> None:
+    """A prompt on stderr, continuations on stdout; the state carries over from turn to turn."""
+    say(console, "charnn interactive: type text and press Enter to continue it; an empty line continues "
+                 "further; /reset forgets the context; /quit or Ctrl-D ends.", quiet=quiet, style="dim")
+    while True:
+        console.print("> ", end="", markup=False, highlight=False, style="bold")
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
+            console.print()
+            say(console, "charnn: interrupted")
+            raise typer.Exit(130) from None
+        if not line:  # Ctrl-D
+            console.print()
+            return
+        line = line.rstrip("\n")
+        command = line.strip()
+        if command in ("/quit", "/exit"):
+            return
+        if command == "/reset":
+            conversation.reset()
+            say(console, "(context forgotten)", quiet=quiet, style="dim")
+            continue
+        if command in ("/help", "/?"):
+            say(console, "type text to continue it; empty line: more; /reset; /quit", style="dim")
+            continue
+        try:
+            conversation.read(_bytes(line), drop_unknown)
+        except CharnnError as err:
+            say(console, f"charnn: {err}", style="red")
+            continue
+        conversation.respond(output)
+        console.print()

@@ -1,0 +1,170 @@
+"""`charnn train`: options into a TrainRequest, the library trains, the outcome in one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import ModelConfig, TrainConfig, parse_duration, parse_save_every
+from ..distributed import leave_process_group, process_group, ranks_from_environment
+from ..errors import CharnnError
+from ..events import TrainEvents
+from ..processes import StopFlag, launch_processes
+from ..rundir import RunDir
+from ..runs import TrainHooks, TrainRequest, open_training
+from ..units import bits
+from .app import app, say, stderr
+from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
+from .progress import ConsoleTrainEvents
+
+MODEL, DATA, OPTIM, STOP, RUN = "Model", "Data", "Optimisation", "Stopping", "Run and checkpoints"
+
+
+def _model(text: str, name: str):
+    return typer.Option(help=f"{text} {default(ModelConfig, name)}", rich_help_panel=MODEL, show_default=False)
+
+
+def _train(text: str, name: str | None = None, panel: str = OPTIM):
+    suffix = f" {default(TrainConfig, name)}" if name else ""
+    return typer.Option(help=text + suffix, rich_help_panel=panel, show_default=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def train(
+    corpus: Annotated[Optional[list[str]], typer.Argument(
+        help="Text files, directories (their text files, recursively) or - for stdin.", show_default=False)] = None,
+    cell: Annotated[Optional[Cell], _model("Recurrent cell.", "cell")] = None,
+    layers: Annotated[Optional[int], _model("Stacked recurrent layers.", "num_layers")] = None,
+    hidden_size: Annotated[Optional[int], _model("Units per layer.", "hidden_size")] = None,
+    embed_size: Annotated[Optional[int], typer.Option(
+        help="Character embedding size. \\[default: the hidden size]", rich_help_panel=MODEL, show_default=False)] = None,
+    dropout: Annotated[Optional[float], _model("Dropout on the embedding, between layers and before the output.",
+                                               "dropout")] = None,
+    tie_weights: Annotated[Optional[bool], typer.Option(
+        "--tie-weights/--no-tie-weights", help="Share the embedding and output matrices (sizes must match). "
+        "\\[default: no]", rich_help_panel=MODEL, show_default=False)] = None,
+    bytes_mode: Annotated[bool, typer.Option(
+        "--bytes", help="Byte-level vocabulary of 256: accepts any file, including invalid UTF-8.",
+        rich_help_panel=DATA)] = False,
+    val_frac: Annotated[Optional[float], _train("Fraction at the end of the text held out for validation.",
+                                                "val_frac", DATA)] = None,
+    batch_size: Annotated[Optional[int], _train("Contiguous streams trained side by side.", "batch_size", DATA)] = None,
+    seq_len: Annotated[Optional[int], _train("Truncated-BPTT window; the hidden state carries across windows.",
+                                             "seq_len", DATA)] = None,
+    reset_on: Annotated[Optional[str], _train(
+        "Reset the hidden state at this delimiter, for a corpus of independent records (one poem, one joke each): "
+        "the model reads its last character from a zero state, in training, evaluation and sampling (\\n, \\t "
+        "and \\0 are understood, e.g. '\\n\\n').", panel=DATA)] = None,
+    carry_state: Annotated[Optional[bool], typer.Option(
+        "--carry-state/--no-carry-state", help="Carry the hidden state from window to window (off: an ablation). "
+        "\\[default: carry]", rich_help_panel=DATA, show_default=False)] = None,
+    lr: Annotated[Optional[float], _train("Peak learning rate (AdamW).", "lr")] = None,
+    weight_decay: Annotated[Optional[float], _train("AdamW weight decay on matrices.", "weight_decay")] = None,
+    grad_clip: Annotated[Optional[float], _train("Clip the global gradient norm to this; 0 turns it off.",
+                                                 "grad_clip")] = None,
+    schedule: Annotated[Optional[Schedule], _train(
+        "Learning-rate schedule after warm-up: cosine decay over the training budget, halving on a validation "
+        "plateau, or constant.", "schedule")] = None,
+    warmup_steps: Annotated[Optional[int], _train("Linear warm-up steps.", "warmup_steps")] = None,
+    min_lr_ratio: Annotated[Optional[float], _train("Cosine decays to lr x this.", "min_lr_ratio")] = None,
+    epochs: Annotated[Optional[float], _train(
+        f"Stop after this many passes over the training text. \\[default: {TrainConfig.DEFAULT_EPOCHS:g} when no "
+        "other limit is given]", panel=STOP)] = None,
+    max_steps: Annotated[Optional[int], _train("Stop after this many optimiser steps.", panel=STOP)] = None,
+    max_time: Annotated[Optional[str], _train(
+        "Stop after this much training time, e.g. 90s, 10m, 2h, 1h30m. The learning-rate schedule spans whichever "
+        "limit comes first.", panel=STOP)] = None,
+    patience: Annotated[Optional[int], _train(
+        "Stop early after N evaluations in a row without a new best validation loss.", panel=STOP)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run directory. \\[default: runs/CORPUS-NAME, numbered so no run is overwritten]",
+        rich_help_panel=RUN, show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.",
+                                            rich_help_panel=RUN)] = False,
+    resume: Annotated[Optional[Path], _train(
+        "Continue this run directory from its last.pt, towards the limits it was started with (a new "
+        "--epochs/--max-steps/--max-time extends them).", panel=RUN)] = None,
+    eval_every: Annotated[Optional[int], _train(
+        "Evaluate on the validation text every N steps (and at the end), saving checkpoints.", "eval_every",
+        RUN)] = None,
+    eval_chars: Annotated[Optional[int], _train(
+        "Score at most this many validation characters per evaluation (its start), so a huge corpus evaluates in "
+        "seconds; 0 scores all of it.", "eval_chars", RUN)] = None,
+    save_every: Annotated[Optional[str], _train(
+        "Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at evaluations "
+        "and the end. \\[default: 10m]", panel=RUN)] = None,
+    keep: Annotated[Optional[int], _train(
+        "Besides last.pt and best.pt, keep the N checkpoints saved before the last one, in RUN_DIR/checkpoints/ "
+        "(oldest removed first).", "keep", RUN)] = None,
+    log_every: Annotated[Optional[int], _train("Log training loss and speed every N steps.", "log_every", RUN)] = None,
+    sample_every: Annotated[Optional[int], _train(
+        f"Print a {TrainConfig.sample_chars}-character sample to stderr every N steps, to watch the model learn "
+        "(it does not change the training).", panel=RUN)] = None,
+    seed: Annotated[Optional[int], _train("Random seed.", "seed", RUN)] = None,
+    device: Annotated[Optional[Device], device_option(RUN)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.",
+                                        rich_help_panel=RUN)] = False,
+    nproc: Annotated[Optional[int], _train(
+        "Train data-parallel with N processes on this machine, as torchrun would start them (one per GPU, NCCL; "
+        "on CPUs, gloo). The global --batch-size is split between them.", panel=RUN)] = None,
+    context: typer.Context = None,
+) -> None:
+    """Train a model on CORPUS, writing a run directory with checkpoints and metrics.
+
+    Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
+    """
+    ranks = ranks_from_environment()
+    if nproc is not None:
+        if nproc < 1:
+            raise CharnnError(f"--nproc must be at least 1, not {nproc}")
+        if nproc > 1 and not ranks.active:
+            raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
+    options = given(val_frac=val_frac, batch_size=batch_size, seq_len=seq_len, carry_state=carry_state, lr=lr,
+                    weight_decay=weight_decay, grad_clip=grad_clip, schedule=schedule, warmup_steps=warmup_steps,
+                    min_lr_ratio=min_lr_ratio, epochs=epochs, max_steps=max_steps, eval_every=eval_every, keep=keep,
+                    log_every=log_every, seed=seed, patience=patience, sample_every=sample_every, device=device)
+    if max_time is not None:
+        options["max_time"] = parse_duration(max_time)
+    if eval_chars is not None:
+        options["eval_chars"] = eval_chars or None  # 0: the whole validation text
+    if save_every is not None:  # "0" legitimately sets both to None
+        options["save_every_steps"], options["save_every_seconds"] = parse_save_every(save_every)
+    model = given(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
+                  tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
+    request = TrainRequest(corpus=tuple(corpus or ()), model=model, train=options,
+                           vocab_mode="byte" if bytes_mode else None, out=out, overwrite=overwrite, resume=resume)
+    _run(request, process_group(ranks), quiet)
+
+
+def _run(request: TrainRequest, group, quiet: bool) -> None:
+    """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
+    console = stderr()
+    quiet, silent = quiet or not group.is_main, not group.is_main
+    events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
+    with StopFlag() as stop:
+        try:
+            trainer = open_training(request, TrainHooks(events, stop, group))
+            try:
+                result = trainer.run()
+            finally:
+                trainer.release()
+                if group.is_main:
+                    events.close(trainer.snapshot())
+        except BaseException:
+            leave_process_group()  # no waiting: the other ranks may be gone
+            raise
+        leave_process_group(wait=True)
+    state = result.state
+    if result.stop_reason == "interrupted":
+        say(console, f"stopped by {stop.name} at step {state.step:,}; saved {RunDir(result.run_dir).last}", quiet=silent)
+        say(console, f"resume with: charnn train --resume {result.run_dir}", quiet=silent)
+        raise typer.Exit(stop.exit_code)
+    reason = result.stop_reason.replace("_", "-")
+    if result.stop_reason == "patience":
+        reason = f"no new best validation loss in {trainer.config.patience} evaluations"
+    best = state.best_val_loss
+    say(console, f"done ({reason}): {state.step:,} steps, best validation loss {best:.4f} nats/char "
+                 f"({bits(best):.4f} bpc); model in {result.run_dir}", quiet=quiet)

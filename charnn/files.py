@@ -1,0 +1,99 @@
+"""Writing files so that a crash never leaves half of one: temporary file, fsync, rename.
+
+Plain Python, no PyTorch: the run directory, the token cache and checkpoints all write through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    Readers see the old file or the new one, never half of one; on any failure
+    the old file is untouched and the temporary file is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def keep_copy(path: str | os.PathLike, copy: str | os.PathLike) -> None:
+    """Make `copy` hold what `path` holds now, atomically: a hard link where the file system allows
+    one (no extra space; `path` is later replaced by rename, so the copy keeps the old contents)."""
+    path, copy = Path(path), Path(copy)
+    tmp = copy.with_name(f".{copy.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        atomic_write(copy, lambda f: f.write(path.read_bytes()))
+        return
+    os.replace(tmp, copy)
+    fsync_dir(copy.parent)
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left behind."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON in `path`, or None if it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_torch_archive(path: str | os.PathLike) -> bool:
+    """Whether a file starts like a torch.save archive (a zip file); False for anything unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(TORCH_ARCHIVE_MAGIC)) == TORCH_ARCHIVE_MAGIC
+    except OSError:
+        return False

@@ -1,0 +1,280 @@
+"""A run directory and the runs root: the one place that knows their layout.
+
+A run directory holds:
+    config.json       model, training and corpus settings, for people and tools
+    metrics.jsonl     one JSON object per log line and per evaluation
+    tokens.npy        the encoded corpus (memory-mapped; a hard link into the cache), so a resume needs
+                      neither the files nor stdin again
+    last.pt           everything needed to resume (weights, optimiser, schedule, RNG, data position)
+    best.pt           the weights with the lowest validation loss, for sampling and evaluation
+    checkpoints/      with --keep: earlier last.pt files, step-N.pt
+
+The runs root (runs/, or $CHARNN_RUNS_DIR) holds run directories, `latest` (the path of the newest
+run, which commands use by default) and the token cache (`.cache/`, owned by `charnn.tokens`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CharnnError
+from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
+
+RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
+LATEST = "latest"
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+
+
+class RunDir:
+    """One run's directory: every file in it is named, read and written here."""
+
+    CONFIG, METRICS, TOKENS, LAST, BEST = "config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt"
+    KEPT = "checkpoints"  # --keep: earlier last.pt files
+    FILES = (CONFIG, METRICS, TOKENS, LAST, BEST)
+    CHECKPOINTS = (LAST, BEST)
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.path / self.TOKENS
+
+    @property
+    def last(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def kept_dir(self) -> Path:
+        return self.path / self.KEPT
+
+    # --- what is there ---------------------------------------------------------------------
+
+    @classmethod
+    def is_run(cls, path: str | os.PathLike) -> bool:
+        path = Path(path)
+        return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST))
+
+    def checkpoints(self) -> list[str]:
+        """The names of last.pt and best.pt, those present."""
+        return [name for name in self.CHECKPOINTS if (self.path / name).is_file()]
+
+    def kept_checkpoints(self) -> list[Path]:
+        return sorted(self.kept_dir.glob("step-*.pt"))  # zero-padded: name order is step order
+
+    def checkpoint(self, prefer: str = "best") -> Path:
+        """The checkpoint to load: best.pt (else last.pt), or last.pt first with prefer='last'."""
+        order = (self.BEST, self.LAST) if prefer == "best" else (self.LAST, self.BEST)
+        for name in order:
+            if (self.path / name).is_file():
+                return self.path / name
+        if self.is_run(self.path):
+            raise CharnnError(f"{self.path}: run has no checkpoint yet", hint="wait for the first evaluation or save")
+        raise CharnnError(f"{self.path}: not a run directory (no config.json, last.pt or best.pt)")
+
+    def mtime(self) -> float:
+        """When the newest of the run's files was written, in seconds since the epoch (0: none is)."""
+        times = [0.0]
+        for name in self.FILES:
+            try:
+                times.append((self.path / name).stat().st_mtime)
+            except OSError:
+                continue
+        return max(times)
+
+    def updated(self) -> datetime | None:
+        mtime = self.mtime()
+        return datetime.fromtimestamp(mtime).astimezone() if mtime else None
+
+    # --- config.json -----------------------------------------------------------------------
+
+    def read_config(self) -> dict | None:
+        """config.json, or None if it is missing, unreadable or has no model section."""
+        config = read_json(self.config_path)
+        return config if isinstance(config, dict) and isinstance(config.get("model"), dict) else None
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.config_path, config)
+
+    def record_train_config(self, train: dict) -> None:
+        """config.json shows the limits and cadence in force now (a resume may extend them)."""
+        saved = read_json(self.config_path)
+        if not isinstance(saved, dict):
+            return  # a run without a readable config.json still resumes: last.pt has everything
+        if saved.get("train") != train:
+            saved["train"] = train
+            write_json(self.config_path, saved)
+
+    # --- creating ----------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the directory, removing the files of a run it held (replacing one was checked earlier)."""
+        for name in self.FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.kept_dir, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """What writers killed mid-write left behind, in the run and its kept checkpoints."""
+        for directory in (self.path, self.kept_dir):
+            remove_temporaries(directory)
+
+    # --- metrics.jsonl -----------------------------------------------------------------------
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def cut_metrics_after(self, step: int) -> None:
+        """Drop log lines written after `step` (the checkpoint a resume starts from): that stretch is
+        trained again. Lines cut short by a crash go too."""
+        if not self.metrics_path.is_file():
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        if len(kept) != len(lines):
+            atomic_write(self.metrics_path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
+
+    # --- kept checkpoints --------------------------------------------------------------------
+
+    def keep_last(self, step: int) -> None:
+        """With --keep: the last.pt about to be replaced (written at `step`) stays as checkpoints/step-N.pt."""
+        if not self.last.is_file():
+            return
+        self.kept_dir.mkdir(exist_ok=True)
+        keep_copy(self.last, self.kept_dir / f"step-{step:09d}.pt")
+
+    def prune_kept(self, keep: int) -> None:
+        """Remove the oldest kept checkpoints beyond the newest `keep`."""
+        kept = self.kept_checkpoints()
+        for old in kept[: max(len(kept) - keep, 0)]:
+            old.unlink(missing_ok=True)
+
+    # --- tokens.npy --------------------------------------------------------------------------
+
+    def tokens(self) -> np.ndarray:
+        from .tokens import open_tokens  # noqa: PLC0415 (the token file format is charnn.tokens')
+
+        if not self.tokens_path.is_file():
+            raise CharnnError(f"{self.path}: run has no tokens.npy; cannot resume without the encoded corpus")
+        return open_tokens(self.tokens_path)
+
+    def validation_tokens(self, val_frac) -> np.ndarray | None:
+        """The run's own validation text (the last `val_frac` of its tokens), or None if it has none."""
+        from .data import split_train_val  # noqa: PLC0415
+
+        if not self.tokens_path.is_file() or isinstance(val_frac, bool) or not isinstance(val_frac, (int, float)):
+            return None
+        return split_train_val(self.tokens(), val_frac)[1]
+
+
+# --- the runs root ----------------------------------------------------------------------------
+
+
+def remember_latest(run_dir: str | os.PathLike, root: Path | None = None) -> None:
+    root = root or runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / LATEST).write_text(str(Path(run_dir).resolve()) + "\n", encoding="utf-8")
+
+
+def latest_run(root: Path | None = None) -> Path:
+    """The run `runs/latest` names, else the run directory under the root written to last."""
+    root = root or runs_root()
+    pointer = root / LATEST
+    if pointer.is_file():
+        remembered = Path(pointer.read_text(encoding="utf-8").strip())
+        if RunDir.is_run(remembered):
+            return remembered
+    candidates = [RunDir(p) for p in root.iterdir() if RunDir.is_run(p)] if root.is_dir() else []
+    if not candidates:
+        raise CharnnError(
+            f"no trained model found under {root}/",
+            hint="train one with `charnn train CORPUS`, or name a run directory or checkpoint",
+        )
+    return max(candidates, key=RunDir.mtime).path
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run directories directly under `root`; hidden ones (the token cache) and `latest` skipped."""
+    if not root.is_dir():
+        return []
+    return [path for path in sorted(root.iterdir())
+            if not path.name.startswith(".") and path.name != LATEST and RunDir.is_run(path)]
+
+
+def resolve_checkpoint(model: str | os.PathLike | None, prefer: str = "best") -> Path:
+    """The checkpoint a sample/eval command should load: a file as given, or a run's best (else last)."""
+    path = latest_run() if model is None else Path(model)
+    if path.is_dir():
+        return RunDir(path).checkpoint(prefer)
+    if not path.exists():
+        raise CharnnError(f"{path}: no such run directory or checkpoint")
+    return path
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """A run directory, a .pt file, or any file that starts like a torch.save archive."""
+    return RunDir.is_run(path) or path.suffix == ".pt" or (path.is_file() and is_torch_archive(path))
+
+
+def new_run_path(name: str, out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Where a new run goes: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one.
+
+    Nothing is created or removed here: that waits for `RunDir.create`, once everything that can
+    fail before training (reading the corpus, building the model) has succeeded.
+    """
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CharnnError(f"--out {run_dir}: exists and is not a directory")
+        if RunDir.is_run(run_dir) and not overwrite:
+            raise CharnnError(f"--out {run_dir}: already holds a run",
+                              hint="use --resume to continue it, --overwrite to replace it, or another --out")
+        return run_dir
+    root = runs_root()
+    run_dir = root / name
+    n = 2
+    while run_dir.exists():
+        run_dir = root / f"{name}-{n}"
+        n += 1
+    return run_dir
