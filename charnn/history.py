@@ -321,8 +321,7 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
         if not is_torch_archive(path):
             raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives)")
         return _info_from_checkpoint(path)
-    if not RunDir.is_run(path):
-        raise CharnnError(f"{path}: not a run directory (no config.json, last.pt or best.pt)")
+    RunDir(path).require()
     latest = root_latest.resolve() if root_latest else _latest_path(runs_root())
     summary = summarize_run(path, latest=path.resolve() == latest)
     problems = []

@@ -44,6 +44,9 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.config_path, self.metrics_path = self.path / self.CONFIG, self.path / self.METRICS
+        self.tokens_path, self.kept_dir = self.path / self.TOKENS, self.path / self.KEPT
+        self.last, self.best = self.path / self.LAST, self.path / self.BEST
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -57,30 +60,6 @@ class RunDir:
 
     def file(self, name: str) -> Path:
         return self.path / name
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def tokens_path(self) -> Path:
-        return self.path / self.TOKENS
-
-    @property
-    def last(self) -> Path:
-        return self.path / self.LAST
-
-    @property
-    def best(self) -> Path:
-        return self.path / self.BEST
-
-    @property
-    def kept_dir(self) -> Path:
-        return self.path / self.KEPT
 
     # --- what is there ---------------------------------------------------------------------
 
@@ -102,9 +81,14 @@ class RunDir:
         for name in order:
             if (self.path / name).is_file():
                 return self.path / name
-        if self.is_run(self.path):
-            raise CharnnError(f"{self.path}: run has no checkpoint yet", hint="wait for the first evaluation or save")
-        raise CharnnError(f"{self.path}: not a run directory (no config.json, last.pt or best.pt)")
+        self.require()
+        raise CharnnError(f"{self.path}: run has no checkpoint yet", hint="wait for the first evaluation or save")
+
+    def require(self) -> RunDir:
+        """This run directory, or a CharnnError if the path is not one."""
+        if not self.is_run(self.path):
+            raise CharnnError(f"{self.path}: not a run directory (no {self.CONFIG}, {self.LAST} or {self.BEST})")
+        return self
 
     def mtime(self) -> float:
         """When the newest of the run's files was written, in seconds since the epoch (0: none is)."""
@@ -196,7 +180,7 @@ class RunDir:
         from .tokens import open_tokens  # noqa: PLC0415 (the token file format is charnn.tokens')
 
         if not self.tokens_path.is_file():
-            raise CharnnError(f"{self.path}: run has no tokens.npy; cannot resume without the encoded corpus")
+            raise CharnnError(f"{self.path}: run has no {self.TOKENS}; cannot resume without the encoded corpus")
         return open_tokens(self.tokens_path)
 
     def validation_tokens(self, val_frac) -> np.ndarray | None:

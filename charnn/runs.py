@@ -40,7 +40,7 @@ class TrainRequest:
     corpus: tuple[str, ...] = ()  # files, directories or '-'
     model: dict = field(default_factory=dict)  # ModelConfig fields; `reset_on`: the delimiter as text
     train: dict = field(default_factory=dict)  # TrainConfig fields
-    vocab_mode: str | None = None  # "byte" with --bytes
+    vocab_mode: str | None = None  # "byte" with --bytes; None: Vocab's default (characters), or the run's
     out: Path | None = None
     overwrite: bool = False
     resume: Path | None = None  # continue this run instead of starting one
@@ -74,7 +74,7 @@ def open_training(request: TrainRequest, hooks: TrainHooks | None = None, stdin:
 
 
 def start_training(corpus_paths: Sequence[str], model_options: dict | None = None, config: TrainConfig | None = None,
-                   *, vocab_mode: str = "char", out: str | Path | None = None, overwrite: bool = False,
+                   *, vocab_mode: str | None = None, out: str | Path | None = None, overwrite: bool = False,
                    stdin: BinaryIO | None = None, hooks: TrainHooks | None = None) -> Trainer:
     """Read and encode the corpus, create the run directory, and return a Trainer ready to `run()`.
 
@@ -103,7 +103,7 @@ def _start(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin)
 def _new_run(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin) -> Trainer:
     root = runs_root()
     with corpus_files(request.corpus, stdin=stdin, spool_dir=cache_dir(root)) as corpus:
-        encoded = encode_cached(corpus, request.vocab_mode or "char", root)
+        encoded = encode_cached(corpus, request.vocab_mode or Vocab.mode, root)
         name, sources = corpus.name, corpus.sources
     try:
         return _create_run(encoded, name, sources, request, config, hooks)
@@ -233,5 +233,5 @@ def _checked_tokens(run: RunDir, vocab: Vocab, corpus_info: dict, corpus, stdin)
             raise CharnnError(f"--resume {run.path}: the corpus given is not the one this run was trained on",
                               hint="leave the corpus out: the run keeps its own encoded copy")
     if len(tokens) != corpus_info.get("tokens", len(tokens)) or (len(tokens) and int(np.max(tokens)) >= vocab.size):
-        raise CharnnError(f"{run.path}: tokens.npy does not match the run's vocabulary or corpus")
+        raise CharnnError(f"{run.tokens_path}: does not match the run's vocabulary or corpus")
     return tokens

@@ -30,7 +30,6 @@ from .rundir import RunDir
 from .sampling import preview_text
 from .train_state import (RunWriter, TrainState, capture_rng_state, resume_payload, seed_everything,
                           weights_payload)
-from .vocab import Vocab
 
 MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
 MEMORY_HINT = "reduce --batch-size, --seq-len, --hidden-size or --layers, or train on another --device"
@@ -78,7 +77,7 @@ class _BadSteps:
         self.count += 1
         if self.count >= MAX_BAD_STEPS:
             raise CharnnError(f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row; "
-                          f"the last good checkpoint is {self.run.last}", hint="lower --lr or --grad-clip")
+                              f"the last good checkpoint is {self.run.last}", hint="lower --lr or --grad-clip")
 
 
 def train_record(state: TrainState, epochs: float, loss: float, lr: float, chars_per_sec: float,
@@ -96,13 +95,16 @@ def eval_record(state: TrainState, epochs: float, result, seconds: float) -> dic
 
 
 class Trainer:
+    """Trains `data` into a model of `model_config`, writing the run directory `run_dir` (rank 0 only)."""
+
     def __init__(self, model_config: ModelConfig, config: TrainConfig, data: TrainData, run_dir: str | Path,
                  events: TrainEvents | None = None, should_stop: Callable[[], str | None] | None = None,
                  group: SingleProcess | None = None):
         self.model_config = model_config.validate()
         self.config = config.validate()
-        self.data = data
+        self.data, self.vocab = data, data.vocab
         self.rundir = RunDir(run_dir)
+        self.run_dir = self.rundir.path
         self.events = events or TrainEvents()
         self.should_stop = should_stop or (lambda: None)
         self.group = group or SingleProcess()
@@ -112,6 +114,7 @@ class Trainer:
         seed_everything(config.seed)
         with out_of_memory_is_an_error(f"building the model on {self.device}", MEMORY_HINT):
             self.model = CharRNN(model_config).to(self.device)  # the same on every process: same seed
+        self.parameters = self.model.num_parameters()
         self.group.reseed(config.seed)
         self.net = self.model  # what the training step calls: DDP's wrapper once `run` starts on several processes
         self.optimizer = make_optimizer(self.model, config)
@@ -126,14 +129,6 @@ class Trainer:
         self._last_eval: dict | None = None
         # what should_stop said, and whether --save-every's clock says to save: agreed on by every process
         self._stop_request, self._clock_save_due = None, False
-
-    @property
-    def vocab(self) -> Vocab:
-        return self.data.vocab
-
-    @property
-    def run_dir(self) -> Path:
-        return self.rundir.path
 
     # --- resume, and where training is ----------------------------------------------------
 
@@ -167,7 +162,7 @@ class Trainer:
     def snapshot(self) -> TrainSnapshot:
         s = self.state
         return TrainSnapshot(step=s.step, epoch=self.epoch_progress, budget=self.budget_fraction(), elapsed=s.elapsed,
-                             model=self.model_config, config=self.config, parameters=self.model.num_parameters(),
+                             model=self.model_config, config=self.config, parameters=self.parameters,
                              device=self.device.type, train_chars=len(self.train_data),
                              val_chars=len(self.val_data), run_dir=self.rundir.path)
 

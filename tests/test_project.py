@@ -38,3 +38,20 @@ def test_corpora_match_their_readme():
     for name in ("tinyshakespeare.txt", "warandpeace.txt", "nietzsche.txt"):
         digest = hashlib.sha256((REPO / "corpora" / name).read_bytes()).hexdigest()
         assert digest in readme, name
+
+
+def test_the_readme_library_example_runs_as_written(tmp_path):
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Using the library", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    (tmp_path / "corpora").symlink_to(REPO / "corpora")
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] == "stopped at step 200 (max_steps)"
+    sample = "\n".join(lines[1:-2])
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 200
+    bpc = float(lines[-2].removesuffix(" bits per character"))
+    assert 0 < bpc < 6  # 200 steps already beat the 6.0 bits of a uniform guess over 65 characters
+    assert (tmp_path / "runs" / "demo" / "best.pt").is_file()

@@ -24,6 +24,7 @@ MARKER = "●"  # validation points: they stay distinguishable from the train li
 _BRAILLE_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 _CHROME_LINES = 6  # title, axis names, x axis, x labels, x axis name, legend
 MIN_WIDTH, MIN_HEIGHT = 40, 12
+PNG_SIZE = (1200, 700)  # pixels
 
 
 # --- ticks and labels ---------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def save_png(curves: LossCurves, path: Path, size: tuple[int, int] = (1200, 700)) -> None:
+def save_png(curves: LossCurves, path: Path, size: tuple[int, int] = PNG_SIZE) -> None:
     """Write the chart as a PNG of exactly `size` pixels, with matplotlib's Agg backend (no display)."""
     if curves.empty:
         raise CharnnError("nothing to plot yet: the run has logged no loss")

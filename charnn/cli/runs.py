@@ -18,7 +18,7 @@ from ..rundir import runs_root
 from ..units import bits, format_duration
 from .app import app, print_json, say, stderr
 from .options import EXIT_CODES_HELP, JsonFlag, ModelArgument, XAxis
-from .plotting import parse_size, print_chart, save_png
+from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
 
 @app.command("runs", epilog=EXIT_CODES_HELP)
@@ -205,7 +205,8 @@ def plot_command(
     png: Annotated[Optional[Path], typer.Option(
         help="Write the chart to this PNG file instead of drawing it in the terminal (needs matplotlib: "
              "pip install 'charnn[plot]').", show_default=False)] = None,
-    png_size: Annotated[str, typer.Option(help="PNG size in pixels, WIDTHxHEIGHT.")] = "1200x700",
+    png_size: Annotated[Optional[str], typer.Option(
+        help=f"PNG size in pixels, WIDTHxHEIGHT. \\[default: {PNG_SIZE[0]}x{PNG_SIZE[1]}]", show_default=False)] = None,
     width: Annotated[Optional[int], typer.Option(
         help="Terminal chart width in characters. \\[default: the terminal's, at most 160]", show_default=False)] = None,
     height: Annotated[Optional[int], typer.Option(
@@ -219,7 +220,7 @@ def plot_command(
     # an explicit --width holds even where the console guesses 80 columns (a pipe, a file)
     console: Console = stderr(width)
     if png is not None:
-        size = parse_size(png_size)
+        size = parse_size(png_size) if png_size is not None else PNG_SIZE
         save_png(curves, png, size)
         say(console, f"wrote {png} ({size[0]}x{size[1]})")
         return

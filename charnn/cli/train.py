@@ -95,7 +95,7 @@ def train(
         "seconds; 0 scores all of it.", "eval_chars", RUN)] = None,
     save_every: Annotated[Optional[str], _train(
         "Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at evaluations "
-        "and the end. \\[default: 10m]", panel=RUN)] = None,
+        f"and the end. \\[default: {TrainConfig.save_every_seconds / 60:g}m]", panel=RUN)] = None,
     keep: Annotated[Optional[int], _train(
         "Besides last.pt and best.pt, keep the N checkpoints saved before the last one, in RUN_DIR/checkpoints/ "
         "(oldest removed first).", "keep", RUN)] = None,
