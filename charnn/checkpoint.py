@@ -9,6 +9,7 @@ or newer file is refused with a clear message instead of a traceback.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import CharnnError
-from .files import atomic_write
+from .files import TORCH_ARCHIVE_MAGIC, atomic_write
 from .model import CharRNN
 from .vocab import Vocab
 
@@ -36,18 +37,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CharnnError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CharnnError(f"{path}: is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CharnnError(f"{path}: checkpoint is empty")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged or unsafe files
-        reason = "it holds objects that are not plain data; refusing to load them" if "weights_only" in str(
-            err) or "Unsupported global" in str(err) else "it is damaged, truncated or not a charnn checkpoint"
-        raise CharnnError(f"{path}: cannot load checkpoint: {reason}") from None
+        with open(path, "rb") as f:
+            head = f.read(len(TORCH_ARCHIVE_MAGIC))
+    except OSError as err:
+        raise CharnnError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not head:
+        raise CharnnError(f"{path}: checkpoint is empty")
+    if head != TORCH_ARCHIVE_MAGIC:
+        raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives)")
+    payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharnnError(f"{path}: not a charnn checkpoint")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CharnnError(f"{path}: checkpoint has no valid format_version")
     if version > FORMAT_VERSION:
         raise CharnnError(
@@ -60,20 +63,71 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint") -> tuple[CharRNN, Vocab]:
-    """Rebuild the model (on the CPU, in eval mode) and vocabulary a checkpoint describes."""
+def _torch_load(path: Path):
+    """torch.load with weights_only=True: anything but tensors and plain data is refused, not run."""
     try:
-        config = ModelConfig.from_dict(payload["model_config"])
+        with warnings.catch_warnings():  # torch warns about legacy files before refusing them: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CharnnError(f"{path}: cannot read ({err.strerror or err})") from None
+    except Exception as err:  # torch raises many types for damaged or unsafe files
+        text = str(err)
+        unsafe = "Unsupported global" in text or "Unsupported operand" in text or "GLOBAL" in text
+        reason = ("it holds objects that are not plain data; refusing to load them" if unsafe
+                  else "it is damaged or truncated")
+        raise CharnnError(f"{path}: cannot load checkpoint: {reason}") from None
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor a CharRNN of this configuration holds, by state_dict name."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell] * config.hidden_size
+    shapes = {"embedding.weight": (config.vocab_size, config.embed_size)}
+    for layer in range(config.num_layers):
+        inputs = config.embed_size if layer == 0 else config.hidden_size
+        shapes.update({f"rnn.weight_ih_l{layer}": (gates, inputs), f"rnn.weight_hh_l{layer}": (gates, config.hidden_size),
+                       f"rnn.bias_ih_l{layer}": (gates,), f"rnn.bias_hh_l{layer}": (gates,)})
+    shapes.update({"head.weight": (config.vocab_size, config.hidden_size), "head.bias": (config.vocab_size,)})
+    return shapes
+
+
+def check_weights(state: dict, config: ModelConfig, source) -> None:
+    """The tensors are the ones the configuration describes, name for name and shape for shape."""
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CharnnError(f"{source}: checkpoint's model_state is not a set of tensors")
+    expected = expected_shapes(config)
+    missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or extra:
+        raise CharnnError(f"{source}: checkpoint's weights do not match its model config "
+                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CharnnError(f"{source}: checkpoint's weights do not match its model config "
+                              f"({name} is {tuple(state[name].shape)}, the config says {shape})")
+
+
+def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint") -> tuple[CharRNN, Vocab]:
+    """Rebuild the model (on the CPU, in eval mode) and vocabulary a checkpoint describes, after checking
+    its configuration against its tensors: nothing is built from a configuration the tensors do not fit."""
+    try:
+        if not isinstance(payload.get("model_config"), dict) or not isinstance(payload.get("vocab"), dict):
+            raise TypeError("model_config and vocab must be mappings")
+        config = ModelConfig.from_dict(payload["model_config"]).validate()
         vocab = Vocab.from_dict(payload["vocab"])
-        model = CharRNN(config)
-        model.load_state_dict(payload["model_state"])
     except CharnnError as err:
         raise CharnnError(f"{source}: checkpoint has an invalid model config: {err}") from None
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CharnnError(f"{source}: checkpoint does not describe a valid model ({first})") from None
     if vocab.size != config.vocab_size:
         raise CharnnError(f"{source}: checkpoint vocabulary ({vocab.size}) does not match the model ({config.vocab_size})")
+    check_weights(payload["model_state"], config, source)
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(payload["model_state"])
+    except (RuntimeError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CharnnError(f"{source}: checkpoint does not describe a valid model ({first})") from None
     model.eval()
     return model, vocab
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from .errors import CharnnError
 
 CELLS = ("lstm", "gru", "rnn")
+MAX_LAYERS = 64  # deeper stacks are no character model; building one takes minutes
+MAX_SEED = 2**63 - 1  # what every random number generator charnn seeds accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -33,6 +35,22 @@ def flag(name: str) -> str:
 def _require(ok: bool, option: str, message: str) -> None:
     if not ok:
         raise CharnnError(f"{option} {message}")
+
+
+def _require_types(config, types: dict) -> None:
+    """Each field of a type it may have (a checkpoint or JSON may hold anything); bool is not a number."""
+    for name, kind in types.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise CharnnError(f"{flag(name)} must be {_KIND_NAMES.get(kind, 'a number')}, not {value!r}")
+
+
+_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "text", (int, type(None)): "a whole number"}
+
+
+def _require_seed(seed) -> None:
+    ok = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
+    _require(ok, "--seed", f"must be a whole number from 0 to {MAX_SEED}, not {seed}")
 
 
 def _known_fields(cls, data: dict) -> dict:
@@ -58,7 +76,10 @@ class ModelConfig:
             object.__setattr__(self, "embed_size", self.hidden_size)
 
     def validate(self) -> ModelConfig:
+        _require_types(self, {"vocab_size": int, "num_layers": int, "hidden_size": int, "embed_size": int,
+                              "dropout": (int, float), "tie_weights": bool, "cell": str})
         _require(self.vocab_size >= 1, "vocab_size", "must be at least 1")
+        _require(self.num_layers <= MAX_LAYERS, "--layers", f"must be at most {MAX_LAYERS}, not {self.num_layers}")
         _require(self.cell in CELLS, "--cell", f"must be one of {', '.join(CELLS)}, not {self.cell!r}")
         _require(self.num_layers >= 1, "--layers", f"must be at least 1, not {self.num_layers}")
         _require(self.hidden_size >= 1, "--hidden-size", f"must be at least 1, not {self.hidden_size}")
@@ -119,6 +140,13 @@ class TrainConfig:
     DEFAULT_EPOCHS = 10.0
 
     def validate(self) -> TrainConfig:
+        number, maybe_int, maybe_number = (int, float), (int, type(None)), (int, float, type(None))
+        _require_types(self, {
+            "batch_size": int, "seq_len": int, "warmup_steps": int, "eval_every": int, "log_every": int, "keep": int,
+            "sample_chars": int, "val_frac": number, "lr": number, "weight_decay": number, "grad_clip": number,
+            "min_lr_ratio": number, "max_steps": maybe_int, "patience": maybe_int, "sample_every": maybe_int,
+            "save_every_steps": maybe_int, "eval_chars": maybe_int, "epochs": maybe_number, "max_time": maybe_number,
+            "save_every_seconds": maybe_number, "carry_state": bool, "schedule": str, "device": str})
         for option, value in (("--batch-size", self.batch_size), ("--seq-len", self.seq_len),
                               ("--eval-every", self.eval_every), ("--log-every", self.log_every)):
             _require(value >= 1, option, f"must be at least 1, not {value}")
@@ -148,6 +176,7 @@ class TrainConfig:
                 _require(value >= 1, option, f"must be at least 1, not {value}")
         _require(self.sample_chars >= 1, "sample_chars", f"must be at least 1, not {self.sample_chars}")
         _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _require_seed(self.seed)
         return self
 
     @property
@@ -213,6 +242,8 @@ class SampleRequest:
     beam: int | None = None  # beam search with this many beams instead of sampling
 
     def validate(self) -> SampleRequest:
+        if self.seed is not None:
+            _require_seed(self.seed)
         if self.length < 0:
             raise CharnnError(f"--length must be >= 0, not {self.length}")
         if self.num_samples < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from .errors import CharnnError
 STDIN = "-"
 _SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary, as git and grep do
 _READ_BYTES = 1 << 24  # 16 MiB at a time
+_DISK_RESERVE = 1 << 30  # a copy of a stream stops before it leaves less than 1 GiB free
 
 
 def describe_offset(sources: Sequence[str], offsets: Sequence[int], offset: int) -> str:
@@ -116,8 +118,21 @@ class CorpusFiles:
 
 
 def is_text_file(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\0" not in f.read(_SNIFF_BYTES)
+    try:
+        with open(path, "rb") as f:
+            return b"\0" not in f.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise CharnnError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _check_source(given: str, path: Path) -> None:
+    """A file or a pipe can be read; a device (/dev/zero, a terminal) cannot be a corpus."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise CharnnError(f"{given}: cannot read ({err.strerror or err})") from None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise CharnnError(f"{given}: a device, not a file or pipe", hint="name a text file, a directory or - for stdin")
 
 
 def expand_sources(paths: Sequence[str]) -> list[str]:
@@ -129,6 +144,8 @@ def expand_sources(paths: Sequence[str]) -> list[str]:
         if given == STDIN:
             files.append(STDIN)
             continue
+        if not given:
+            raise CharnnError("an empty corpus path", hint="name a file, a directory or - for stdin")
         path = Path(given)
         if path.is_dir():
             found = sorted(
@@ -141,6 +158,7 @@ def expand_sources(paths: Sequence[str]) -> list[str]:
                 raise CharnnError(f"{given}: directory has no text files")
             files.extend(found)
         elif path.exists():
+            _check_source(given, path)
             files.append(given)
         else:
             raise CharnnError(f"{given}: no such file or directory")
@@ -149,25 +167,56 @@ def expand_sources(paths: Sequence[str]) -> list[str]:
     return files
 
 
+def _read_as_stream(path: Path) -> bool:
+    """A pipe (bash's <(command)) can be read only once, and a file whose size says 0 may still have
+    text (/proc files): both are copied first, like stdin."""
+    return not path.is_file() or path.stat().st_size == 0
+
+
+def _stdin() -> BinaryIO:
+    if sys.stdin is None:
+        raise CharnnError("stdin is closed: there is no text to read from -", hint="pipe text in, or name a file")
+    return sys.stdin.buffer
+
+
 def _spool_file(source: str, directory: str | Path | None) -> str:
     try:
         with open(source, "rb") as stream:
-            return _spool(stream, directory)
+            return _spool(stream, directory, source)
     except OSError as err:
         raise CharnnError(f"{source}: cannot read ({err.strerror or err})") from None
 
 
-def _spool(stream: BinaryIO, directory: str | Path | None) -> str:
-    """Copy a stream (stdin, a pipe) to a temporary file, chunk by chunk, so it can be read more than once."""
+def _spool(stream: BinaryIO, directory: str | Path | None, source: str = "stdin") -> str:
+    """Copy a stream (stdin, a pipe) to a temporary file, chunk by chunk, so it can be read more than
+    once. The copy stops, and is removed, if it would leave the disk nearly full, and on Ctrl-C."""
     if stream.isatty() if hasattr(stream, "isatty") else False:
         raise CharnnError("reading the corpus from stdin, but stdin is a terminal",
                           hint="pipe text in, e.g. cat book.txt | charnn train -")
-    if directory is not None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=".stdin-", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "wb") as f:
-        shutil.copyfileobj(stream, f, _READ_BYTES)
+    try:
+        if directory is not None:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".stdin-", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise CharnnError(f"{directory}: cannot write a copy of {source} there ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _copy_with_room(stream, f, Path(path).parent, source)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
     return path
+
+
+def _copy_with_room(stream: BinaryIO, out, directory: Path, source: str) -> None:
+    copied = 0
+    while chunk := stream.read(_READ_BYTES):
+        free = shutil.disk_usage(directory).free
+        if free - len(chunk) < _DISK_RESERVE:
+            raise CharnnError(f"{source}: still going after {copied / 1e9:,.1f} GB, and the disk is nearly full "
+                              f"({free / 1e9:,.1f} GB free in {directory})", hint="is the input endless (yes, /dev/zero)?")
+        out.write(chunk)
+        copied += len(chunk)
 
 
 @contextmanager
@@ -180,11 +229,11 @@ def corpus_files(paths: Sequence[str], stdin: BinaryIO | None = None,
         files = []
         for source in sources:
             if source == STDIN:
-                spooled.append(_spool(stdin if stdin is not None else sys.stdin.buffer, spool_dir))
+                spooled.append(_spool(stdin if stdin is not None else _stdin(), spool_dir))
                 files.append(spooled[-1])
             elif Path(source).is_dir():
                 raise CharnnError(f"{source}: is a directory")
-            elif not Path(source).is_file():  # a pipe such as bash's <(command): it can be read only once
+            elif _read_as_stream(Path(source)):
                 spooled.append(_spool_file(source, spool_dir))
                 files.append(spooled[-1])
             else:

@@ -60,3 +60,5 @@ class TrainResult:
     state: object  # the TrainState it ended with
     run_dir: Path
     last_eval: dict | None = field(default=None)
+    # --overwrite: stopped before the new run had a model, so the old run was put back in its place
+    discarded: bool = False

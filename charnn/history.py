@@ -17,7 +17,6 @@ from pathlib import Path
 from .config import TrainConfig
 from .corpus import corpus_name
 from .errors import CharnnError
-from .files import is_torch_archive
 from .metrics import TAIL_BYTES, LossCurves, Progress, finite, loss_curves, read_metrics
 from .rundir import RunDir, latest_run, run_dirs, runs_root
 from .schedule import limit_reached
@@ -318,8 +317,6 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     if path.is_file():
-        if not is_torch_archive(path):
-            raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives)")
         return _info_from_checkpoint(path)
     RunDir(path).require()
     latest = root_latest.resolve() if root_latest else _latest_path(runs_root())

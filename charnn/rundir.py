@@ -9,6 +9,10 @@ A run directory holds:
     best.pt           the weights with the lowest validation loss, for sampling and evaluation
     checkpoints/      with --keep: earlier last.pt files, step-N.pt
 
+config.json names its format ("format": "charnn-run", "format_version"): that marker is how charnn
+knows a directory is a run it made, and so one it may write into or replace (`charnn.claim`). Runs
+made before the marker are recognised by the sections of their config.json.
+
 The runs root (runs/, or $CHARNN_RUNS_DIR) holds run directories, `latest` (the path of the newest
 run, which commands use by default) and the token cache (`.cache/`, owned by `charnn.tokens`).
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_
 
 RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST = "latest"
+RUN_FORMAT, RUN_FORMAT_VERSION = "charnn-run", 1
+_LEGACY_SECTIONS = ("model", "train", "vocab", "corpus")  # a config.json written before the marker
 
 
 def runs_root() -> Path:
@@ -39,6 +44,7 @@ class RunDir:
 
     CONFIG, METRICS, TOKENS, LAST, BEST = "config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt"
     KEPT = "checkpoints"  # --keep: earlier last.pt files
+    SET_ASIDE = ".replaced"  # the run that --overwrite replaces, until the new one has a model
     FILES = (CONFIG, METRICS, TOKENS, LAST, BEST)
     CHECKPOINTS = (LAST, BEST)
 
@@ -65,8 +71,31 @@ class RunDir:
 
     @classmethod
     def is_run(cls, path: str | os.PathLike) -> bool:
+        """A directory to read a run from (a damaged one included: `charnn runs` lists it with its problems).
+        Whether charnn may write into it is `owned`'s question."""
         path = Path(path)
-        return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST))
+        try:
+            return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST))
+        except OSError:
+            return False
+
+    def owned(self) -> bool:
+        """Whether charnn provably made this directory: its config.json carries charnn's run marker (or,
+        from before the marker, exactly charnn's sections). Only such a directory is ever written into
+        again or replaced."""
+        config = read_json(self.config_path)
+        if not isinstance(config, dict):
+            return False
+        version = config.get("format_version")
+        if config.get("format") == RUN_FORMAT and isinstance(version, int) and not isinstance(version, bool):
+            return True
+        return "format" not in config and all(isinstance(config.get(k), dict) for k in _LEGACY_SECTIONS)
+
+    def own_entries(self) -> list[Path]:
+        """What charnn wrote here and may remove: the run's files, kept checkpoints and temporaries."""
+        found = [self.path / name for name in self.FILES if (self.path / name).exists()]
+        found += self.kept_checkpoints() + sorted(self.path.glob(".*.tmp"))
+        return found
 
     def checkpoints(self) -> list[str]:
         """The names of last.pt and best.pt, those present."""
@@ -112,7 +141,8 @@ class RunDir:
         return config if isinstance(config, dict) and isinstance(config.get("model"), dict) else None
 
     def write_config(self, config: dict) -> None:
-        write_json(self.config_path, config)
+        """config.json, with charnn's run marker first."""
+        write_json(self.config_path, {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **config})
 
     def record_train_config(self, train: dict) -> None:
         """config.json shows the limits and cadence in force now (a resume may extend them)."""
@@ -124,13 +154,6 @@ class RunDir:
             write_json(self.config_path, saved)
 
     # --- creating ----------------------------------------------------------------------------
-
-    def create(self) -> None:
-        """Make the directory, removing the files of a run it held (replacing one was checked earlier)."""
-        for name in self.FILES:
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.kept_dir, ignore_errors=True)
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def remove_temporaries(self) -> None:
         """What writers killed mid-write left behind, in the run and its kept checkpoints."""
@@ -195,21 +218,42 @@ class RunDir:
 # --- the runs root ----------------------------------------------------------------------------
 
 
+def check_latest_pointer(root: Path | None = None) -> None:
+    """Refuse, before anything is written, a `latest` that charnn cannot replace (a directory)."""
+    pointer = (root or runs_root()) / LATEST
+    if pointer.is_dir() and not pointer.is_symlink():
+        raise CharnnError(f"{pointer}: is a directory; charnn keeps the path of the newest run in this file",
+                          hint="move the directory elsewhere")
+
+
 def remember_latest(run_dir: str | os.PathLike, root: Path | None = None) -> None:
+    """Point `latest` at this run: a new file renamed over the old pointer, never written through it
+    (a symbolic link there is replaced, not followed)."""
     root = root or runs_root()
     root.mkdir(parents=True, exist_ok=True)
-    (root / LATEST).write_text(str(Path(run_dir).resolve()) + "\n", encoding="utf-8")
+    check_latest_pointer(root)
+    text = str(Path(run_dir).resolve()) + "\n"
+    atomic_write(root / LATEST, lambda f: f.write(text.encode("utf-8")))
+
+
+def _remembered(pointer: Path) -> Path | None:
+    """The run a `latest` file names, if it is a readable pointer to a run."""
+    try:
+        if not pointer.is_file() or pointer.stat().st_size > 65536:
+            return None
+        remembered = Path(pointer.read_bytes().decode("utf-8").strip())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # damaged: fall back to the newest run
+    return remembered if str(remembered) and RunDir.is_run(remembered) else None
 
 
 def latest_run(root: Path | None = None) -> Path:
     """The run `runs/latest` names, else the run directory under the root written to last."""
     root = root or runs_root()
-    pointer = root / LATEST
-    if pointer.is_file():
-        remembered = Path(pointer.read_text(encoding="utf-8").strip())
-        if RunDir.is_run(remembered):
-            return remembered
-    candidates = [RunDir(p) for p in root.iterdir() if RunDir.is_run(p)] if root.is_dir() else []
+    remembered = _remembered(root / LATEST)
+    if remembered is not None:
+        return remembered
+    candidates = [RunDir(p) for p in run_dirs(root)]
     if not candidates:
         raise CharnnError(
             f"no trained model found under {root}/",
@@ -239,26 +283,3 @@ def resolve_checkpoint(model: str | os.PathLike | None, prefer: str = "best") ->
 def looks_like_checkpoint(path: Path) -> bool:
     """A run directory, a .pt file, or any file that starts like a torch.save archive."""
     return RunDir.is_run(path) or path.suffix == ".pt" or (path.is_file() and is_torch_archive(path))
-
-
-def new_run_path(name: str, out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """Where a new run goes: `out` if given, else runs/NAME, runs/NAME-2, ... never reusing one.
-
-    Nothing is created or removed here: that waits for `RunDir.create`, once everything that can
-    fail before training (reading the corpus, building the model) has succeeded.
-    """
-    if out is not None:
-        run_dir = Path(out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CharnnError(f"--out {run_dir}: exists and is not a directory")
-        if RunDir.is_run(run_dir) and not overwrite:
-            raise CharnnError(f"--out {run_dir}: already holds a run",
-                              hint="use --resume to continue it, --overwrite to replace it, or another --out")
-        return run_dir
-    root = runs_root()
-    run_dir = root / name
-    n = 2
-    while run_dir.exists():
-        run_dir = root / f"{name}-{n}"
-        n += 1
-    return run_dir

@@ -17,13 +17,15 @@ import numpy as np
 
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, flag
-from .corpus import corpus_files
+from .corpus import corpus_files, expand_sources
 from .data import TrainData, check_split_sizes, split_train_val
 from .device import resolve_device
 from .distributed import SingleProcess
 from .errors import CharnnError
 from .events import TrainEvents
-from .rundir import RunDir, new_run_path, remember_latest, runs_root
+from .memory import TRAIN_HINT, require_memory, training_bytes
+from .claim import check_out, claim_for_resume, claim_new_run
+from .rundir import RunDir, check_latest_pointer, remember_latest, runs_root
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
 from .train import Trainer
 from .vocab import Vocab
@@ -65,12 +67,28 @@ def open_training(request: TrainRequest, hooks: TrainHooks | None = None, stdin:
         if request.vocab_mode is not None:
             overrides["vocab_mode"] = request.vocab_mode
         return resume_training(request.resume, overrides, corpus=request.corpus or None, stdin=stdin, hooks=hooks)
-    if not request.corpus:
-        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
-    config = TrainConfig(**request.train).validate()
+    config = check_request(request)
     if config.device != "auto":
         resolve_device(config.device)  # fail before reading a large corpus
     return _start(request, config, hooks, stdin)
+
+
+def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:
+    """Everything about a new run that can be checked before reading its corpus: the options, the
+    corpus paths, --out and runs/latest. `charnn train --nproc` checks once here before it starts its
+    processes."""
+    if not request.corpus:
+        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
+    config = TrainConfig(**request.train).validate()
+    if config.batch_size % processes:
+        raise CharnnError(f"--batch-size {config.batch_size} does not divide among {processes} processes",
+                          hint="use a multiple of the number of processes")
+    ModelConfig(vocab_size=1, **{k: v for k, v in request.model.items() if k != "reset_on"}).validate()
+    expand_sources(request.corpus)
+    if request.out is not None:
+        check_out(request.out, request.overwrite)
+    check_latest_pointer()
+    return config
 
 
 def start_training(corpus_paths: Sequence[str], model_options: dict | None = None, config: TrainConfig | None = None,
@@ -108,7 +126,7 @@ def _new_run(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdi
     try:
         return _create_run(encoded, name, sources, request, config, hooks)
     finally:
-        if encoded.path.name.endswith(".tmp"):  # stdin's encoding, not yet moved into a run
+        if encoded.temporary:  # stdin's encoding, not moved into a run
             encoded.path.unlink(missing_ok=True)
 
 
@@ -127,14 +145,22 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         "train_tokens": int(len(train_tokens)),
         "val_tokens": int(len(val_tokens)),
     }
-    run = RunDir(new_run_path(name, request.out, request.overwrite))
     data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
-    trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
-    run.create()
-    place_tokens(encoded, run.tokens_path)
-    run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
-                      "corpus": corpus_info, "parameters": trainer.model.num_parameters()})
-    remember_latest(run.path)
+    share = config.batch_size // hooks.group.world_size
+    require_memory(training_bytes(model_config, share, config.seq_len), "building the model and training it",
+                   str(resolve_device(config.device)), TRAIN_HINT)  # before any directory is touched
+    claim = claim_new_run(name, request.out, request.overwrite)
+    run = claim.run
+    try:
+        trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
+        trainer.writer.hold(claim)
+        place_tokens(encoded, run.tokens_path)
+        run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
+                          "corpus": corpus_info, "parameters": trainer.parameters})
+        remember_latest(run.path)
+    except BaseException:
+        claim.abandon()  # nothing of the new run stays; a run it was to replace is back in place
+        raise
     return trainer
 
 
@@ -176,12 +202,30 @@ def resume_training(run_dir: str | Path, overrides: dict | None = None, *, corpu
 
     `overrides` may change only the stop conditions, cadence and device; any other option that
     differs from the run's is an error, as is a corpus other than the run's (`model`: model options,
-    which must match the run's; `vocab_mode` likewise).
+    which must match the run's; `vocab_mode` likewise). The run is locked first: one writer at a time.
     """
     hooks = hooks or TrainHooks()
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CharnnError(f"--resume {run.path}: no such run directory")
+    claim = claim_for_resume(run) if hooks.group.is_main else None
+    try:
+        trainer = _resume(run, overrides or {}, corpus, stdin, hooks)
+        trainer.writer.hold(claim)
+        if claim is not None:
+            run.remove_temporaries()
+            run.record_train_config(trainer.config.to_dict())
+            remember_latest(run.path)
+    except BaseException as err:
+        if claim is not None:
+            claim.release()
+        if isinstance(err, (KeyError, ValueError, RuntimeError, TypeError, AttributeError)):
+            raise CharnnError(f"{run.last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
+        raise
+    return trainer
+
+
+def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> Trainer:
     if not run.last.is_file():
         raise CharnnError(f"--resume {run.path}: run has no last.pt to resume from")
     payload = load_checkpoint(run.last)
@@ -189,20 +233,13 @@ def resume_training(run_dir: str | Path, overrides: dict | None = None, *, corpu
         raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
     model_config = ModelConfig.from_dict(payload["model_config"])
     vocab = Vocab.from_dict(payload["vocab"])
-    config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides or {})
+    config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides)
     corpus_info = payload.get("corpus", {})
     tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
     data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
     trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
-    try:
-        trainer.restore(payload)
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise CharnnError(f"{run.last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
-    if hooks.group.is_main:
-        run.remove_temporaries()
-        run.record_train_config(config.to_dict())
-        remember_latest(run.path)
+    trainer.restore(payload)
     return trainer
 
 

@@ -13,6 +13,7 @@ import time
 from typing import BinaryIO, Iterable
 
 from .errors import CharnnError
+from .memory import SAMPLE_HINT, beam_bytes, require_memory, sampling_bytes
 from .model import CharRNN
 from .config import SampleRequest
 from .sampling import TextGenerator, beam_search, default_prime, generate
@@ -50,6 +51,9 @@ class BufferedOutput:
             except BrokenPipeError:
                 self.closed = self.reader_gone = True
                 raise PipeClosed from None
+            except OSError as err:  # a full disk or device: nothing more can be written
+                self.closed = True
+                raise CharnnError(f"cannot write the output ({err.strerror or err})") from None
             self.pending.clear()
             self.last_flush = now
 
@@ -117,10 +121,22 @@ def encode_prime(vocab: Vocab, prime: bytes, drop_unknown: bool = False) -> tupl
     return ids, given - len(ids)
 
 
+def check_memory(model: CharRNN, request: SampleRequest) -> None:
+    """Refuse a batch of samples or beams that cannot fit, before allocating it."""
+    device = str(model.head.weight.device)
+    if request.beam is not None:
+        need, what = beam_bytes(model.config, request.beam, request.length), f"beam search with {request.beam:,} beams"
+    else:
+        need = sampling_bytes(model.config, request.num_samples, request.length)
+        what = f"{request.num_samples:,} samples of {request.length:,} characters"
+    require_memory(need, what, device, SAMPLE_HINT)
+
+
 def write_samples(model: CharRNN, vocab: Vocab, request: SampleRequest, output: BufferedOutput,
                   prime_ids=None) -> None:
     """Generate `request`'s samples after `prime_ids` (default: the model's default prime, not
     printed) and write them to `output` as they are made."""
+    check_memory(model, request)
     shown = vocab.decode_bytes(prime_ids) if prime_ids is not None and request.echo_prime else b""
     if prime_ids is None:
         prime_ids = default_prime(vocab, model.config.reset_ids)

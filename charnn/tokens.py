@@ -44,6 +44,11 @@ class EncodedCorpus:
     def tokens(self) -> np.ndarray:
         return open_tokens(self.path)
 
+    @property
+    def temporary(self) -> bool:
+        """Stdin's encoding, in a temporary file until a run takes it."""
+        return self.path.name.endswith(".tmp")
+
     def to_dict(self) -> dict:
         return {"vocab": self.vocab.to_dict(), "num_tokens": self.num_tokens,
                 "fingerprint": self.fingerprint, "bytes": self.bytes}
@@ -112,10 +117,18 @@ def encode_cached(corpus: CorpusFiles, mode: str, cache_root: str | Path) -> Enc
     the caller moves it into the run directory.
     """
     directory = cache_dir(cache_root)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CharnnError(f"{directory}: cannot create the token cache ({err.strerror})") from None
     signature = corpus.signature()
     if signature is None:
-        return encode_to_file(corpus, directory / f".stdin-{os.getpid()}.npy.tmp", mode)
+        tmp = directory / f".stdin-{os.getpid()}.npy.tmp"
+        try:
+            return encode_to_file(corpus, tmp, mode)
+        except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written copy stays behind
+            tmp.unlink(missing_ok=True)
+            raise
     key = _cache_key(corpus, mode)
     token_path, meta_path = directory / f"{key}.npy", directory / f"{key}.json"
     hit = _from_cache(meta_path, token_path, signature)
@@ -142,7 +155,7 @@ def place_tokens(encoded: EncodedCorpus, target: Path) -> None:
     temporary (stdin's encoding) is moved there."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
-    if encoded.path.name.endswith(".tmp"):
+    if encoded.temporary:
         try:
             os.replace(encoded.path, target)
             return
@@ -153,7 +166,7 @@ def place_tokens(encoded: EncodedCorpus, target: Path) -> None:
     except OSError:
         shutil.copyfile(encoded.path, tmp)
     os.replace(tmp, target)
-    if encoded.path.name.endswith(".tmp"):
+    if encoded.temporary:
         encoded.path.unlink(missing_ok=True)
 
 

@@ -25,6 +25,8 @@ from .distributed import SingleProcess
 from .errors import CharnnError
 from .evaluate import evaluate
 from .events import TrainEvents, TrainResult, TrainSnapshot
+from .memory import TRAIN_HINT as MEMORY_HINT
+from .memory import require_memory, training_bytes
 from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 from .sampling import preview_text
@@ -32,7 +34,6 @@ from .train_state import (RunWriter, TrainState, capture_rng_state, resume_paylo
                           weights_payload)
 
 MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
-MEMORY_HINT = "reduce --batch-size, --seq-len, --hidden-size or --layers, or train on another --device"
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -76,8 +77,19 @@ class _BadSteps:
         """Count a skipped step; a CharnnError once there are too many in a row."""
         self.count += 1
         if self.count >= MAX_BAD_STEPS:
-            raise CharnnError(f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row; "
-                              f"the last good checkpoint is {self.run.last}", hint="lower --lr or --grad-clip")
+            kept = f"the last good checkpoint is {self.run.last}" if self.run.last.is_file() else "no checkpoint written"
+            raise CharnnError(f"training diverged: {MAX_BAD_STEPS} non-finite steps in a row; {kept}",
+                              hint="lower --lr or --grad-clip")
+
+
+def build_model(model_config: ModelConfig, config: TrainConfig, device: torch.device, streams: slice) -> CharRNN:
+    """The seeded model on `device` (the same on every process), once training it is known to fit."""
+    share = len(range(config.batch_size)[streams])
+    require_memory(training_bytes(model_config, share, config.seq_len), "building the model and training it", str(device),
+                   MEMORY_HINT)
+    seed_everything(config.seed)
+    with out_of_memory_is_an_error(f"building the model on {device}", MEMORY_HINT):
+        return CharRNN(model_config).to(device)
 
 
 def train_record(state: TrainState, epochs: float, loss: float, lr: float, chars_per_sec: float,
@@ -111,9 +123,7 @@ class Trainer:
         self._streams = self.group.streams(config.batch_size)  # this process's share of the global batch
         self.device = self.group.join(resolve_device(config.device))
 
-        seed_everything(config.seed)
-        with out_of_memory_is_an_error(f"building the model on {self.device}", MEMORY_HINT):
-            self.model = CharRNN(model_config).to(self.device)  # the same on every process: same seed
+        self.model = build_model(model_config, config, self.device, self._streams)
         self.parameters = self.model.num_parameters()
         self.group.reseed(config.seed)
         self.net = self.model  # what the training step calls: DDP's wrapper once `run` starts on several processes
@@ -129,8 +139,6 @@ class Trainer:
         self._last_eval: dict | None = None
         # what should_stop said, and whether --save-every's clock says to save: agreed on by every process
         self._stop_request, self._clock_save_due = None, False
-
-    # --- resume, and where training is ----------------------------------------------------
 
     def restore(self, payload: dict) -> None:
         """Continue from a checkpoint written by `save` (the whole state, not just the weights)."""
@@ -194,13 +202,23 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train until a stop condition; running out of memory ends in a CharnnError, last.pt untouched."""
-        with out_of_memory_is_an_error(self._where_memory_ran_out, MEMORY_HINT):
-            return self._run()
+        """Train until a stop condition; running out of memory ends in a CharnnError, last.pt untouched.
+        A run replacing another (--overwrite) that stops before its first best.pt puts the old one back."""
+        try:
+            with out_of_memory_is_an_error(self._where_memory_ran_out, MEMORY_HINT):
+                result = self._run()
+            result.discarded = self.writer.abandon_replacement()
+            return result
+        except BaseException:
+            self.writer.abandon_replacement()
+            raise
+        finally:
+            self.writer.release()
 
     def release(self) -> None:
-        """Drop the DDP wrapper (and the gradient communication it holds) while the process group and
-        the interpreter are still alive: left to the interpreter's exit, gloo's threads may abort it."""
+        """Let go of the run's lock and of DDP's wrapper, while the process group is alive (at exit, gloo's
+        threads may abort)."""
+        self.writer.release()
         if self.net is not self.model:
             self.net = self.model
             self.group.release()
@@ -330,12 +348,8 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path:
         """Write best.pt (weights for sampling) or last.pt (everything needed to resume)."""
-        path = self.rundir.best if best else self.rundir.last
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise CharnnError(f"training diverged: the weights became non-finite at step {self.state.step}; "
-                              f"{path} was not overwritten", hint="lower --lr or --grad-clip")
         payload = self.checkpoint_payload(with_training_state=not best)
-        self.writer.write_checkpoint(payload, self.state.step, best)
-        if self.group.is_main:
+        path = self.writer.write_checkpoint(payload, self.state.step, best)
+        if self.writer.writes:
             self.events.on_save(self.snapshot(), path, best)
         return path

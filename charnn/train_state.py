@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
+from .errors import CharnnError
 from .rundir import RunDir
 from .vocab import Vocab
 
@@ -121,8 +122,37 @@ class RunWriter:
         self.run, self.config, self.writes = run, config, writes
         self.last_time = time.monotonic()
         self.last_step: int | None = None  # the step last.pt holds, if this session has written or read it
+        self.claim = None  # the lock on the run directory (charnn.claim.RunClaim), when a caller took one
+        self.started = False
+
+    def hold(self, claim) -> None:
+        """Keep this claim on the run directory (its lock, and an old run set aside) while training."""
+        self.claim = claim
+
+    @property
+    def replacing(self) -> bool:
+        """An old run is set aside until this one writes its first best.pt."""
+        return self.claim is not None and self.claim.replacing
+
+    def abandon_replacement(self) -> bool:
+        """If an old run is still set aside, the new one has no model: the old run comes back (True)."""
+        if not self.replacing:
+            return False
+        self.claim.abandon()
+        return True
+
+    def release(self) -> None:
+        """Let go of the run directory. A new run that never started training (Ctrl-C just before) leaves
+        nothing behind, and a run it was to replace comes back."""
+        if self.claim is None:
+            return
+        if self.claim.replacing or (self.claim.fresh and not self.started):
+            self.claim.abandon()
+        else:
+            self.claim.release()
 
     def start(self) -> None:
+        self.started = True
         if self.writes:
             self.run.path.mkdir(parents=True, exist_ok=True)
 
@@ -147,6 +177,9 @@ class RunWriter:
     def write_checkpoint(self, payload: dict, step: int, best: bool) -> Path:
         """Save best.pt or last.pt atomically; with --keep, the last.pt it replaces moves to checkpoints/."""
         path = self.run.best if best else self.run.last
+        if not all(bool(torch.isfinite(t).all()) for t in payload["model_state"].values()):
+            raise CharnnError(f"training diverged: the weights became non-finite at step {step}; "
+                              f"{path} was not overwritten", hint="lower --lr or --grad-clip")
         if not best:
             self.last_time = time.monotonic()
         if not self.writes:
@@ -155,6 +188,8 @@ class RunWriter:
         if not best and keep > 0 and self.last_step is not None and self.last_step != step:
             self.run.keep_last(self.last_step)
         save_checkpoint(path, payload)
+        if best and self.claim is not None:
+            self.claim.settle()  # the new run has a model: an old run set aside goes now
         if not best:
             self.last_step = step
             self.run.prune_kept(keep)

@@ -3,6 +3,7 @@ stderr for everything human, stdout for data alone."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
+from ..errors import CharnnError
 from .options import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -24,19 +26,58 @@ app = typer.Typer(
 )
 
 
+class Interrupted(BaseException):
+    """Ctrl-C in a command, carried past Typer (which would turn it into a silent exit 130) to the error edge."""
+
+
+def command(*args, **kwargs):
+    """`app.command`, with Ctrl-C reported by the error edge like every other way a command ends."""
+    def register(function):
+        @functools.wraps(function)
+        def run(*call_args, **call_kwargs):
+            try:
+                return function(*call_args, **call_kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted from None
+        return app.command(*args, **kwargs)(run)
+    return register
+
+
 def stderr(width: int | None = None) -> Console:
-    return Console(stderr=True, highlight=False, width=width)
+    """The console for people. Text is printed as given: no markup, no emoji codes (a run named
+    'my:100:model' stays that), no highlighting; NO_COLOR (https://no-color.org) turns off every style."""
+    plain = bool(os.environ.get("NO_COLOR"))
+    return Console(stderr=True, highlight=False, markup=False, emoji=False, width=width,
+                   color_system=None if plain else "auto")
 
 
 def say(console: Console, text: str, quiet: bool = False, style: str | None = None) -> None:
-    """One line for people, printed literally (no markup or emoji codes in user text)."""
+    """One line for people, printed literally."""
     if not quiet:
-        console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)
+        console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, style=style)
+
+
+def stdout_bytes():
+    """stdout's binary stream, for the data a command prints; a closed stdout (`>&-`) is an error."""
+    if sys.stdout is None:
+        raise CharnnError("stdout is closed: there is nowhere to write the output", hint="redirect it to a file")
+    return sys.stdout.buffer
 
 
 def print_json(data, indent: int | None = 2) -> None:
-    sys.stdout.write(json.dumps(data, indent=indent) + "\n")  # ASCII: safe whatever the locale
-    sys.stdout.flush()
+    write_stdout((json.dumps(data, indent=indent) + "\n").encode("ascii"))  # ASCII: safe whatever the locale
+
+
+def write_stdout(data: bytes) -> None:
+    """Write and flush data on stdout; a full disk or device is an error in words, a closed pipe quiet."""
+    stream = stdout_bytes()
+    try:
+        stream.write(data)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise CharnnError(f"cannot write to stdout ({err.strerror or err})") from None
 
 
 def quiet_broken_pipe() -> None:
@@ -50,7 +91,7 @@ def quiet_broken_pipe() -> None:
 
 def _version_callback(value: bool) -> None:
     if value:
-        print(f"charnn {__version__}")
+        write_stdout(f"charnn {__version__}\n".encode("ascii"))
         raise typer.Exit()
 
 

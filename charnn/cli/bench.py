@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,11 +13,11 @@ from rich.table import Table
 
 from ..config import BenchOptions
 from ..errors import CharnnError
-from .app import app, stderr
+from .app import command, stderr, write_stdout
 from .options import EXIT_CODES_HELP, Device, default
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command(epilog=EXIT_CODES_HELP)
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="A reduced set in under two minutes: 2 training "
                                         "configs, 1 and 64 streams, a 100 MB corpus.")] = False,
@@ -44,6 +44,8 @@ def bench(
         raise CharnnError(f"--seconds must be positive, not {seconds}")
     if corpus_mb is not None and any(mb < 0 for mb in corpus_mb):
         raise CharnnError("--corpus-mb must be >= 0")
+    if json_file not in (None, "-"):
+        _check_writable(Path(json_file))  # before minutes of measuring, not after
     options = BenchOptions(quick=quick, seconds=seconds, workdir=workdir,
                            corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0))
     options.device = str(resolve_device(device.value if device else options.device))
@@ -55,10 +57,19 @@ def bench(
     if json_file is not None:
         text = json.dumps(report.to_dict(), indent=2) + "\n"
         if json_file == "-":
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            write_stdout(text.encode("ascii"))
         else:
             Path(json_file).write_text(text, encoding="utf-8")
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise CharnnError(f"--json {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CharnnError(f"--json {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CharnnError(f"--json {path}: cannot write there (permission denied)")
 
 
 def bench_tables(report: dict) -> list[Table]:

@@ -14,7 +14,7 @@ import typer
 
 from ..device import describe_allocation, is_out_of_memory
 from ..errors import CharnnError
-from .app import app, quiet_broken_pipe, say, stderr
+from .app import Interrupted, app, quiet_broken_pipe, say, stderr
 
 # each module registers its commands with the app; the order of these imports is the order of the help
 from . import train  # noqa: E402, F401, I001
@@ -47,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as err:
         say(console, f"charnn: error: {err.format_message()}", style="red")
         return err.exit_code
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt, Interrupted):
         say(console, "charnn: interrupted")
         return 130
     except BrokenPipeError:
         quiet_broken_pipe()
         return 0
+    except OSError as err:  # the machine said no: a full disk, a permission, a missing directory
+        if os.environ.get("CHARNN_DEBUG"):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        say(console, f"charnn: error: {where}{err.strerror or err}", style="red")
+        return 1
     except Exception as err:  # a bug, not a user error: one line, and the traceback on request
         return _internal_error(console, err)
     return result if isinstance(result, int) else 0

@@ -15,17 +15,17 @@ from ..errors import CharnnError
 from ..evaluate import EvalText, evaluate, text_to_score
 from ..inspect import find_neurons, parse_neuron, trace_text
 from ..render import html_page
-from ..rundir import looks_like_checkpoint
+from ..rundir import RunDir, looks_like_checkpoint
 from ..units import bits
-from .app import app, print_json, say, stderr
-from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag
+from .app import command, print_json, say, stderr, write_stdout
+from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, nonempty
 from .show import heat_text, legend, neuron_table
 
 PICTURES = "Pictures"
 UNKNOWN_POLICY = "skipped: left out of the text, neither fed to the model nor scored"
 
 
-@app.command("eval", epilog=EXIT_CODES_HELP)
+@command("eval", epilog=EXIT_CODES_HELP)
 def eval_command(
     paths: Annotated[Optional[list[str]], typer.Argument(
         help="[RUN_DIR_OR_CHECKPOINT] FILE...: text to score (- for stdin). With no file, the run's own "
@@ -61,10 +61,14 @@ def eval_command(
         raise CharnnError(f"--show-chars must be >= 0, not {show_chars}")
     if html_file == "-" and as_json:
         raise CharnnError("--html - and --json both want stdout", hint="write the page to a file")
-    paths = list(paths or [])
+    paths = [nonempty(path, "FILE") for path in paths or []]
     if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
         model = paths.pop(0)
-    loaded = open_model(model, device.value if device else "auto")
+    for path in paths:
+        if path != "-" and RunDir.is_run(path):
+            raise CharnnError(f"{path}: a run directory, not text to score",
+                              hint="name one model: first, or with --model; then the files to score")
+    loaded = open_model(nonempty(model, "--model"), device.value if device else "auto")
     unit = parse_neuron(neuron, loaded.model.config) if neuron is not None else None
     text = text_to_score(paths, loaded.vocab, loaded.path, loaded.payload)
     result = evaluate(loaded.model, text.tokens)
@@ -116,8 +120,7 @@ class _Picture:
     def _write_html(self, console: Console, html_file: str) -> None:
         page = html_page(self.trace, self.loaded.vocab, f"charnn eval: {self.loaded.path}", self.summary)
         if html_file == "-":
-            sys.stdout.write(page)
-            sys.stdout.flush()
+            write_stdout(page.encode("utf-8"))
             return
         try:
             Path(html_file).write_text(page, encoding="utf-8")

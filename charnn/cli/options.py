@@ -60,3 +60,10 @@ def unescape(text: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+def nonempty(value: str | None, name: str) -> str | None:
+    """An empty path (an unset shell variable) is a usage error, not the current directory."""
+    if value == "":
+        raise typer.BadParameter("an empty path; name a run directory or a file", param_hint=name)
+    return value

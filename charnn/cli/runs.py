@@ -16,12 +16,12 @@ from ..errors import CharnnError
 from ..history import RunInfo, RunSummary, list_runs, printable_chars, run_info, run_loss_curves
 from ..rundir import runs_root
 from ..units import bits, format_duration
-from .app import app, print_json, say, stderr
-from .options import EXIT_CODES_HELP, JsonFlag, ModelArgument, XAxis
+from .app import command, print_json, say, stderr
+from .options import EXIT_CODES_HELP, JsonFlag, ModelArgument, XAxis, nonempty
 from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
 
-@app.command("runs", epilog=EXIT_CODES_HELP)
+@command("runs", epilog=EXIT_CODES_HELP)
 def runs_command(
     root: Annotated[Optional[Path], typer.Argument(
         help="Directory holding the runs. \\[default: $CHARNN_RUNS_DIR, else runs/]", show_default=False)] = None,
@@ -90,10 +90,10 @@ def _ago(when: datetime | None, now: datetime) -> str:
     return "just now"
 
 
-@app.command("info", epilog=EXIT_CODES_HELP)
+@command("info", epilog=EXIT_CODES_HELP)
 def info_command(model: ModelArgument = None, as_json: JsonFlag = False) -> None:
     """Show a run or checkpoint in full: model, training, vocabulary, corpus, metrics so far, checkpoints."""
-    info = run_info(model)
+    info = run_info(nonempty(model, "MODEL"))
     if as_json:
         print_json(info.to_dict())
         return
@@ -197,7 +197,7 @@ def _loss_text(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f} nats/char = {bits(loss):.4f} bits/char"
 
 
-@app.command("plot", epilog=EXIT_CODES_HELP)
+@command("plot", epilog=EXIT_CODES_HELP)
 def plot_command(
     run: Annotated[Optional[str], typer.Argument(
         help="Run directory (or a checkpoint in one). \\[default: the newest run]", show_default=False)] = None,
@@ -216,7 +216,7 @@ def plot_command(
 
     Drawn on stderr with braille characters, or written to a PNG with --png.
     """
-    curves = run_loss_curves(run, x.value)
+    curves = run_loss_curves(nonempty(run, "RUN"), x.value)
     # an explicit --width holds even where the console guesses 80 columns (a pipe, a file)
     console: Console = stderr(width)
     if png is not None:

@@ -17,8 +17,8 @@ from ..checkpoint import open_model
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
 from ..streaming import BufferedOutput, Conversation, PipeClosed, encode_prime, write_samples
-from .app import app, quiet_broken_pipe, say, stderr
-from .options import EXIT_CODES_HELP, DeviceOption, ModelArgument, QuietFlag, default, given, unescape
+from .app import command, quiet_broken_pipe, say, stderr, stdout_bytes
+from .options import EXIT_CODES_HELP, DeviceOption, ModelArgument, QuietFlag, default, given, nonempty, unescape
 
 SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
 _SEPARATOR = SampleRequest.separator.decode().encode("unicode_escape").decode()  # shown as typed: \n\n
@@ -29,7 +29,7 @@ def _sampling(text: str, name: str | None = None, panel: str = SAMPLING):
     return typer.Option(help=text + suffix, rich_help_panel=panel, show_default=False)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command(epilog=EXIT_CODES_HELP)
 def sample(
     model: ModelArgument = None,
     length: Annotated[Optional[int], typer.Option(
@@ -77,6 +77,10 @@ def sample(
     device: DeviceOption = None,
 ) -> None:
     """Generate text from a trained model and stream it to stdout."""
+    if stop == "":
+        raise CharnnError("--stop needs a non-empty string", hint="leave it out to stop only at --length")
+    if interactive and num_samples not in (None, 1):
+        raise CharnnError("--interactive continues one text: it does not combine with --num-samples")
     if repetition_window is not None and repetition_window < 0:
         raise CharnnError(f"--repetition-window must be >= 0 (0: all characters), not {repetition_window}")
     window = {} if repetition_window is None else {"repetition_window": repetition_window or None}
@@ -95,7 +99,7 @@ def sample(
     prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
     if prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
-    loaded = open_model(model, device.value if device else "auto")
+    loaded = open_model(nonempty(model, "MODEL"), device.value if device else "auto")
     console = stderr()
     prime_ids = None
     if prime_bytes:
@@ -103,14 +107,14 @@ def sample(
         if dropped:
             say(console, f"charnn: left out {dropped:,} prime character{'s' * (dropped != 1)} the model does not know",
                 quiet=quiet, style="yellow")
-    output = BufferedOutput()
+    output = BufferedOutput(stdout_bytes())
     try:
         if interactive:
             _interactive(Conversation(loaded.model, loaded.vocab, request, prime_ids), output, console, quiet,
                          drop_unknown)
             return
         write_samples(loaded.model, loaded.vocab, request, output, prime_ids)
-        if request.length and sys.stdout.isatty():
+        if request.length and output.stream.isatty():
             output.write(b"\n", force_flush=True)
     except PipeClosed:
         pass
@@ -137,13 +141,19 @@ def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactiv
 
 def _read_prime_file(path: str) -> bytes:
     if path == "-":
-        return sys.stdin.buffer.read()
+        return _stdin().read()
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise CharnnError(f"--prime-file {path}: no such file") from None
     except OSError as err:
         raise CharnnError(f"--prime-file {path}: cannot read ({err.strerror or err})") from None
+
+
+def _stdin():
+    if sys.stdin is None:
+        raise CharnnError("stdin is closed: there is nothing to read", hint="give --prime, or pipe text in")
+    return sys.stdin.buffer
 
 
 def _interactive(conversation: Conversation, output: BufferedOutput, console: Console, quiet: bool,
@@ -154,7 +164,7 @@ def _interactive(conversation: Conversation, output: BufferedOutput, console: Co
     while True:
         console.print("> ", end="", markup=False, highlight=False, style="bold")
         try:
-            line = sys.stdin.readline()
+            line = _stdin().readline().decode("utf-8", "surrogateescape")
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
             console.print()
             say(console, "charnn: interrupted")
@@ -174,7 +184,7 @@ def _interactive(conversation: Conversation, output: BufferedOutput, console: Co
             say(console, "type text to continue it; empty line: more; /reset; /quit", style="dim")
             continue
         try:
-            conversation.read(_bytes(line), drop_unknown)
+            conversation.read(unescape(line).encode("utf-8", "surrogateescape"), drop_unknown)
         except CharnnError as err:
             say(console, f"charnn: {err}", style="red")
             continue

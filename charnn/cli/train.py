@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,9 +15,9 @@ from ..errors import CharnnError
 from ..events import TrainEvents
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
-from ..runs import TrainHooks, TrainRequest, open_training
+from ..runs import TrainHooks, TrainRequest, check_request, open_training
 from ..units import bits
-from .app import app, say, stderr
+from .app import command, say, stderr
 from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
 from .progress import ConsoleTrainEvents
 
@@ -32,7 +33,7 @@ def _train(text: str, name: str | None = None, panel: str = OPTIM):
     return typer.Option(help=text + suffix, rich_help_panel=panel, show_default=False)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command(epilog=EXIT_CODES_HELP)
 def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(
         help="Text files, directories (their text files, recursively) or - for stdin.", show_default=False)] = None,
@@ -79,12 +80,12 @@ def train(
         "limit comes first.", panel=STOP)] = None,
     patience: Annotated[Optional[int], _train(
         "Stop early after N evaluations in a row without a new best validation loss.", panel=STOP)] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Optional[str], typer.Option(
         "--out", "-o", help="Run directory. \\[default: runs/CORPUS-NAME, numbered so no run is overwritten]",
         rich_help_panel=RUN, show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.",
                                             rich_help_panel=RUN)] = False,
-    resume: Annotated[Optional[Path], _train(
+    resume: Annotated[Optional[str], _train(
         "Continue this run directory from its last.pt, towards the limits it was started with (a new "
         "--epochs/--max-steps/--max-time extends them).", panel=RUN)] = None,
     eval_every: Annotated[Optional[int], _train(
@@ -117,11 +118,9 @@ def train(
     Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
     """
     ranks = ranks_from_environment()
-    if nproc is not None:
-        if nproc < 1:
-            raise CharnnError(f"--nproc must be at least 1, not {nproc}")
-        if nproc > 1 and not ranks.active:
-            raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
+    cores = os.cpu_count() or 1
+    if nproc is not None and not 1 <= nproc <= cores:
+        raise CharnnError(f"--nproc must be between 1 and {cores} (this machine's cores), not {nproc}")
     options = given(val_frac=val_frac, batch_size=batch_size, seq_len=seq_len, carry_state=carry_state, lr=lr,
                     weight_decay=weight_decay, grad_clip=grad_clip, schedule=schedule, warmup_steps=warmup_steps,
                     min_lr_ratio=min_lr_ratio, epochs=epochs, max_steps=max_steps, eval_every=eval_every, keep=keep,
@@ -134,9 +133,36 @@ def train(
         options["save_every_steps"], options["save_every_seconds"] = parse_save_every(save_every)
     model = given(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
                   tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
-    request = TrainRequest(corpus=tuple(corpus or ()), model=model, train=options,
-                           vocab_mode="byte" if bytes_mode else None, out=out, overwrite=overwrite, resume=resume)
+    request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
+                           vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
+                           resume=_path(resume, "--resume"))
+    if nproc is not None and nproc > 1 and not ranks.active:
+        check_request(request, processes=nproc)  # once, here, rather than in every process
+        raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
     _run(request, process_group(ranks), quiet)
+
+
+def _paths(paths: list[str], name: str) -> list[str]:
+    """An empty path (an unset "$CORPUS") is a mistake, not the current directory."""
+    if any(path == "" for path in paths):
+        raise typer.BadParameter("an empty path; name a file, a directory or - for stdin", param_hint=name)
+    return paths
+
+
+def _path(text: str | None, name: str) -> Path | None:
+    if text == "":
+        raise typer.BadParameter("an empty path; name a directory", param_hint=name)
+    return None if text is None else Path(text)
+
+
+def _discarded(console, result, stop: StopFlag, silent: bool) -> None:
+    """--overwrite, and the new run stopped before it had a model: the old run is back in its place."""
+    if result.stop_reason != "interrupted":
+        raise CharnnError(f"the new run ended without a model (no evaluation improved on the start); "
+                          f"{result.run_dir} holds the run it held before")
+    say(console, f"stopped by {stop.name} at step {result.state.step:,}, before the new run's first evaluation: "
+                 f"{result.run_dir} holds the run it held before", quiet=silent)
+    raise typer.Exit(stop.exit_code)
 
 
 def _run(request: TrainRequest, group, quiet: bool) -> None:
@@ -144,20 +170,23 @@ def _run(request: TrainRequest, group, quiet: bool) -> None:
     console = stderr()
     quiet, silent = quiet or not group.is_main, not group.is_main
     events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
-    with StopFlag() as stop:
+    stop = StopFlag()  # until training starts, a signal ends the command at once (reading a pipe, say)
+    try:
+        trainer = open_training(request, TrainHooks(events, stop, group))
         try:
-            trainer = open_training(request, TrainHooks(events, stop, group))
-            try:
+            with stop:
                 result = trainer.run()
-            finally:
-                trainer.release()
-                if group.is_main:
-                    events.close(trainer.snapshot())
-        except BaseException:
-            leave_process_group()  # no waiting: the other ranks may be gone
-            raise
-        leave_process_group(wait=True)
+        finally:
+            trainer.release()
+            if group.is_main:
+                events.close(trainer.snapshot())
+    except BaseException:
+        leave_process_group()  # no waiting: the other ranks may be gone
+        raise
+    leave_process_group(wait=True)
     state = result.state
+    if result.discarded:
+        _discarded(console, result, stop, silent)
     if result.stop_reason == "interrupted":
         say(console, f"stopped by {stop.name} at step {state.step:,}; saved {RunDir(result.run_dir).last}", quiet=silent)
         say(console, f"resume with: charnn train --resume {result.run_dir}", quiet=silent)
