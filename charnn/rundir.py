@@ -7,6 +7,7 @@ A run directory holds:
                       neither the files nor stdin again
     last.pt           everything needed to resume (weights, optimiser, schedule, RNG, data position)
     best.pt           the weights with the lowest validation loss, for sampling and evaluation
+    best.safetensors  the same weights without pickle, read without PyTorch (written with best.pt)
     checkpoints/      with --keep: earlier last.pt files, step-N.pt
 
 The runs root (runs/, or $CHARNN_RUNS_DIR) holds run directories, `latest` (the path of the newest
@@ -28,6 +29,7 @@ from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_
 
 RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST = "latest"
+WEIGHTS_SUFFIX = ".safetensors"  # a checkpoint's weights without pickle: X.pt -> X.safetensors
 
 
 def runs_root() -> Path:
@@ -38,15 +40,16 @@ class RunDir:
     """One run's directory: every file in it is named, read and written here."""
 
     CONFIG, METRICS, TOKENS, LAST, BEST = "config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt"
+    WEIGHTS = BEST.removesuffix(".pt") + WEIGHTS_SUFFIX  # best.pt's weights, read without PyTorch
     KEPT = "checkpoints"  # --keep: earlier last.pt files
-    FILES = (CONFIG, METRICS, TOKENS, LAST, BEST)
+    FILES = (CONFIG, METRICS, TOKENS, LAST, BEST, WEIGHTS)
     CHECKPOINTS = (LAST, BEST)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.config_path, self.metrics_path = self.path / self.CONFIG, self.path / self.METRICS
         self.tokens_path, self.kept_dir = self.path / self.TOKENS, self.path / self.KEPT
-        self.last, self.best = self.path / self.LAST, self.path / self.BEST
+        self.last, self.best, self.weights = self.path / self.LAST, self.path / self.BEST, self.path / self.WEIGHTS
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -66,7 +69,7 @@ class RunDir:
     @classmethod
     def is_run(cls, path: str | os.PathLike) -> bool:
         path = Path(path)
-        return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST))
+        return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST, cls.WEIGHTS))
 
     def checkpoints(self) -> list[str]:
         """The names of last.pt and best.pt, those present."""
@@ -234,6 +237,11 @@ def resolve_checkpoint(model: str | os.PathLike | None, prefer: str = "best") ->
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     return path
+
+
+def weights_beside(checkpoint: Path) -> Path:
+    """The safetensors file that holds a checkpoint's weights: best.pt -> best.safetensors."""
+    return checkpoint.with_suffix(WEIGHTS_SUFFIX)
 
 
 def looks_like_checkpoint(path: Path) -> bool:

@@ -19,6 +19,7 @@ from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .rundir import RunDir
 from .vocab import Vocab
+from .weights import weights_from_payload, write_weights
 
 
 @dataclass
@@ -145,7 +146,8 @@ class RunWriter:
         return every is not None and step % every == 0
 
     def write_checkpoint(self, payload: dict, step: int, best: bool) -> Path:
-        """Save best.pt or last.pt atomically; with --keep, the last.pt it replaces moves to checkpoints/."""
+        """Save best.pt (and best.safetensors) or last.pt atomically; with --keep, the last.pt it replaces
+        moves to checkpoints/."""
         path = self.run.best if best else self.run.last
         if not best:
             self.last_time = time.monotonic()
@@ -155,6 +157,8 @@ class RunWriter:
         if not best and keep > 0 and self.last_step is not None and self.last_step != step:
             self.run.keep_last(self.last_step)
         save_checkpoint(path, payload)
+        if best:  # the same weights without pickle, for sampling without PyTorch
+            write_weights(self.run.weights, weights_from_payload(payload))
         if not best:
             self.last_step = step
             self.run.prune_kept(keep)

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..config import BenchOptions
 from ..errors import CharnnError
 from .app import app, stderr
-from .options import EXIT_CODES_HELP, Device, default
+from .options import EXIT_CODES_HELP, Device, default, given
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -32,6 +32,9 @@ def bench(
                             "\\[default: 100 and 1000; 100 with --quick]", show_default=False)] = None,
     workdir: Annotated[Optional[Path], typer.Option(
         help="Where to write the synthetic corpora. \\[default: a temporary directory]", show_default=False)] = None,
+    startup_rounds: Annotated[Optional[int], typer.Option(
+        help=f"Times each startup command runs (the median is shown); 0 skips them. "
+             f"{default(BenchOptions, 'startup_rounds')}", show_default=False)] = None,
 ) -> None:
     """Measure training and sampling speed against this machine's own ceilings and a plain PyTorch loop.
 
@@ -44,8 +47,11 @@ def bench(
         raise CharnnError(f"--seconds must be positive, not {seconds}")
     if corpus_mb is not None and any(mb < 0 for mb in corpus_mb):
         raise CharnnError("--corpus-mb must be >= 0")
+    if startup_rounds is not None and startup_rounds < 0:
+        raise CharnnError(f"--startup-rounds must be >= 0, not {startup_rounds}")
     options = BenchOptions(quick=quick, seconds=seconds, workdir=workdir,
-                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0))
+                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0),
+                           **given(startup_rounds=startup_rounds))
     options.device = str(resolve_device(device.value if device else options.device))
     console = stderr()
     with console.status("benchmarking") as status:
@@ -66,6 +72,8 @@ def bench_tables(report: dict) -> list[Table]:
               _sampling_table(report["sampling"])]
     if report["corpora"]:
         tables.append(_corpora_table(report["corpora"]))
+    if report.get("startup"):
+        tables.append(startup_table(report["startup"]))
     return tables
 
 
@@ -117,4 +125,20 @@ def _corpora_table(rows: list[dict]) -> Table:
     for r in rows:
         table.add_row(f"{r['megabytes']:,} MB", f"{r['encode_mb_per_sec']:,.0f} MB/s", f"{r['first_start_seconds']:.1f} s",
                       f"{r['second_start_seconds']:.1f} s", f"{r['peak_rss_mb']:,.0f} MB", f"{r['token_file_mb']:,.0f} MB")
+    return table
+
+
+def startup_table(rows: list[dict]) -> Table:
+    """Whole processes: the median of the rounds (seconds), and with a checkout before a change, its figures."""
+    before = any("before_seconds" in r for r in rows)
+    columns = ("command", "median", "spread", *(("before", "speedup") if before else ()), "goal")
+    table = _table(f"startup (whole processes, median of {rows[0]['rounds']} runs each, taking turns)", columns,
+                   left=("command",))
+    for r in rows:
+        cells = [r["command"], f"{r['seconds']:.2f} s", f"{r['spread']:.2f} s"]
+        if before:
+            cells += [f"{r['before_seconds']:.2f} s" if "before_seconds" in r else "",
+                      f"{r['speedup']:.1f}x" if "speedup" in r else ""]
+        cells.append(f"<= {r['goal_seconds']:.2f} s" if "goal_seconds" in r else "")
+        table.add_row(*cells)
     return table

@@ -9,12 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import ModelConfig, TrainConfig, parse_duration, parse_save_every
-from ..distributed import leave_process_group, process_group, ranks_from_environment
 from ..errors import CharnnError
 from ..events import TrainEvents
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
-from ..runs import TrainHooks, TrainRequest, open_training
 from ..units import bits
 from .app import app, say, stderr
 from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
@@ -116,6 +114,9 @@ def train(
 
     Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
     """
+    from ..distributed import process_group, ranks_from_environment  # noqa: PLC0415 (PyTorch: not for --help)
+    from ..runs import TrainRequest  # noqa: PLC0415
+
     ranks = ranks_from_environment()
     if nproc is not None:
         if nproc < 1:
@@ -139,8 +140,11 @@ def train(
     _run(request, process_group(ranks), quiet)
 
 
-def _run(request: TrainRequest, group, quiet: bool) -> None:
+def _run(request, group, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
+    from ..distributed import leave_process_group  # noqa: PLC0415
+    from ..runs import TrainHooks, open_training  # noqa: PLC0415
+
     console = stderr()
     quiet, silent = quiet or not group.is_main, not group.is_main
     events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
