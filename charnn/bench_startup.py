@@ -36,17 +36,19 @@ class Command:
     before: bool = False  # run with the `before` checkout on PYTHONPATH
 
 
-def make_runs(root: Path, count: int = RUNS, model: dict | None = None) -> Path:
-    """`count` runs of one step each under `root` (the runs root); returns the first, of `model`."""
+def make_runs(root: Path, count: int | None = None, model: dict | None = None) -> Path:
+    """`count` (default RUNS) runs of one step each under root/runs, of `model` (default MODEL's options);
+    returns the first."""
     from .config import TrainConfig  # noqa: PLC0415 (training: PyTorch)
     from .runs import start_training  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     alphabet = np.frombuffer(b"\n etaoinshrdlucmfwypvbgkjqxzETAOINSHRDLUCMFWYPVBGKJQXZ.,;:!?'-", dtype=np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
     corpus = root / "corpus.txt"
     corpus.write_bytes(alphabet[rng.integers(0, len(alphabet), 100_000)].tobytes())
     config = TrainConfig(max_steps=1, eval_every=1, log_every=1, save_every_seconds=None, device="cpu", seed=0)
-    runs = [root / "runs" / f"run-{i:02d}" for i in range(count)]
+    runs = [root / "runs" / f"run-{i:02d}" for i in range(RUNS if count is None else count)]
     for run in runs:
         start_training([str(corpus)], dict(MODEL if model is None else model), config, out=run).run()
     return runs[0]

@@ -133,6 +133,8 @@ def _header(path: Path, handle) -> tuple[ModelConfig, Vocab, dict]:
                           f"({FORMAT_VERSION})", hint="upgrade charnn to load it")
     values = {}
     for key in ("model_config", "vocab", *_RECORDS):
+        if key not in metadata and key in ("model_config", "vocab"):
+            raise CharnnError(f"{path}: its metadata is incomplete (no {key})")
         try:
             values[key] = json.loads(metadata.get(key, "null"))
         except ValueError:
