@@ -24,7 +24,7 @@ import numpy as np
 from .config import ModelConfig
 from .engine import weight_shapes
 from .errors import CharnnError
-from .files import atomic_write, is_torch_archive
+from .files import atomic_write, is_torch_archive, require_file
 from .rundir import WEIGHTS_SUFFIX, RunDir, latest_run, resolve_checkpoint, weights_beside
 from .vocab import Vocab
 
@@ -107,12 +107,7 @@ def _open(path: Path):
     """The file opened by safetensors (which maps it and checks its header), or a CharnnError."""
     from safetensors import safe_open  # noqa: PLC0415
 
-    if not path.exists():
-        raise CharnnError(f"{path}: no such file")
-    if path.is_dir():
-        raise CharnnError(f"{path}: is a directory, not a weights file")
-    if path.stat().st_size == 0:
-        raise CharnnError(f"{path}: weights file is empty")
+    require_file(path, "weights file")
     try:
         return safe_open(path, framework="np")
     except Exception as err:  # safetensors' own SafetensorError, or an OSError

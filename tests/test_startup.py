@@ -2,6 +2,9 @@
 fails if `torch` is in sys.modules when it exits. The commands that need PyTorch still load it."""
 
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -24,10 +27,16 @@ PROBE = ("import atexit, os, sys\n"
 
 
 def run_probed(args, env, tmp_path, stdin: bytes = b""):
+    return run_probed_in(None, args, env, tmp_path, stdin)
+
+
+def run_probed_in(cwd, args, env, tmp_path, stdin: bytes = b""):
+    """`charnn ARGS` in a process of its own: its result, and whether it had imported PyTorch at exit."""
     probe = tmp_path / "probe.txt"
     probe.unlink(missing_ok=True)
     result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], input=stdin, capture_output=True,
-                            timeout=300, env={**os.environ, **env, "CHARNN_TORCH_PROBE": str(probe), "COLUMNS": "120"})
+                            cwd=cwd, timeout=300,
+                            env={**os.environ, **env, "CHARNN_TORCH_PROBE": str(probe), "COLUMNS": "120"})
     assert result.returncode == 0, f"charnn {' '.join(map(str, args))}\n{result.stderr.decode()}"
     return result, probe.read_text() == "True"
 
@@ -111,3 +120,41 @@ def test_the_startup_benchmark_times_every_command(tmp_path, monkeypatch):
     assert "before_seconds" not in rows[0] and len(list((tmp_path / "runs").glob("run-*"))) == 2
     assert bench_startup.bench_startup(tmp_path / "none", rounds=0) == []
     assert np.isfinite([r["seconds"] for r in rows]).all()
+
+
+TORCH_FREE = ("config", "errors", "files", "units", "rundir", "metrics", "history", "corpus", "vocab", "tokens",
+              "archive", "weights", "engine", "choice", "streams", "streaming", "cli")
+
+
+def test_the_modules_that_read_runs_and_sample_never_import_torch():
+    code = (f"import importlib, sys; [importlib.import_module('charnn.' + m) for m in {TORCH_FREE!r}]; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def readme_sample_commands() -> list[list[str]]:
+    """Every `charnn sample ...` of the README's shell blocks, up to a pipe or comment (not the usage line)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```sh\n(.+?)\n```", text, flags=re.S):
+        for found in re.findall(r"charnn sample([^|#&;\n]*)", block):
+            if "[" not in found:
+                commands.append(shlex.split(found))
+    return commands
+
+
+def test_every_sampling_example_in_the_readme_needs_no_torch(workdir, tmp_path):
+    """Run as written against a trained run (runs/demo, the newest run), with lengths cut to 2,000."""
+    runs = tmp_path / "runs"
+    shutil.copytree(workdir["run"], runs / "demo")
+    (runs / "latest").write_text(str(runs / "demo") + "\n")
+    shutil.copy(workdir["run"] / "best.safetensors", tmp_path / "model.safetensors")
+    commands = readme_sample_commands()
+    assert len(commands) >= 9
+    for args in commands:
+        if "-n" in args:
+            args[args.index("-n") + 1] = str(min(int(args[args.index("-n") + 1]), 2000))
+        env = {**workdir["env"], "CHARNN_RUNS_DIR": str(runs)}
+        result, loaded = run_probed_in(tmp_path, ["sample", *args], env, tmp_path, stdin=b"The will to\n")
+        assert not loaded and result.stdout, args
