@@ -117,16 +117,22 @@ def filter_logits(logits: np.ndarray, options: StreamOptions) -> np.ndarray:
     return logits
 
 
-def draw(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-    """One draw per row, row b with rngs[b]: the argmax of p / E with E ~ Exp(1). Row i wins with
-    probability p_i (the smallest of exponentials with rates p_i), and a zero probability never wins.
-    exp(logit - max) is proportional to the probability, which is all the argmax needs; the noise is
-    float64, so it is never exactly zero."""
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    noise = np.empty(weights.shape)
-    for row, rng in zip(noise, rngs):
-        rng.standard_exponential(out=row)
-    weights /= noise
+def draw(logits: np.ndarray, rngs: Sequence[np.random.Generator], scale: np.ndarray | None = None) -> np.ndarray:
+    """One draw per row, row b with rngs[b], from softmax(logits * scale) (scale (B, 1): 1/temperature):
+    the argmax of p / E with E ~ Exp(1). Row i wins with probability p_i (the smallest of exponentials
+    with rates p_i), and a zero probability never wins. exp((logit - max) * scale) is proportional to
+    the probability, which is all the argmax needs; the noise is float64, so it is never exactly zero."""
+    weights = logits - logits.max(axis=1, keepdims=True)
+    if scale is not None:
+        weights *= scale
+    np.exp(weights, out=weights)
+    if len(rngs) == 1:  # the usual `charnn sample`: one call, no loop
+        weights /= rngs[0].standard_exponential(weights.shape)
+    else:
+        noise = np.empty(weights.shape)
+        for row, rng in zip(noise, rngs):
+            rng.standard_exponential(out=row)
+        weights /= noise
     return weights.argmax(axis=1)
 
 
@@ -138,10 +144,11 @@ def choose(logits: np.ndarray, options: StreamOptions, rngs: Sequence[np.random.
         logits = penalize(logits, seen, options.penalty)
     if options.all_greedy:
         return logits.argmax(axis=1)
-    scaled = logits if options.unit_temperature else logits * options.inverse_temperature
-    if options.filtered:
-        scaled = filter_logits(scaled, options)
-    ids = draw(scaled, rngs)
+    scale = None if options.unit_temperature else options.inverse_temperature
+    if options.filtered:  # top-p and min-p depend on the temperature: filter the scaled logits
+        ids = draw(filter_logits(logits if scale is None else logits * scale, options), rngs)
+    else:
+        ids = draw(logits, rngs, scale)
     return np.where(options.greedy, logits.argmax(axis=1), ids) if options.any_greedy else ids
 
 

@@ -16,6 +16,11 @@ stores them), arranged once for numpy's BLAS:
 State: a list with one entry per layer, (h, c) for an LSTM, h otherwise, each (H, B) float32.
 Streams are columns: selecting, joining and zeroing them is column work (`select_streams`,
 `join_streams`, `zero_streams`), so a batch can gain and lose streams between steps.
+
+Sampling runs the products on one BLAS thread by default (`blas_threads`). They take a fraction of a
+millisecond, and handing part of one to a second thread costs more: on our 2-core CI machine (a VM)
+every product numpy's OpenBLAS splits between two threads took 8 ms, whatever its size, where one
+thread takes 0.08 ms (1024x512 by a vector) to 4 ms (2048x1024 by 64 columns).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .config import ModelConfig
 
@@ -49,12 +55,46 @@ def _f32(array) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+class BlasThreads:
+    """Inside a `with` block, numpy's BLAS runs on `threads` threads (None: as configured, untouched),
+    and after the outermost block ends as it did before. BLAS has one thread pool per process, so the
+    count of open blocks is the process's too (a class attribute): blocks of several engines, or of
+    generators suspended in between, may end in any order. Setting the pool costs microseconds, and more
+    when it grows back, so a block spans a whole prime or a whole `Streams.sample`, not a step."""
+
+    _open = 0  # blocks open in this process
+    _saved: list = []  # the pool sizes before the first of them
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+        self.libraries = [] if threads is None else ThreadpoolController().select(user_api="blas").lib_controllers
+
+    def __enter__(self) -> None:
+        if not self.libraries:
+            return
+        if BlasThreads._open == 0:
+            BlasThreads._saved = [(library, library.get_num_threads()) for library in self.libraries]
+            for library in self.libraries:
+                library.set_num_threads(self.threads)
+        BlasThreads._open += 1
+
+    def __exit__(self, *exc) -> None:
+        if not self.libraries:
+            return
+        BlasThreads._open -= 1
+        if BlasThreads._open == 0:
+            for library, threads in BlasThreads._saved:
+                if threads is not None:
+                    library.set_num_threads(threads)
+
+
 class Engine:
     """The network of a `ModelConfig` on numpy arrays: `step` one character per stream, `read` a
     stretch of text. Equal to the PyTorch model's forward pass to floating-point rounding."""
 
-    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray]):
+    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], blas_threads: int | None = 1):
         self.config = config
+        self.blas_threads = BlasThreads(blas_threads)
         self.cell = config.cell
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
@@ -101,7 +141,8 @@ class Engine:
     # --- one character per stream --------------------------------------------------------------
 
     def step(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]:
-        """ids (B,) -> the next character's logits (B, V) and the new state."""
+        """ids (B,) -> the next character's logits (B, V) and the new state. Steps run inside the
+        caller's `with engine.blas_threads:` (`Streams.sample` opens one for all of its steps)."""
         x = None
         new_state = []
         for index, (params, layer_state) in enumerate(zip(self.layers, state)):
@@ -179,10 +220,11 @@ class Engine:
     def read(self, ids: np.ndarray, state: list, resets: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Read ids (T, B), T >= 1, after `state`: the logits (B, V) of what follows the last one, and
         the state. `resets` (T, B) marks the steps whose incoming state is zeroed first (--reset-on)."""
-        for start in range(0, len(ids), READ_CHUNK):
-            chunk = slice(start, start + READ_CHUNK)
-            x, state = self._read_chunk(ids[chunk], state, None if resets is None else resets[chunk])
-        return self.logits(x), state
+        with self.blas_threads:
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = slice(start, start + READ_CHUNK)
+                x, state = self._read_chunk(ids[chunk], state, None if resets is None else resets[chunk])
+            return self.logits(x), state
 
     def _read_chunk(self, ids: np.ndarray, state: list, resets: np.ndarray | None) -> tuple[np.ndarray, list]:
         """One layer at a time: its input terms for every step in one product, then the recurrence."""

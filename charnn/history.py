@@ -24,7 +24,6 @@ from .metrics import TAIL_BYTES, LossCurves, Progress, finite, loss_curves, read
 from .rundir import RunDir, latest_run, run_dirs, runs_root
 from .schedule import limit_reached
 from .units import bits
-from .weights import is_weights_file, read_records
 
 
 # --- one run, cheaply ---------------------------------------------------------------------------
@@ -236,6 +235,8 @@ def _checkpoint_info(path: Path, file: str, role: str, payload: dict | None = No
 
 def weights_info(path: Path, file: str) -> CheckpointInfo:
     """A safetensors weights file, from its header alone."""
+    from .weights import read_records  # noqa: PLC0415 (numpy: `charnn runs` starts without it)
+
     info = CheckpointInfo(file=file, role="weights", bytes=path.stat().st_size, resumable=False)
     try:
         records = read_records(path).records
@@ -332,6 +333,8 @@ def _info_from_checkpoint(path: Path) -> RunInfo:
 
 
 def _info_from_weights(path: Path) -> RunInfo:
+    from .weights import read_records  # noqa: PLC0415
+
     weights = read_records(path)
     payload = weights.payload()
     return RunInfo(path=path.resolve(), kind="weights", model=payload["model_config"],
@@ -352,6 +355,8 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     if path.is_file():
+        from .weights import is_weights_file  # noqa: PLC0415
+
         if is_weights_file(path):
             return _info_from_weights(path)
         if not is_torch_archive(path):

@@ -21,11 +21,13 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import CharnnError
 from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
+
+if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
+    import numpy as np
 
 RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST = "latest"

@@ -120,16 +120,19 @@ class Streams:
         if self.pending is None:
             return
         ids, self.pending = self.pending, None
-        ends = self._delimiters(ids[None])
-        state = zero_streams(self.state, ends[0]) if ends is not None else self.state
+        state = self.state
+        if self.reset_ids:  # a stream that completes the delimiter reads its last character from zero
+            state = zero_streams(state, self._delimiters(ids[None])[0])
         self.logits, self.state = self.engine.step(ids, state)
 
     # --- drawing -----------------------------------------------------------------------------
 
     def sample(self, length: int) -> Iterator[np.ndarray]:
-        """Yield `length` steps of (B,) int64 ids, each drawn and then read back in."""
-        for _ in range(length):
-            yield self.advance()
+        """Yield `length` steps of (B,) int64 ids, each drawn and then read back in (numpy's BLAS held to
+        the engine's `blas_threads` meanwhile)."""
+        with self.engine.blas_threads:
+            for _ in range(length):
+                yield self.advance()
 
     def advance(self) -> np.ndarray:
         """Read the ids drawn last, draw the next ones (B,) and hand them out."""
@@ -204,7 +207,12 @@ def beam_search(engine: Engine, prime: Sequence[int] | np.ndarray, length: int, 
     config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
     search = Streams.start(engine, config, seed=0)  # nothing is drawn: the seed never matters
     search.feed(prime)
-    vocab_size = engine.vocab_size
+    with engine.blas_threads:
+        yield from _search(search, length, beams)
+
+
+def _search(search: Streams, length: int, beams: int) -> Iterator[int]:
+    vocab_size = search.engine.vocab_size
     scores = np.zeros(1)
     unsettled = np.zeros((1, 0), dtype=np.int64)  # (K, t): where the beams still differ
     for step in range(length):

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..units import bits
-from ..weights import export_weights
 from .app import app, say, stderr
 from .options import EXIT_CODES_HELP, ModelArgument, QuietFlag
 
@@ -25,6 +24,8 @@ def export_command(
     Training writes best.safetensors beside best.pt by itself; this writes one for any checkpoint,
     including runs trained before charnn did. `charnn sample` reads it without PyTorch.
     """
+    from ..weights import export_weights  # noqa: PLC0415 (numpy, and PyTorch for a checkpoint)
+
     where, weights = export_weights(model, out)
     loss = weights.records.get("val_loss")
     what = f"step {weights.step:,}" if weights.step is not None else "no step recorded"

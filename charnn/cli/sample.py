@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
-from ..streaming import BufferedOutput, Conversation, PipeClosed, encode_prime, open_sampling_model, write_samples
 from .app import app, quiet_broken_pipe, say, stderr
 from .options import EXIT_CODES_HELP, Device, QuietFlag, WeightsArgument, default, given, unescape
+
+if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
+    from ..streaming import BufferedOutput, Conversation
 
 SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
 _SEPARATOR = SampleRequest.separator.decode().encode("unicode_escape").decode()  # shown as typed: \n\n
@@ -96,6 +98,9 @@ def sample(
     prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
     if prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
+    from ..streaming import (BufferedOutput, Conversation, PipeClosed, encode_prime,  # noqa: PLC0415
+                             open_sampling_model, write_samples)
+
     loaded = open_sampling_model(model, request.device)
     console = stderr()
     if loaded.note:
