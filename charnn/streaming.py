@@ -24,7 +24,7 @@ from .errors import CharnnError
 from .streams import Streams, default_prime, require_prime
 from .streams import beam_search as engine_beam_search
 from .vocab import Vocab
-from .weights import read_weights, weights_for
+from .weights import is_weights_file, read_weights, weights_for
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,13 @@ def open_sampling_model(path: str | os.PathLike | None = None, device: str = Sam
 
         device = str(resolve_device(device))
     source, note = weights_for(path)
-    if device == "cpu" and source.suffix == ".safetensors":
+    if device == "cpu" and is_weights_file(source):
         weights = read_weights(source)
         return SamplingModel(source, Engine(weights.config, weights.arrays), weights.vocab, note)
     from .checkpoint import model_from_weights, open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
     from .stepper import engine_from_model  # noqa: PLC0415
 
-    if source.suffix == ".safetensors":
+    if is_weights_file(source):
         weights = read_weights(source)
         return SamplingModel(source, model_from_weights(weights, device), weights.vocab, note)
     loaded = open_model(source, device)

@@ -30,7 +30,6 @@ from .vocab import Vocab
 
 FORMAT = "charnn-weights"
 FORMAT_VERSION = 1
-_READABLE = (np.float16, np.float32, np.float64)  # stored as float32; read from any of these
 _RECORDS = ("step", "val_loss", "train_config", "corpus")  # what a checkpoint says besides the weights
 
 

@@ -9,7 +9,10 @@ samples on a GPU, run here on the CPU), through the naive loop (nn.LSTM on a len
 multinomial, .item()), and with `--before DIR` through `charnn.generate` of the charnn checkout in DIR
 (loaded as the package `charnn_before`: the code before a change, e.g. `git worktree add DIR 744ee50`).
 They take turns of `charnn.bench.SAMPLING_CHUNK` steps, with an uncounted pause between turns so that
-none is timed against another's spinning threads; rates are medians over turns.
+none is timed against another's spinning threads; rates are medians over turns. numpy's BLAS thread
+pool is the process's: while the engine samples it runs on one thread, for the loops of the code
+before too (which on a 2-core VM only helps them: there every product OpenBLAS splits between two
+threads takes 8 ms; `python scripts/startup.py --before DIR` times that code in processes of its own).
 """
 
 from __future__ import annotations

@@ -189,3 +189,14 @@ def test_a_pickle_dressed_as_weights_is_refused_and_never_runs(tmp_path, capfd):
     assert_one_line_naming(*call(["sample", path], capfd), path)
     assert_one_line_naming(*call(["info", path], capfd), path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_weights_file_builds_the_same_torch_model(workdir):
+    """What `charnn sample --device cuda FILE.safetensors` builds (here on the CPU): best.pt's model."""
+    from charnn import load_model, model_from_weights
+
+    model = model_from_weights(read_weights(workdir["run"] / "best.safetensors"), "cpu")
+    reference, _ = load_model(workdir["run"])
+    ids = torch.arange(20).view(-1, 1) % model.config.vocab_size
+    with torch.no_grad():
+        assert torch.equal(model(ids)[0], reference(ids)[0]) and not model.training

@@ -19,8 +19,8 @@ from .options import EXIT_CODES_HELP, Device, default, given
 
 @app.command(epilog=EXIT_CODES_HELP)
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in under two minutes: 2 training "
-                                        "configs, 1 and 64 streams, a 100 MB corpus.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in about three minutes: 2 training "
+                                        "configs, 1 and 64 streams, a 100 MB corpus, the startup times.")] = False,
     json_file: Annotated[Optional[str], typer.Option(
         "--json", help="Also write the figures as JSON to this file (- for stdout).", show_default=False)] = None,
     device: Annotated[Optional[Device], typer.Option(help=f"Where to measure. {default(BenchOptions, 'device')}",

@@ -8,7 +8,10 @@ traceback with CHARNN_DEBUG=1).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import typer
 
@@ -29,11 +32,40 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
 
+class _Interrupts:
+    """SIGINT as KeyboardInterrupt (Python's own handler), remembered: typer turns a KeyboardInterrupt
+    raised in a command into exit code 130 without a word, so the edge says it."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and turn every failure into one line on stderr and an exit code."""
+    interrupts = _Interrupts()
+    with interrupts.installed():
+        code = _run(sys.argv[1:] if argv is None else list(argv), interrupts)
+    return code
+
+
+def _run(argv: list[str], interrupts: _Interrupts) -> int:
     console = stderr()
     try:
-        argv = sys.argv[1:] if argv is None else list(argv)
         result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
     except CharnnError as err:
         say(console, f"charnn: error: {err}", style="red")
@@ -55,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as err:  # a bug, not a user error: one line, and the traceback on request
         return _internal_error(console, err)
-    return result if isinstance(result, int) else 0
+    code = result if isinstance(result, int) else 0
+    if code == 130 and interrupts.seen:  # Ctrl-C in a command (training says so itself, with its own handler)
+        say(console, "charnn: interrupted")
+    return code
 
 
 def _internal_error(console, err: Exception) -> int:

@@ -165,8 +165,7 @@ def _interactive(conversation: Conversation, output: BufferedOutput, console: Co
             line = sys.stdin.readline()
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
             console.print()
-            say(console, "charnn: interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(130) from None  # the edge says "charnn: interrupted"
         if not line:  # Ctrl-D
             console.print()
             return
