@@ -211,8 +211,8 @@ class SampleRequest:
     num_samples: int = 1
     separator: bytes = b"\n\n"
     beam: int | None = None  # beam search with this many beams instead of sampling
-    # the CPU unless asked: one stream steps through a chain of small products, where a GPU gains little
-    # and PyTorch costs seconds to import; the CPU samples with numpy, without it
+    # the CPU unless asked: it samples with numpy, without PyTorch's seconds of importing, and one stream
+    # is a chain of small products, not the big batches a GPU is built for
     device: str = "cpu"
 
     def validate(self) -> SampleRequest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ from ..units import bits
 from .app import app, say, stderr
 from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
 from .progress import ConsoleTrainEvents
+
+if TYPE_CHECKING:  # training loads PyTorch: only `charnn train` itself imports it, not `charnn --help`
+    from ..runs import TrainRequest
 
 MODEL, DATA, OPTIM, STOP, RUN = "Model", "Data", "Optimisation", "Stopping", "Run and checkpoints"
 
@@ -140,7 +143,7 @@ def train(
     _run(request, process_group(ranks), quiet)
 
 
-def _run(request, group, quiet: bool) -> None:
+def _run(request: TrainRequest, group, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
     from ..distributed import leave_process_group  # noqa: PLC0415
     from ..runs import TrainHooks, open_training  # noqa: PLC0415
