@@ -4,6 +4,9 @@ The library is usable without the CLI:
 
     from charnn import read_corpus, start_training, load_model, generate
 
+Sampling on the CPU needs no PyTorch: `open_sampling_model` reads a run's best.safetensors into the
+numpy `Engine`, and `Streams` samples from it.
+
 Names are imported on first use (PEP 562), so `import charnn` is instant and the `charnn` command can
 install its signal handling before PyTorch loads.
 """
@@ -17,11 +20,15 @@ import types
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "open_model", "save_checkpoint"],
+    "archive": ["peek_checkpoint"],
+    "checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "model_from_weights", "open_model",
+                   "save_checkpoint"],
+    "choice": ["StreamOptions"],
     "config": ["BenchOptions", "ModelConfig", "SampleRequest", "SamplingConfig", "TrainConfig", "parse_duration"],
     "corpus": ["Corpus", "read_corpus"],
     "data": ["StreamBatches", "TrainData", "split_train_val"],
     "device": ["resolve_device"],
+    "engine": ["Engine"],
     "errors": ["CharnnError"],
     "evaluate": ["EvalResult", "EvalText", "evaluate", "text_to_score"],
     "events": ["TrainEvents", "TrainResult", "TrainSnapshot"],
@@ -34,12 +41,15 @@ _EXPORTS = {
     "render": ["html_page"],
     "rundir": ["RunDir", "latest_run", "resolve_checkpoint"],
     "runs": ["TrainHooks", "TrainRequest", "open_training", "resume_training", "start_training"],
-    "sampling": ["TextGenerator", "beam_search", "generate"],
-    "stepper": ["BlasStepper", "Stepper", "make_stepper"],
-    "streaming": ["BufferedOutput", "Conversation", "PipeClosed", "SampleWriter", "encode_prime", "write_samples"],
+    "sampling": ["TextGenerator", "TorchGenerator", "beam_search", "generate"],
+    "stepper": ["BlasStepper", "Stepper", "engine_from_model"],
+    "streaming": ["BufferedOutput", "Conversation", "PipeClosed", "SampleWriter", "SamplingModel", "encode_prime",
+                  "open_sampling_model", "write_samples"],
+    "streams": ["Streams", "sample_streams"],
     "train": ["Trainer"],
     "train_state": ["TrainState"],
     "vocab": ["Vocab"],
+    "weights": ["Weights", "export_weights", "read_weights", "write_weights"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,6 +24,7 @@ import torch
 
 from .baselines import VOCAB_SIZE, Alternating, ReferenceLoop, naive_sampler
 from .bench_corpora import bench_corpora
+from .bench_startup import bench_startup
 from .config import BenchOptions, ModelConfig, TrainConfig
 from .data import TrainData
 from .events import TrainEvents, TrainSnapshot
@@ -60,10 +62,11 @@ class BenchReport:
     training: list = field(default_factory=list)
     sampling: list = field(default_factory=list)
     corpora: list = field(default_factory=list)
+    startup: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"machine": self.machine, "ceilings": self.ceilings, "training": self.training,
-                "sampling": self.sampling, "corpora": self.corpora}
+                "sampling": self.sampling, "corpora": self.corpora, "startup": self.startup}
 
 
 # --- ceilings ---------------------------------------------------------------------------------
@@ -310,11 +313,22 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda mes
     if sizes is None:
         sizes = QUICK_CORPORA_MB if options.quick else FULL_CORPORA_MB
     if sizes:
-        if options.workdir is not None:
-            options.workdir.mkdir(parents=True, exist_ok=True)
-            report.corpora = bench_corpora(sizes, options.device, options.workdir, log, options.corpus_steps)
-        else:
-            with tempfile.TemporaryDirectory(prefix="charnn-bench-") as tmp:
-                report.corpora = bench_corpora(sizes, options.device, Path(tmp), log, options.corpus_steps)
+        with _workdir(options) as workdir:
+            report.corpora = bench_corpora(sizes, options.device, workdir, log, options.corpus_steps)
+    if options.startup_rounds:
+        with _workdir(options, "startup") as workdir:
+            report.startup = bench_startup(workdir, options.startup_rounds, log=log)
     return report
+
+
+@contextmanager
+def _workdir(options: BenchOptions, name: str = "") -> Iterator[Path]:
+    """options.workdir (or a directory in it), else a temporary directory removed afterwards."""
+    if options.workdir is not None:
+        path = options.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="charnn-bench-") as tmp:
+        yield Path(tmp)
 

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import torch
 
+from .archive import FORMAT, FORMAT_VERSION
 from .config import ModelConfig
 from .errors import CharnnError
 from .files import TORCH_ARCHIVE_MAGIC, atomic_write
 from .model import CharRNN
 from .vocab import Vocab
-
-FORMAT = "charnn-checkpoint"
-FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
@@ -45,7 +43,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not head:
         raise CharnnError(f"{path}: checkpoint is empty")
     if head != TORCH_ARCHIVE_MAGIC:
-        raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives)")
+        raise CharnnError(f"{path}: not a checkpoint (charnn checkpoints are torch.save archives; weights files are .safetensors)")
     payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CharnnError(f"{path}: not a charnn checkpoint")
@@ -151,3 +149,12 @@ def open_model(path: str | os.PathLike | None = None, device: str = "auto") -> L
     payload = load_checkpoint(checkpoint)
     model, vocab = model_from_checkpoint(payload, checkpoint)
     return LoadedModel(checkpoint, model.to(resolve_device(device)), vocab, payload)
+
+
+def model_from_weights(weights, device: str = "auto") -> CharRNN:
+    """The model of a `charnn.weights.Weights` (a safetensors file), on a device, in eval mode."""
+    from .device import resolve_device  # noqa: PLC0415
+
+    model = CharRNN(weights.config)
+    model.load_state_dict({name: torch.from_numpy(array) for name, array in weights.arrays.items()})
+    return model.to(resolve_device(device)).eval()

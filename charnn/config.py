@@ -240,6 +240,9 @@ class SampleRequest:
     num_samples: int = 1
     separator: bytes = b"\n\n"
     beam: int | None = None  # beam search with this many beams instead of sampling
+    # the CPU unless asked: it samples with numpy, without PyTorch's seconds of importing, and one stream
+    # is a chain of small products, not the big batches a GPU is built for
+    device: str = "cpu"
 
     def validate(self) -> SampleRequest:
         if self.seed is not None:
@@ -252,6 +255,7 @@ class SampleRequest:
             raise CharnnError(f"--beam must be at least 1, not {self.beam}")
         if self.beam is not None and self.num_samples != 1:
             raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
+        _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
         self.sampling.validate(vocab_size=1 << 30)
         return self
 
@@ -266,6 +270,7 @@ class BenchOptions:
     corpora_mb: tuple[int, ...] | None = None  # synthetic corpus sizes; () skips the section
     workdir: Path | None = None  # where the synthetic corpora go (default: a temporary directory)
     corpus_steps: int = 20  # training steps per big-corpus run
+    startup_rounds: int = 10  # whole processes timed per startup command (the median of these); 0 skips them
 
     @property
     def measure_seconds(self) -> float:

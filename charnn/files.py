@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import CharnnError
+
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
@@ -88,6 +90,16 @@ def read_json(path: str | os.PathLike) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def require_file(path: Path, kind: str) -> None:
+    """A CharnnError naming `path` unless it is a file with something in it; `kind` names what it should be."""
+    if not path.exists():
+        raise CharnnError(f"{path}: no such {kind}")
+    if path.is_dir():
+        raise CharnnError(f"{path}: is a directory, not a {kind}")
+    if path.stat().st_size == 0:
+        raise CharnnError(f"{path}: {kind} is empty")
 
 
 def is_torch_archive(path: str | os.PathLike) -> bool:

@@ -1,9 +1,11 @@
 """Reading runs back: summaries for `charnn runs`, details for `charnn info`, what `charnn plot` draws.
 
 Everything here reads a run's config.json and metrics.jsonl, which answer almost every question;
-a checkpoint is loaded (with `load_checkpoint`, so `weights_only=True`) only when they cannot:
-a run without config.json, a bare checkpoint file, or the steps and sizes `info` shows.
-Nothing here fails on a half-written run: what cannot be read is reported in `problems`.
+a checkpoint is read only when they cannot: a run without config.json, a bare checkpoint or
+safetensors file, or the steps and sizes `info` shows. Checkpoints are read without PyTorch
+(`charnn.archive.peek_checkpoint`: their plain values, no tensor data, nothing executed), and a file
+that cannot be read that way is loaded with `load_checkpoint` (`weights_only=True`), which says what
+is wrong with it. Nothing here fails on a half-written run: what cannot be read is in `problems`.
 """
 
 from __future__ import annotations
@@ -124,9 +126,15 @@ def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[st
 
 
 def _load_checkpoint(path: Path) -> dict:
-    from .checkpoint import load_checkpoint  # noqa: PLC0415 (PyTorch: only where config.json cannot answer)
+    """A checkpoint's payload, read without PyTorch where it can be (tensors as their shapes)."""
+    from .archive import NotPeekable, peek_checkpoint  # noqa: PLC0415
 
-    return load_checkpoint(path)
+    try:
+        return peek_checkpoint(path)
+    except NotPeekable:
+        from .checkpoint import load_checkpoint  # noqa: PLC0415 (PyTorch: to say what is wrong, or to load it)
+
+        return load_checkpoint(path)
 
 
 def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummary:
@@ -224,6 +232,22 @@ def _checkpoint_info(path: Path, file: str, role: str, payload: dict | None = No
     return info
 
 
+def weights_info(path: Path, file: str) -> CheckpointInfo:
+    """A safetensors weights file, from its header alone."""
+    from .weights import read_records  # noqa: PLC0415 (numpy: `charnn runs` starts without it)
+
+    info = CheckpointInfo(file=file, role="weights", bytes=path.stat().st_size, resumable=False)
+    try:
+        records = read_records(path).records
+    except CharnnError as err:
+        info.error = str(err).removeprefix(f"{path}: ")
+        return info
+    step = records.get("step")
+    info.step = step if isinstance(step, int) and not isinstance(step, bool) else None
+    info.val_loss = finite(records.get("val_loss"))
+    return info
+
+
 def run_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     """last.pt, best.pt and the kept checkpoints/step-N.pt of a run, each loaded to read its step."""
     run = RunDir(run_dir)
@@ -255,7 +279,7 @@ class RunInfo:
     """Everything `charnn info` shows about a run directory or a checkpoint file."""
 
     path: Path
-    kind: str  # "run" or "checkpoint"
+    kind: str  # "run", "checkpoint" or "weights" (a .safetensors file)
     model: dict
     train: dict | None
     vocab: dict
@@ -264,6 +288,7 @@ class RunInfo:
     progress: Progress
     checkpoints: list[CheckpointInfo]
     summary: RunSummary | None = None  # for a run directory
+    weights: CheckpointInfo | None = None  # a run's best.safetensors
 
     @property
     def vocab_chars(self) -> str | None:
@@ -292,6 +317,7 @@ class RunInfo:
             "parameters": self.parameters,
             "metrics": self.progress.to_dict(),
             "checkpoints": [c.to_dict() for c in self.checkpoints],
+            "weights": self.weights.to_dict() if self.weights else None,
             "problems": list(self.summary.problems) if self.summary else [],
         }
 
@@ -303,6 +329,17 @@ def _info_from_checkpoint(path: Path) -> RunInfo:
                    vocab=config["vocab"] or {}, corpus=config["corpus"], parameters=config["parameters"],
                    progress=Progress.from_checkpoint(payload),
                    checkpoints=[_checkpoint_info(path, path.name, "checkpoint", payload)])
+
+
+def _info_from_weights(path: Path) -> RunInfo:
+    from .weights import read_records  # noqa: PLC0415
+
+    weights = read_records(path)
+    payload = weights.payload()
+    return RunInfo(path=path.resolve(), kind="weights", model=payload["model_config"],
+                   train=payload.get("train_config"), vocab=payload["vocab"], corpus=payload.get("corpus"),
+                   parameters=weights.parameters, progress=Progress.from_checkpoint(payload),
+                   checkpoints=[weights_info(path, path.name)])
 
 
 def run_info(path: str | os.PathLike | None = None) -> RunInfo:
@@ -317,8 +354,12 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     if path.is_file():
+        from .weights import is_weights_file  # noqa: PLC0415
+
+        if is_weights_file(path):
+            return _info_from_weights(path)
         return _info_from_checkpoint(path)
-    RunDir(path).require()
+    run = RunDir(path).require()
     latest = root_latest.resolve() if root_latest else _latest_path(runs_root())
     summary = summarize_run(path, latest=path.resolve() == latest)
     problems = []
@@ -328,7 +369,8 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
     return RunInfo(path=path.resolve(), kind="run", model=config.get("model") or {}, train=config.get("train"),
                    vocab=config.get("vocab") or {}, corpus=config.get("corpus"), parameters=config.get("parameters"),
                    progress=Progress.from_metrics(read_metrics(RunDir(path).metrics_path)),
-                   checkpoints=run_checkpoints(path), summary=summary)
+                   checkpoints=run_checkpoints(path), summary=summary,
+                   weights=weights_info(run.weights, run.WEIGHTS) if run.weights.is_file() else None)
 
 
 # --- loss curves of a run --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ A run directory holds:
                       neither the files nor stdin again
     last.pt           everything needed to resume (weights, optimiser, schedule, RNG, data position)
     best.pt           the weights with the lowest validation loss, for sampling and evaluation
+    best.safetensors  the same weights without pickle, read without PyTorch (written with best.pt)
     checkpoints/      with --keep: earlier last.pt files, step-N.pt
 
 config.json names its format ("format": "charnn-run", "format_version"): that marker is how charnn
@@ -23,16 +24,19 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import CharnnError
 from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
+
+if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
+    import numpy as np
 
 RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST = "latest"
 RUN_FORMAT, RUN_FORMAT_VERSION = "charnn-run", 1
 _LEGACY_SECTIONS = ("model", "train", "vocab", "corpus")  # a config.json written before the marker
+WEIGHTS_SUFFIX = ".safetensors"  # a checkpoint's weights without pickle: X.pt -> X.safetensors
 
 
 def runs_root() -> Path:
@@ -43,16 +47,17 @@ class RunDir:
     """One run's directory: every file in it is named, read and written here."""
 
     CONFIG, METRICS, TOKENS, LAST, BEST = "config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt"
+    WEIGHTS = BEST.removesuffix(".pt") + WEIGHTS_SUFFIX  # best.pt's weights, read without PyTorch
     KEPT = "checkpoints"  # --keep: earlier last.pt files
     SET_ASIDE = ".replaced"  # the run that --overwrite replaces, until the new one has a model
-    FILES = (CONFIG, METRICS, TOKENS, LAST, BEST)
+    FILES = (CONFIG, METRICS, TOKENS, LAST, BEST, WEIGHTS)
     CHECKPOINTS = (LAST, BEST)
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.config_path, self.metrics_path = self.path / self.CONFIG, self.path / self.METRICS
         self.tokens_path, self.kept_dir = self.path / self.TOKENS, self.path / self.KEPT
-        self.last, self.best = self.path / self.LAST, self.path / self.BEST
+        self.last, self.best, self.weights = self.path / self.LAST, self.path / self.BEST, self.path / self.WEIGHTS
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -75,7 +80,7 @@ class RunDir:
         Whether charnn may write into it is `owned`'s question."""
         path = Path(path)
         try:
-            return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST))
+            return path.is_dir() and any((path / name).exists() for name in (cls.CONFIG, cls.LAST, cls.BEST, cls.WEIGHTS))
         except OSError:
             return False
 
@@ -278,6 +283,11 @@ def resolve_checkpoint(model: str | os.PathLike | None, prefer: str = "best") ->
     if not path.exists():
         raise CharnnError(f"{path}: no such run directory or checkpoint")
     return path
+
+
+def weights_beside(checkpoint: Path) -> Path:
+    """The safetensors file that holds a checkpoint's weights: best.pt -> best.safetensors."""
+    return checkpoint.with_suffix(WEIGHTS_SUFFIX)
 
 
 def looks_like_checkpoint(path: Path) -> bool:

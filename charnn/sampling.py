@@ -1,23 +1,31 @@
-"""Sampling: warm the state up on a prime, then generate one character at a time.
+"""Sampling from a `CharRNN`: the library's entry points, and the torch path that samples on a GPU.
 
-Each sampled character is fed back in as the next input, through a stepper (`charnn.stepper`)
-that runs the recurrence with the model's own matrices, one step at a time.
+`generate`, `TextGenerator` and `beam_search` take a model. On the CPU they sample with the numpy
+engine (`charnn.streams`: the one code path there, which `charnn sample` uses without PyTorch); on a
+GPU with `TorchGenerator`: the prime read in one pass of the model's forward, then one character at a
+time through the torch `Stepper`, every option (temperature, top-k, top-p, min-p, the repetition
+penalty, --reset-on) in torch. The torch path is also the reference that tests hold the engine to.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from . import choice
 from .config import SamplingConfig
 from .errors import CharnnError
 from .model import CharRNN, reset_mask, reset_streams
-from .stepper import BlasStepper, make_stepper
+from .stepper import Stepper, engine_from_model
+from .streams import Streams, default_prime, fresh_seed, require_prime
+from .streams import beam_search as engine_beam_search
 from .vocab import Vocab
+
+__all__ = ["TextGenerator", "TorchGenerator", "beam_search", "default_prime", "draw_host", "filter_logits",
+           "generate", "penalize_repeats", "preview_text", "sample_next"]
 
 
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
@@ -66,33 +74,14 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
 
 
 def draw_host(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`draw` for numpy (B, V) logits, without a torch call: a few microseconds where the torch
-    version takes some fifteen. exp(logit - max) is proportional to the probability, which is all
-    the argmax of p / E needs. The noise is float64, so it is never exactly zero."""
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    weights /= rng.standard_exponential(weights.shape)
-    return weights.argmax(axis=1)
-
-
-def default_prime(vocab: Vocab, reset_ids: Sequence[int] = ()) -> list[int]:
-    """Without a prime, start where texts usually do: after a newline (else the first character), or
-    for a model trained with --reset-on, after its delimiter, where every record starts."""
-    if reset_ids:
-        return list(reset_ids)
-    if vocab.mode == "byte":
-        return [ord("\n")]
-    index = vocab.chars.find("\n")
-    return [index if index >= 0 else 0]
+    """`draw` for numpy (B, V) logits, every row from one generator (the engine gives each stream its own)."""
+    return choice.draw(logits, [rng] * len(logits))
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else fresh_seed())
     return generator
-
-
-def fresh_seed() -> int:
-    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 def restart_streams(stepper, state: list, restart: torch.Tensor) -> list:
@@ -134,17 +123,11 @@ class RecentCharacters:
         return self.counts > 0
 
 
-class TextGenerator:
-    """A model's sampling state for `num_samples` streams: feed it text, draw continuations.
+class TorchGenerator:
+    """A model's sampling state for `num_samples` streams on torch tensors, on the model's device.
 
-    The state carries over between calls, so a conversation-like loop (`charnn sample --interactive`)
-    can alternate `feed` and `sample`; `reset` forgets everything. With a model trained with
-    --reset-on, the state restarts at the delimiter here too, exactly as in training.
-
-    With numpy's stepper (one stream on the CPU), the logits, the drawn ids and the state stay numpy
-    arrays from step to step; torch only sees them for the options written in torch (top-k, top-p,
-    min-p, the repetition penalty, --reset-on). Sampled ids come out as numpy arrays on the host
-    either way: that is where every reader of them (decoding, printing) needs them.
+    The state carries over between calls (`feed`, `sample`, `reset`), as `Streams` does on the CPU;
+    with a model trained with --reset-on, the state restarts at the delimiter, exactly as in training.
     """
 
     PRIME_CHUNK = 1024  # prime steps per forward pass: bounds the logits kept for a long prime
@@ -159,21 +142,16 @@ class TextGenerator:
         # 1/temperature folded into the output layer once, not applied at every step
         self.scale = 1.0 / config.temperature if config.temperature > 0 else 1.0
         self.config = replace(config, temperature=1.0) if config.temperature > 0 else config
-        seed = fresh_seed() if seed is None else seed
         self.generator = make_generator(seed, self.device)
-        self.rng = np.random.default_rng(seed)
-        self.stepper = make_stepper(model, logit_scale=self.scale, streams=num_samples)
-        self.on_host = isinstance(self.stepper, BlasStepper)
-        filtered = config.top_k is not None or (config.top_p or 1) < 1 or bool(config.min_p)
-        self.draw_on_host = self.on_host and not filtered and config.repetition_penalty == 1.0
+        self.stepper = Stepper(model, logit_scale=self.scale)
         self.reset_ids = model.config.reset_ids
         self.reset()
 
     def reset(self) -> None:
         """Back to the zero state with nothing read."""
         self.state: list | None = None
-        self._logits = None  # (B, V), as the stepper gives them: what comes next, given everything read
-        self.pending = None  # (B,): drawn and handed out, not yet read
+        self.logits: torch.Tensor | None = None  # (B, V), scaled: what comes next, given everything read
+        self.pending: torch.Tensor | None = None  # (B,): drawn and handed out, not yet read
         self.tail = torch.full((self.num_samples, max(len(self.reset_ids) - 1, 0)), -1, dtype=torch.int64,
                                device=self.device)  # the last characters read: a delimiter may straddle calls
         self.recent = None
@@ -189,7 +167,7 @@ class TextGenerator:
             return
         steps = ids.view(-1, 1).expand(-1, self.num_samples)  # (P, B)
         if self.pending is not None:
-            steps = torch.cat([self._tensor(self.pending).view(1, -1), steps])
+            steps = torch.cat([self.pending.view(1, -1), steps])
             self.pending = None
         hidden = None if self.state is None else self.stepper.hidden_from_state(self.state)
         for start in range(0, len(steps), self.PRIME_CHUNK):
@@ -197,71 +175,88 @@ class TextGenerator:
             resets = reset_mask(chunk, self.reset_ids, self.tail.t()) if self.reset_ids else None
             logits, hidden = self.model(chunk, hidden, resets)
             self._remember(chunk)
-        self._logits = logits[-1] * self.scale
-        if self.on_host:
-            self._logits = self._logits.numpy()
+        self.logits = logits[-1] * self.scale
         self.state = self.stepper.state_from_hidden(hidden)
         if self.recent is not None:
             self.recent.add(ids.view(-1, 1).expand(-1, self.num_samples))
 
-    @property
-    def logits(self) -> torch.Tensor | None:
-        """(B, V): the scaled logits of what comes next, given everything read (None before any text)."""
-        return None if self._logits is None else self._tensor(self._logits)
-
     def sample(self, length: int) -> Iterator[np.ndarray]:
-        """Yield `length` steps of (num_samples,) int64 ids, each drawn and then fed back in.
+        """Yield `length` steps of (num_samples,) int64 ids on the host, each drawn and then fed back in.
 
-        Only torch's stepper runs under inference mode, entered per step: numpy's makes no torch call
-        a step, and a generator decorated with inference mode pays for entering and leaving it at every
-        step all the same (the steppers hold detached weights, so nothing records gradients anyway).
-        """
-        if self._logits is None:
+        Inference mode is entered per step: a generator decorated with it would pay for entering and
+        leaving it at every step all the same."""
+        if self.logits is None:
             raise CharnnError("nothing to continue from: feed a prime first")
         for _ in range(length):
-            if self.on_host:
-                yield self._advance()
-            else:
-                with torch.inference_mode():  # the torch stepper's small operations skip autograd's bookkeeping
-                    ids = self._advance().cpu().numpy()
-                yield ids
+            with torch.inference_mode():  # the stepper's small operations skip autograd's bookkeeping
+                if self.pending is not None:
+                    self._step(self.pending)
+                self.pending = self._draw()
+                ids = self.pending.cpu().numpy()
+            yield ids
 
-    def _advance(self):
-        """Read the pending ids, if any, and draw the next ones."""
-        if self.pending is not None:
-            self._step(self.pending)
-        self.pending = self._draw()
-        return self.pending
-
-    def _draw(self):
-        """The next ids, as the stepper takes them (numpy for numpy's)."""
-        if self.draw_on_host:
-            return draw_host(self._logits, self.rng) if self.config.temperature > 0 else self._logits.argmax(axis=1)
-        logits = self._tensor(self._logits)
+    def _draw(self) -> torch.Tensor:
+        logits = self.logits
         if self.recent is not None:
             logits = penalize_repeats(logits, self.recent.seen(), self.config.repetition_penalty)
         ids = sample_next(logits, self.config, self.generator)
         if self.recent is not None:
             self.recent.add(ids)
-        return ids.numpy() if self.on_host else ids
+        return ids
 
-    def _step(self, ids) -> None:
+    def _step(self, ids: torch.Tensor) -> None:
         if self.reset_ids:
-            tensor = self._tensor(ids).view(1, -1)
-            restart = reset_mask(tensor, self.reset_ids, self.tail.t())[0]
+            restart = reset_mask(ids.view(1, -1), self.reset_ids, self.tail.t())[0]
             self.state = restart_streams(self.stepper, self.state, restart)
-            self._remember(tensor)
-        step = self.stepper.step if self.on_host else self.stepper
-        self._logits, self.state = step(ids, self.state)
+            self._remember(ids.view(1, -1))
+        self.logits, self.state = self.stepper(ids, self.state)
         self.pending = None
-
-    def _tensor(self, array) -> torch.Tensor:
-        return torch.from_numpy(array) if isinstance(array, np.ndarray) else array
 
     def _remember(self, steps: torch.Tensor) -> None:
         """Keep the last len(delimiter) - 1 characters read, (B, n), to find a delimiter across calls."""
         if self.tail.shape[1]:
             self.tail = torch.cat([self.tail, steps.t()], dim=1)[:, -self.tail.shape[1]:]
+
+
+class TextGenerator:
+    """A model's sampling state for `num_samples` streams: feed it text, draw continuations.
+
+    The state carries over between calls, so a conversation-like loop (`charnn sample --interactive`)
+    can alternate `feed` and `sample`; `reset` forgets everything. On the CPU it runs on the numpy
+    engine (`Streams`), elsewhere on torch (`TorchGenerator`). Sampled ids come out as int64 numpy
+    arrays on the host either way: that is where every reader of them (decoding, printing) needs them.
+    """
+
+    def __init__(self, model: CharRNN, config: SamplingConfig = SamplingConfig(), num_samples: int = 1,
+                 seed: int | None = None):
+        model.eval()
+        self.reset_ids = model.config.reset_ids
+        self.draw_on_host = model.head.weight.device.type == "cpu"  # the whole step, draw included, in numpy
+        if self.draw_on_host:
+            self.impl = Streams.start(engine_from_model(model), config, num_samples, seed)
+            self.scale = 1.0 / config.temperature if config.temperature > 0 else 1.0
+        else:
+            self.impl = TorchGenerator(model, config, num_samples, seed)
+
+    def feed(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Read text (the same for every stream) after whatever was read or drawn before."""
+        self.impl.feed(ids)
+
+    def sample(self, length: int) -> Iterator[np.ndarray]:
+        """Yield `length` steps of (num_samples,) int64 ids, each drawn and then fed back in."""
+        return self.impl.sample(length)
+
+    def reset(self) -> None:
+        """Back to the zero state with nothing read."""
+        self.impl.reset()
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """(B, V): the logits of what comes next divided by the temperature (None before any text)."""
+        logits = self.impl.logits
+        if logits is None or not self.draw_on_host:
+            return logits
+        return torch.from_numpy(logits * np.float32(self.scale))
 
 
 def generate(
@@ -274,11 +269,9 @@ def generate(
 ) -> Iterator[np.ndarray]:
     """Yield `length` steps of (num_samples,) character ids (int64 numpy arrays) that follow `prime`.
 
-    The prime (at least one id) is read in one pass of the model's own forward;
-    then every sampled id is fed back in to produce the next.
+    The prime (at least one id) is read first; then every sampled id is fed back in to produce the next.
     """
-    if len(prime) == 0:
-        raise CharnnError("the prime is empty", hint="give at least one character, or none to use the default")
+    require_prime(prime)
     generator = TextGenerator(model, config, num_samples=num_samples, seed=seed)
     generator.feed(prime)
     yield from generator.sample(length)
@@ -296,26 +289,28 @@ def preview_text(model: CharRNN, vocab: Vocab, length: int, seed: int) -> str:
     return vocab.decode(np.concatenate(steps))
 
 
-@torch.inference_mode()
 def beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, beams: int = 8,
                 repetition_penalty: float = 1.0, repetition_window: int | None = 64) -> Iterator[int]:
-    """The most likely `length` characters after `prime` that a beam of `beams` finds, as ids.
+    """The most likely `length` characters after `prime` that a beam of `beams` finds, as ids: with
+    the numpy engine on the CPU (`charnn.streams.beam_search`, which says how), with torch elsewhere."""
+    if model.head.weight.device.type == "cpu":
+        return engine_beam_search(engine_from_model(model.eval()), prime, length, beams, repetition_penalty,
+                                  repetition_window)
+    return torch_beam_search(model, prime, length, beams, repetition_penalty, repetition_window)
 
-    Every step keeps the `beams` likeliest continuations so far (summed log-probabilities, after the
-    repetition penalty if one is given: the likeliest text is often a loop). Ids are yielded as soon
-    as every beam agrees on them, so the output streams where the search has settled; the rest of the
-    best beam follows at the end.
-    """
-    if len(prime) == 0:
-        raise CharnnError("the prime is empty", hint="give at least one character, or none to use the default")
+
+@torch.inference_mode()
+def torch_beam_search(model: CharRNN, prime: Sequence[int] | np.ndarray, length: int, beams: int = 8,
+                      repetition_penalty: float = 1.0, repetition_window: int | None = 64) -> Iterator[int]:
+    """`charnn.streams.beam_search` on torch tensors, on the model's device."""
+    require_prime(prime)
     if beams < 1:
         raise CharnnError(f"--beam must be at least 1, not {beams}")
     config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
-    searcher = TextGenerator(model, config, num_samples=1)
+    searcher = TorchGenerator(model, config, num_samples=1)
     searcher.feed(prime)
-    recent = searcher.recent
-    stepper, vocab_size = make_stepper(model, streams=beams), model.config.vocab_size
-    state, tail = stepper.state_from_hidden(searcher.stepper.hidden_from_state(searcher.state)), searcher.tail
+    recent, stepper, vocab_size = searcher.recent, searcher.stepper, model.config.vocab_size
+    state, tail = searcher.state, searcher.tail
     scores = torch.zeros(1, device=searcher.device, dtype=torch.float64)
     unsettled = torch.zeros(1, 0, dtype=torch.int64, device=searcher.device)  # (K, t): where the beams differ
     logits = searcher.logits

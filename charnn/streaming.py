@@ -1,23 +1,81 @@
-"""Generated text onto a byte stream: what `charnn sample` writes, as a library.
+"""Generated text onto a byte stream: what `charnn sample` does, as a library.
 
-`BufferedOutput` streams bytes without a system call per character; `SampleWriter` turns each step's
-ids into text, ending a sample at its stop string and printing the other samples after the first;
-`write_samples` runs a sampler (or beam search) into them; `Conversation` is --interactive's state,
-carried from turn to turn.
+`open_sampling_model` opens the model to sample from: on the CPU the numpy engine, from the
+run's best.safetensors without PyTorch (from a checkpoint through PyTorch where there is none);
+on a GPU a torch model. `BufferedOutput` streams bytes without a system call per character;
+`SampleWriter` turns each step's ids into text, ending a sample at its stop string and printing the
+other samples after the first; `write_samples` runs a sampler (or beam search) into them;
+`Conversation` is --interactive's state, carried from turn to turn. Nothing here imports PyTorch:
+a torch model's sampler is imported only when a torch model is given.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from .config import SampleRequest, SamplingConfig
+from .engine import Engine
 from .errors import CharnnError
 from .memory import SAMPLE_HINT, beam_bytes, require_memory, sampling_bytes
-from .model import CharRNN
-from .config import SampleRequest
-from .sampling import TextGenerator, beam_search, default_prime, generate
+from .streams import Streams, default_prime, require_prime
+from .streams import beam_search as engine_beam_search
 from .vocab import Vocab
+from .weights import is_weights_file, read_weights, weights_for
+
+
+@dataclass(frozen=True)
+class SamplingModel:
+    """A model ready to sample, with the file it came from."""
+
+    path: Path  # best.safetensors, another .safetensors file, or a checkpoint
+    model: object  # an `Engine` on the CPU; a `CharRNN` on a GPU
+    vocab: Vocab
+    note: str | None = None  # something people should know about the choice of file
+
+
+def open_sampling_model(path: str | os.PathLike | None = None, device: str = SampleRequest.device) -> SamplingModel:
+    """The model of a run directory (default: the newest run), checkpoint or safetensors file, to
+    sample on `device`: on the CPU, the numpy engine, read without PyTorch from a .safetensors file."""
+    if device != "cpu":
+        from .device import resolve_device  # noqa: PLC0415 (PyTorch: only off the CPU, or to resolve auto)
+
+        device = str(resolve_device(device))
+    source, note = weights_for(path)
+    if device == "cpu" and is_weights_file(source):
+        weights = read_weights(source)
+        return SamplingModel(source, Engine(weights.config, weights.arrays), weights.vocab, note)
+    from .checkpoint import model_from_weights, open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
+    from .stepper import engine_from_model  # noqa: PLC0415
+
+    if is_weights_file(source):
+        weights = read_weights(source)
+        return SamplingModel(source, model_from_weights(weights, device), weights.vocab, note)
+    loaded = open_model(source, device)
+    model = engine_from_model(loaded.model) if device == "cpu" else loaded.model
+    return SamplingModel(loaded.path, model, loaded.vocab, note)
+
+
+def open_sampler(model, config: SamplingConfig, num_samples: int = 1, seed: int | None = None):
+    """A sampling state (feed, sample, reset, logits) for an `Engine` (`Streams`) or a torch model."""
+    if isinstance(model, Engine):
+        return Streams.start(model, config, num_samples, seed)
+    from .sampling import TextGenerator  # noqa: PLC0415
+
+    return TextGenerator(model, config, num_samples, seed)
+
+
+def _beam_search(model, prime_ids, request: SampleRequest):
+    if isinstance(model, Engine):
+        search = engine_beam_search
+    else:
+        from .sampling import beam_search as search  # noqa: PLC0415
+    config = request.sampling
+    return search(model, prime_ids, request.length, request.beam, config.repetition_penalty, config.repetition_window)
 
 
 class PipeClosed(Exception):
@@ -121,9 +179,9 @@ def encode_prime(vocab: Vocab, prime: bytes, drop_unknown: bool = False) -> tupl
     return ids, given - len(ids)
 
 
-def check_memory(model: CharRNN, request: SampleRequest) -> None:
+def check_memory(model, request: SampleRequest) -> None:
     """Refuse a batch of samples or beams that cannot fit, before allocating it."""
-    device = str(model.head.weight.device)
+    device = "cpu" if isinstance(model, Engine) else str(model.head.weight.device)
     if request.beam is not None:
         need, what = beam_bytes(model.config, request.beam, request.length), f"beam search with {request.beam:,} beams"
     else:
@@ -132,21 +190,20 @@ def check_memory(model: CharRNN, request: SampleRequest) -> None:
     require_memory(need, what, device, SAMPLE_HINT)
 
 
-def write_samples(model: CharRNN, vocab: Vocab, request: SampleRequest, output: BufferedOutput,
-                  prime_ids=None) -> None:
-    """Generate `request`'s samples after `prime_ids` (default: the model's default prime, not
-    printed) and write them to `output` as they are made."""
+def write_samples(model, vocab: Vocab, request: SampleRequest, output: BufferedOutput, prime_ids=None) -> None:
+    """Generate `request`'s samples from `model` (an `Engine` or a torch model) after `prime_ids`
+    (default: the model's default prime, not printed) and write them to `output` as they are made."""
     check_memory(model, request)
     shown = vocab.decode_bytes(prime_ids) if prime_ids is not None and request.echo_prime else b""
     if prime_ids is None:
         prime_ids = default_prime(vocab, model.config.reset_ids)
-    config = request.sampling
+    require_prime(prime_ids)
     if request.beam is not None:
-        steps = ([i] for i in beam_search(model, prime_ids, request.length, request.beam,
-                                         config.repetition_penalty, config.repetition_window))
+        steps = ([i] for i in _beam_search(model, prime_ids, request))
     else:
-        steps = (ids.tolist() for ids in generate(model, prime_ids, request.length, config,
-                                                  num_samples=request.num_samples, seed=request.seed))
+        sampler = open_sampler(model, request.sampling, request.num_samples, request.seed)
+        sampler.feed(prime_ids)
+        steps = (ids.tolist() for ids in sampler.sample(request.length))
     writer = SampleWriter(vocab, request.num_samples, request.stop, output)
     output.write(shown)
     for ids in steps:
@@ -159,9 +216,9 @@ def write_samples(model: CharRNN, vocab: Vocab, request: SampleRequest, output: 
 class Conversation:
     """--interactive: text read and continuations drawn alternately, the state carried from turn to turn."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, request: SampleRequest, prime_ids=None):
+    def __init__(self, model, vocab: Vocab, request: SampleRequest, prime_ids=None):
         self.vocab, self.request = vocab, request
-        self.generator = TextGenerator(model, request.sampling, seed=request.seed)
+        self.generator = open_sampler(model, request.sampling, seed=request.seed)
         if prime_ids is not None:
             self.generator.feed(prime_ids)
 

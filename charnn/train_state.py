@@ -20,6 +20,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import CharnnError
 from .rundir import RunDir
 from .vocab import Vocab
+from .weights import weights_from_payload, write_weights
 
 
 @dataclass
@@ -175,7 +176,8 @@ class RunWriter:
         return every is not None and step % every == 0
 
     def write_checkpoint(self, payload: dict, step: int, best: bool) -> Path:
-        """Save best.pt or last.pt atomically; with --keep, the last.pt it replaces moves to checkpoints/."""
+        """Save best.pt (and best.safetensors) or last.pt atomically; with --keep, the last.pt it replaces
+        moves to checkpoints/."""
         path = self.run.best if best else self.run.last
         if not all(bool(torch.isfinite(t).all()) for t in payload["model_state"].values()):
             raise CharnnError(f"training diverged: the weights became non-finite at step {step}; "
@@ -188,6 +190,8 @@ class RunWriter:
         if not best and keep > 0 and self.last_step is not None and self.last_step != step:
             self.run.keep_last(self.last_step)
         save_checkpoint(path, payload)
+        if best:  # the same weights without pickle, for sampling without PyTorch
+            write_weights(self.run.weights, weights_from_payload(payload))
         if best and self.claim is not None:
             self.claim.settle()  # the new run has a model: an old run set aside goes now
         if not best:

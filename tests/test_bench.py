@@ -3,6 +3,7 @@
 import json
 
 import charnn.bench as bench
+import charnn.bench_startup as bench_startup
 from charnn.bench import BenchOptions, TrainCase, run_benchmark, sampling_bytes_per_step, training_flops_per_char
 from charnn.cli import main
 
@@ -15,12 +16,14 @@ def test_flop_and_byte_counts():
 
 
 def test_bench_reports_every_row(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_startup, "RUNS", 2)
+    monkeypatch.setattr(bench_startup, "MODEL", {"num_layers": 1, "hidden_size": 16})
     monkeypatch.setattr(bench, "QUICK_TRAIN", (TrainCase(1, 16, 4, 8),))
     monkeypatch.setattr(bench, "QUICK_STREAMS", (1, 3))
     monkeypatch.setattr(bench, "SAMPLE_MODEL", (2, 32))
     monkeypatch.setattr(bench, "SAMPLING_PAUSE", 0.0)
     report = run_benchmark(BenchOptions(quick=True, seconds=0.05, corpora_mb=(1,), workdir=tmp_path,
-                                        corpus_steps=2))
+                                        corpus_steps=2, startup_rounds=1))
     c = report.ceilings
     assert min(c["gemm_gflops_torch"], c["gemm_gflops_numpy"], c["read_gb_per_sec"], c["cached_read_gb_per_sec"]) > 0
     assert c["gemm_gflops"] == max(c["gemm_gflops_torch"], c["gemm_gflops_numpy"])  # the best either library does
@@ -34,6 +37,8 @@ def test_bench_reports_every_row(monkeypatch, tmp_path, capsys):
     assert corpus["megabytes"] == 1 and corpus["tokens"] == 1_000_000
     assert corpus["encode_mb_per_sec"] > 0 and corpus["peak_rss_mb"] > 0
     assert list((tmp_path / "runs" / ".cache").glob("*.npy"))  # the second run found the cache
+    assert [row["command"] for row in report.startup][2:] == list(bench_startup.GOALS)
+    assert all(row["seconds"] > 0 for row in report.startup)
 
 
 def test_bench_command_writes_json(monkeypatch, tmp_path, capsys):
@@ -42,10 +47,12 @@ def test_bench_command_writes_json(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(bench, "SAMPLE_MODEL", (1, 16))
     monkeypatch.setattr(bench, "SAMPLING_PAUSE", 0.0)
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--seconds", "0.05", "--corpus-mb", "0", "--json", str(out)]) == 0
+    assert main(["bench", "--quick", "--seconds", "0.05", "--corpus-mb", "0", "--startup-rounds", "0", "--json",
+                 str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""  # the table is for people: stderr
     assert "training" in captured.err and "sampling" in captured.err and "numpy's BLAS" in captured.err
     data = json.loads(out.read_text())
-    assert set(data) == {"machine", "ceilings", "training", "sampling", "corpora"} and data["corpora"] == []
-    assert main(["bench", "--seconds", "-1"]) == 1
+    assert set(data) == {"machine", "ceilings", "training", "sampling", "corpora", "startup"}
+    assert data["corpora"] == [] and data["startup"] == []
+    assert main(["bench", "--seconds", "-1"]) == 1 and main(["bench", "--startup-rounds", "-1"]) == 1

@@ -154,7 +154,8 @@ def test_keep_holds_the_n_checkpoints_before_the_last_and_no_more(tmp_path):
 
 def test_without_keep_only_best_and_last_are_written(tmp_path):
     make_trainer(tmp_path / "run", max_steps=30, save_every_steps=5).run()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "best.safetensors", "last.pt",
+                                                                   "metrics.jsonl"]
 
 
 def test_running_out_of_memory_is_a_clear_error_that_keeps_the_last_checkpoint(tmp_path, monkeypatch):

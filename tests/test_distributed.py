@@ -75,8 +75,8 @@ def test_two_processes_train_what_one_process_trains(reference):
     for a, b in zip(records(one, "eval"), records(two, "eval")):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
     assert_close(weights(one), weights(two), 1e-4)
-    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl",
-                                                      "tokens.npy"]
+    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "best.safetensors", "config.json", "last.pt",
+                                                      "metrics.jsonl", "tokens.npy"]
     # the checkpoint holds the whole batch's state, and samples in a plain process
     assert load_checkpoint(two / "last.pt")["train_state"]["hidden"][0].shape == (2, 4, 32)
     sampled = run_cli("sample", two, "-n", "50", "--seed", "1")

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,11 @@ def _crafted(payload_changes: dict, good_checkpoint) -> dict:
 
 @pytest.fixture
 def world(trained, tmp_path):
+    return build_world(trained, tmp_path / "home")
+
+
+def build_world(trained, root):
     """The user's directory: their files, a trained run (runs/latest names it), and odd files."""
-    root = tmp_path / "home"
     root.mkdir()
     shutil.copy(trained / "small.txt", root / "small.txt")
     shutil.copytree(trained / "good", root / "good")
@@ -109,20 +113,44 @@ def charnn(world, command: str, timeout: float = 180) -> subprocess.CompletedPro
     return subprocess.run(["bash", "-c", script], cwd=world, env=env, capture_output=True, timeout=timeout)
 
 
-def assert_refused(world, command: str, code: int, needles: tuple[str, ...], kind: str = "error",
-                   setup: str = "") -> None:
+@dataclass
+class Attempt:
+    """A command run in a world: what it said, and the tree before and after."""
+
+    command: str
+    result: subprocess.CompletedProcess
+    before: dict
+    after: dict
+    left: list[str]
+
+
+def attempt(world, command: str, setup: str = "") -> Attempt:
     if setup:
         assert charnn(world, setup).returncode == 0, setup
     before = tree(world)
     result = charnn(world, command)
-    err = result.stderr.decode("utf-8", "replace")
+    return Attempt(command, result, before, tree(world), temporaries(world))
+
+
+def assert_refused(tried: Attempt, code: int, needles: tuple[str, ...], kind: str = "error") -> None:
+    err = tried.result.stderr.decode("utf-8", "replace")
     lines = [line for line in err.splitlines() if line.strip()]
-    assert result.returncode == code, (command, err)
-    assert len(lines) == 1 and lines[0].startswith(f"charnn: {kind}: "), (command, err)
+    assert tried.result.returncode == code, (tried.command, err)
+    assert len(lines) == 1 and lines[0].startswith(f"charnn: {kind}: "), (tried.command, err)
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
-    assert tree(world) == before, command
-    assert temporaries(world) == [], command
+    assert tried.after == tried.before, tried.command
+    assert tried.left == [], tried.command
+
+
+def run_all(trained, tmp_path_factory, cases: dict, run_one) -> dict:
+    """Each case in a world of its own, as many at a time as there are cores: most of a case is a
+    process starting up, and one pytest process would leave the other cores idle."""
+    def one(name):
+        return name, run_one(build_world(trained, tmp_path_factory.mktemp(name) / "home"), cases[name])
+
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+        return dict(pool.map(one, cases))
 
 
 @dataclass(frozen=True)
@@ -180,10 +208,15 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def table(trained, tmp_path_factory):
+    return run_all(trained, tmp_path_factory, CASES, lambda world, case: attempt(world, case.command, case.setup))
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_and_touches_nothing(world, name):
+def test_bad_input_is_one_line_and_touches_nothing(table, name):
     case = CASES[name]
-    assert_refused(world, case.command, case.code, case.needles, case.kind, case.setup)
+    assert_refused(table[name], case.code, case.needles, case.kind)
 
 
 PERMISSION_CASES = {
@@ -199,19 +232,27 @@ PERMISSION_CASES = {
 }
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to test file modes")
-@pytest.mark.parametrize("name", list(PERMISSION_CASES))
-def test_permission_errors_are_one_line(world, name):
+def attempt_without_privileges(world, case) -> Attempt:
     """File modes bind root too here: the command runs without the capabilities that override them."""
-    setup, command, needles = PERMISSION_CASES[name]
+    setup, command, _ = case
     (world / "corpus").mkdir()
     (world / "corpus" / "a.txt").write_bytes(SHAKESPEARE.read_bytes()[:20_000])
     (world / "corpus" / "b.txt").write_text("more text\n")
     try:
-        as_user = command.replace("charnn ", f'{SETPRIV} "{sys.executable}" -m charnn ', 1)
-        assert_refused(world, as_user, 1, needles, setup=setup)
+        return attempt(world, command.replace("charnn ", f'{SETPRIV} "{sys.executable}" -m charnn ', 1), setup)
     finally:
         subprocess.run(["chmod", "-R", "u+rwX", str(world)], check=True)
+
+
+@pytest.fixture(scope="module")
+def permission_table(trained, tmp_path_factory):
+    return run_all(trained, tmp_path_factory, PERMISSION_CASES, attempt_without_privileges)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to test file modes")
+@pytest.mark.parametrize("name", list(PERMISSION_CASES))
+def test_permission_errors_are_one_line(permission_table, name):
+    assert_refused(permission_table[name], 1, PERMISSION_CASES[name][2])
 
 
 # --- run directories: what charnn owns, the lock, replacing a run ---------------------------------

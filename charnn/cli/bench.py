@@ -14,13 +14,13 @@ from rich.table import Table
 from ..config import BenchOptions
 from ..errors import CharnnError
 from .app import command, stderr, write_stdout
-from .options import EXIT_CODES_HELP, Device, default
+from .options import EXIT_CODES_HELP, Device, default, given
 
 
 @command(epilog=EXIT_CODES_HELP)
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in under two minutes: 2 training "
-                                        "configs, 1 and 64 streams, a 100 MB corpus.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced set in about three minutes: 2 training "
+                                        "configs, 1 and 64 streams, a 100 MB corpus, the startup times.")] = False,
     json_file: Annotated[Optional[str], typer.Option(
         "--json", help="Also write the figures as JSON to this file (- for stdout).", show_default=False)] = None,
     device: Annotated[Optional[Device], typer.Option(help=f"Where to measure. {default(BenchOptions, 'device')}",
@@ -32,6 +32,9 @@ def bench(
                             "\\[default: 100 and 1000; 100 with --quick]", show_default=False)] = None,
     workdir: Annotated[Optional[Path], typer.Option(
         help="Where to write the synthetic corpora. \\[default: a temporary directory]", show_default=False)] = None,
+    startup_rounds: Annotated[Optional[int], typer.Option(
+        help=f"Times each startup command runs (the median is shown); 0 skips them. "
+             f"{default(BenchOptions, 'startup_rounds')}", show_default=False)] = None,
 ) -> None:
     """Measure training and sampling speed against this machine's own ceilings and a plain PyTorch loop.
 
@@ -46,8 +49,11 @@ def bench(
         raise CharnnError("--corpus-mb must be >= 0")
     if json_file not in (None, "-"):
         _check_writable(Path(json_file))  # before minutes of measuring, not after
+    if startup_rounds is not None and startup_rounds < 0:
+        raise CharnnError(f"--startup-rounds must be >= 0, not {startup_rounds}")
     options = BenchOptions(quick=quick, seconds=seconds, workdir=workdir,
-                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0))
+                           corpora_mb=None if corpus_mb is None else tuple(mb for mb in corpus_mb if mb > 0),
+                           **given(startup_rounds=startup_rounds))
     options.device = str(resolve_device(device.value if device else options.device))
     console = stderr()
     with console.status("benchmarking") as status:
@@ -77,6 +83,8 @@ def bench_tables(report: dict) -> list[Table]:
               _sampling_table(report["sampling"])]
     if report["corpora"]:
         tables.append(_corpora_table(report["corpora"]))
+    if report.get("startup"):
+        tables.append(startup_table(report["startup"]))
     return tables
 
 
@@ -128,4 +136,20 @@ def _corpora_table(rows: list[dict]) -> Table:
     for r in rows:
         table.add_row(f"{r['megabytes']:,} MB", f"{r['encode_mb_per_sec']:,.0f} MB/s", f"{r['first_start_seconds']:.1f} s",
                       f"{r['second_start_seconds']:.1f} s", f"{r['peak_rss_mb']:,.0f} MB", f"{r['token_file_mb']:,.0f} MB")
+    return table
+
+
+def startup_table(rows: list[dict]) -> Table:
+    """Whole processes: the median of the rounds (seconds), and with a checkout before a change, its figures."""
+    before = any("before_seconds" in r for r in rows)
+    columns = ("command", "median", "spread", *(("before", "speedup") if before else ()), "goal")
+    table = _table(f"startup (whole processes, median of {rows[0]['rounds']} runs each, taking turns)", columns,
+                   left=("command",))
+    for r in rows:
+        cells = [r["command"], f"{r['seconds']:.2f} s", f"{r['spread']:.2f} s"]
+        if before:
+            cells += [f"{r['before_seconds']:.2f} s" if "before_seconds" in r else "",
+                      f"{r['speedup']:.1f}x" if "speedup" in r else ""]
+        cells.append(f"<= {r['goal_seconds']:.2f} s" if "goal_seconds" in r else "")
+        table.add_row(*cells)
     return table

@@ -12,7 +12,6 @@ import sys
 
 import typer
 
-from ..device import describe_allocation, is_out_of_memory
 from ..errors import CharnnError
 from .app import Interrupted, app, quiet_broken_pipe, say, stderr
 
@@ -22,6 +21,7 @@ from . import sample  # noqa: E402, F401
 from . import evaluate  # noqa: E402, F401
 from . import bench  # noqa: E402, F401
 from . import runs  # noqa: E402, F401
+from . import export  # noqa: E402, F401
 
 try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions
     from typer._click import exceptions as click_exceptions
@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and turn every failure into one line on stderr and an exit code."""
     console = stderr()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        argv = sys.argv[1:] if argv is None else list(argv)
         result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
     except CharnnError as err:
         say(console, f"charnn: error: {err}", style="red")
@@ -67,10 +67,23 @@ def main(argv: list[str] | None = None) -> int:
 def _internal_error(console, err: Exception) -> int:
     if os.environ.get("CHARNN_DEBUG"):
         raise err
-    if is_out_of_memory(err):  # sampling or evaluating
-        say(console, f"charnn: error: out of memory ({describe_allocation(err)}) "
+    allocation = _out_of_memory(err)
+    if allocation is not None:  # sampling or evaluating
+        say(console, f"charnn: error: out of memory ({allocation}) "
                      "(try --device cpu, or fewer --num-samples when sampling)", style="red")
         return 1
     say(console, f"charnn: internal error: {type(err).__name__}: {err} (set CHARNN_DEBUG=1 for the traceback)",
         style="red")
     return 1
+
+
+def _out_of_memory(err: Exception) -> str | None:
+    """What could not be allocated, if `err` is running out of memory: numpy's MemoryError, or one of
+    PyTorch's allocators (asked only when PyTorch is loaded: nothing else raises those)."""
+    if isinstance(err, MemoryError):
+        return str(err) or "MemoryError"
+    if "torch" not in sys.modules:
+        return None
+    from ..device import describe_allocation, is_out_of_memory  # noqa: PLC0415
+
+    return describe_allocation(err) if is_out_of_memory(err) else None

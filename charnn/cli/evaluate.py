@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..checkpoint import LoadedModel, open_model
 from ..errors import CharnnError
-from ..evaluate import EvalText, evaluate, text_to_score
-from ..inspect import find_neurons, parse_neuron, trace_text
-from ..render import html_page
 from ..rundir import RunDir, looks_like_checkpoint
 from ..units import bits
 from .app import command, print_json, say, stderr, write_stdout
 from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, nonempty
-from .show import heat_text, legend, neuron_table
+
+if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them
+    from ..checkpoint import LoadedModel
+    from ..evaluate import EvalText
 
 PICTURES = "Pictures"
 UNKNOWN_POLICY = "skipped: left out of the text, neither fed to the model nor scored"
@@ -57,6 +56,11 @@ def eval_command(
     Characters the model has never seen are left out of the text (not fed, not scored) and counted.
     --show, --html and --neuron draw the text coloured by what the model made of it.
     """
+    from ..checkpoint import open_model  # noqa: PLC0415
+    from ..evaluate import evaluate, text_to_score  # noqa: PLC0415
+    from ..inspect import find_neurons, parse_neuron  # noqa: PLC0415
+    from .show import neuron_table  # noqa: PLC0415
+
     if show_chars < 0:
         raise CharnnError(f"--show-chars must be >= 0, not {show_chars}")
     if html_file == "-" and as_json:
@@ -100,6 +104,8 @@ class _Picture:
     """The first `show_chars` characters, coloured by surprisal or by one unit, on stderr and/or as HTML."""
 
     def __init__(self, loaded: LoadedModel, text: EvalText, show_chars: int, unit):
+        from ..inspect import trace_text  # noqa: PLC0415
+
         self.loaded, self.text = loaded, text
         self.shown = text.tokens[:show_chars] if show_chars else text.tokens
         self.trace = trace_text(loaded.model, self.shown, neuron=unit)
@@ -108,6 +114,8 @@ class _Picture:
                         f"{bits(self.trace.mean_loss):.3f} bits per character on them"]
 
     def draw(self, console: Console, terminal: bool, html_file: str | None) -> None:
+        from .show import heat_text, legend  # noqa: PLC0415
+
         if terminal:
             for line in self.summary:
                 say(console, line)
@@ -118,6 +126,8 @@ class _Picture:
             self._write_html(console, html_file)
 
     def _write_html(self, console: Console, html_file: str) -> None:
+        from ..render import html_page  # noqa: PLC0415
+
         page = html_page(self.trace, self.loaded.vocab, f"charnn eval: {self.loaded.path}", self.summary)
         if html_file == "-":
             write_stdout(page.encode("utf-8"))

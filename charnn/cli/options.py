@@ -32,6 +32,9 @@ XAxis = _choices("XAxis", ("step", "time"))
 
 ModelArgument = Annotated[Optional[str], typer.Argument(
     help="Run directory (its best.pt) or checkpoint file. \\[default: the newest run]", show_default=False)]
+WeightsArgument = Annotated[Optional[str], typer.Argument(
+    help="Run directory (its best.safetensors, else best.pt), checkpoint or .safetensors file. "
+         "\\[default: the newest run]", show_default=False)]
 def device_option(panel: str | None = None):
     return typer.Option(help="Where to compute; auto picks CUDA, then MPS, then the CPU. "
                              f"{default(TrainConfig, 'device')}", rich_help_panel=panel, show_default=False)

@@ -17,7 +17,7 @@ from ..history import RunInfo, RunSummary, list_runs, printable_chars, run_info,
 from ..rundir import runs_root
 from ..units import bits, format_duration
 from .app import command, print_json, say, stderr
-from .options import EXIT_CODES_HELP, JsonFlag, ModelArgument, XAxis, nonempty
+from .options import EXIT_CODES_HELP, JsonFlag, WeightsArgument, XAxis, nonempty
 from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
 
@@ -91,8 +91,9 @@ def _ago(when: datetime | None, now: datetime) -> str:
 
 
 @command("info", epilog=EXIT_CODES_HELP)
-def info_command(model: ModelArgument = None, as_json: JsonFlag = False) -> None:
-    """Show a run or checkpoint in full: model, training, vocabulary, corpus, metrics so far, checkpoints."""
+def info_command(model: WeightsArgument = None, as_json: JsonFlag = False) -> None:
+    """Show a run, checkpoint or weights file in full: model, training, vocabulary, corpus, metrics so far,
+    checkpoints."""
     info = run_info(nonempty(model, "MODEL"))
     if as_json:
         print_json(info.to_dict())
@@ -123,7 +124,7 @@ class _InfoTable:
 
     def _run(self) -> None:
         info = self.info
-        self._section("run" if info.kind == "run" else "checkpoint")
+        self._section({"run": "run", "checkpoint": "checkpoint", "weights": "weights file"}[info.kind])
         self._row("path", str(info.path))
         if info.summary is not None:
             s = info.summary
@@ -184,10 +185,11 @@ class _InfoTable:
 
     def _checkpoints(self) -> None:
         self._section("checkpoints")
-        for c in self.info.checkpoints:
+        weights = [self.info.weights] if self.info.weights else []
+        for c in self.info.checkpoints + weights:
             what = (Text(f"unreadable: {c.error}", style="yellow") if c.error else
                     Text(f"step {_or_dash(c.step, ',')}, validation loss {_or_dash(c.val_loss, '.4f')}"
-                         f"{', resumable' if c.resumable else ''}"))
+                         f"{', resumable' if c.resumable else ''}{', without pickle' if c.role == 'weights' else ''}"))
             self._row(c.file, Text(f"{c.bytes / 1e6:,.1f} MB, ") + what)
         if not self.info.checkpoints:
             self._row("", "none yet")

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from ..checkpoint import open_model
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
-from ..streaming import BufferedOutput, Conversation, PipeClosed, encode_prime, write_samples
-from .app import command, quiet_broken_pipe, say, stderr, stdout_bytes
-from .options import EXIT_CODES_HELP, DeviceOption, ModelArgument, QuietFlag, default, given, nonempty, unescape
+from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
+from .options import EXIT_CODES_HELP, Device, QuietFlag, WeightsArgument, default, given, nonempty, unescape
+
+if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
+    from ..streaming import BufferedOutput, Conversation
 
 SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
 _SEPARATOR = SampleRequest.separator.decode().encode("unicode_escape").decode()  # shown as typed: \n\n
@@ -31,7 +32,7 @@ def _sampling(text: str, name: str | None = None, panel: str = SAMPLING):
 
 @command(epilog=EXIT_CODES_HELP)
 def sample(
-    model: ModelArgument = None,
+    model: WeightsArgument = None,
     length: Annotated[Optional[int], typer.Option(
         "--length", "-n", help="Characters to generate (bytes with a byte-level model): at most this many with "
         f"--stop. \\[default: {SampleRequest.length}; {SampleRequest.interactive_length} per turn with --interactive]",
@@ -74,7 +75,9 @@ def sample(
         "--interactive", "-i", help="Type a prime, watch the continuation; the state carries over between turns. "
         "An empty line continues; /reset forgets; /quit or Ctrl-D ends.", rich_help_panel=OUTPUT)] = False,
     quiet: QuietFlag = False,
-    device: DeviceOption = None,
+    device: Annotated[Optional[Device], typer.Option(
+        help="Where to compute: the CPU samples with numpy, without PyTorch; cuda, mps and auto (CUDA, then MPS, "
+        f"then the CPU) use PyTorch. {default(SampleRequest, 'device')}", show_default=False)] = None,
 ) -> None:
     """Generate text from a trained model and stream it to stdout."""
     if stop == "":
@@ -87,7 +90,7 @@ def sample(
     sampling = SamplingConfig(**given(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                                       repetition_penalty=repetition_penalty), **window)
     request = SampleRequest(sampling=sampling, echo_prime=echo_prime, **given(
-        length=length, interactive_length=length, seed=seed, num_samples=num_samples, beam=beam,
+        length=length, interactive_length=length, seed=seed, num_samples=num_samples, beam=beam, device=device,
         stop=_bytes(stop) if stop else None, separator=_bytes(separator) if separator is not None else None))
     if beam is not None:
         _check_beam_options(beam, temp, top_k, top_p, min_p, request.num_samples, interactive)
@@ -99,8 +102,13 @@ def sample(
     prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
     if prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
-    loaded = open_model(nonempty(model, "MODEL"), device.value if device else "auto")
+    from ..streaming import (BufferedOutput, Conversation, PipeClosed, encode_prime,  # noqa: PLC0415
+                             open_sampling_model, write_samples)
+
+    loaded = open_sampling_model(nonempty(model, "MODEL"), request.device)
     console = stderr()
+    if loaded.note:
+        say(console, f"charnn: {loaded.note}", quiet=quiet, style="yellow")
     prime_ids = None
     if prime_bytes:
         prime_ids, dropped = encode_prime(loaded.vocab, prime_bytes, drop_unknown)
@@ -167,8 +175,7 @@ def _interactive(conversation: Conversation, output: BufferedOutput, console: Co
             line = _stdin().readline().decode("utf-8", "surrogateescape")
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
             console.print()
-            say(console, "charnn: interrupted")
-            raise typer.Exit(130) from None
+            raise Interrupted from None  # the edge says "charnn: interrupted"
         if not line:  # Ctrl-D
             console.print()
             return

@@ -5,21 +5,22 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..config import ModelConfig, TrainConfig, parse_duration, parse_save_every
-from ..distributed import leave_process_group, process_group, ranks_from_environment
 from ..errors import CharnnError
 from ..events import TrainEvents
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
-from ..runs import TrainHooks, TrainRequest, check_request, open_training
 from ..units import bits
 from .app import command, say, stderr
 from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
 from .progress import ConsoleTrainEvents
+
+if TYPE_CHECKING:  # training loads PyTorch: only `charnn train` itself imports it, not `charnn --help`
+    from ..runs import TrainRequest
 
 MODEL, DATA, OPTIM, STOP, RUN = "Model", "Data", "Optimisation", "Stopping", "Run and checkpoints"
 
@@ -117,6 +118,9 @@ def train(
 
     Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
     """
+    from ..distributed import process_group, ranks_from_environment  # noqa: PLC0415 (PyTorch: not for --help)
+    from ..runs import TrainRequest, check_request  # noqa: PLC0415
+
     ranks = ranks_from_environment()
     cores = os.cpu_count() or 1
     if nproc is not None and not 1 <= nproc <= cores:
@@ -167,6 +171,9 @@ def _discarded(console, result, stop: StopFlag, silent: bool) -> None:
 
 def _run(request: TrainRequest, group, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
+    from ..distributed import leave_process_group  # noqa: PLC0415
+    from ..runs import TrainHooks, open_training  # noqa: PLC0415
+
     console = stderr()
     quiet, silent = quiet or not group.is_main, not group.is_main
     events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
