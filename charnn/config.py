@@ -18,6 +18,10 @@ from .errors import CharnnError
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "plateau", "constant")
+# --size: "auto" chooses the shape from the corpus, the budget and the device (charnn.sizing); the
+# others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
+SIZES = ("auto", "tiny", "small", "medium", "large")
+DEFAULT_SIZE = "auto"
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case

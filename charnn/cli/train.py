@@ -8,17 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import ModelConfig, TrainConfig, parse_duration, parse_save_every
+from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, parse_save_every
 from ..distributed import leave_process_group, process_group, ranks_from_environment
 from ..errors import CharnnError
 from ..events import TrainEvents
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
+from ..planning import plan_training
 from ..runs import TrainHooks, TrainRequest, open_training
 from ..units import bits
 from .app import app, say, stderr
-from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
-from .progress import ConsoleTrainEvents
+from .options import EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, unescape
+from .progress import ConsoleTrainEvents, plan_lines
 
 MODEL, DATA, OPTIM, STOP, RUN = "Model", "Data", "Optimisation", "Stopping", "Run and checkpoints"
 
@@ -36,6 +37,14 @@ def _train(text: str, name: str | None = None, panel: str = OPTIM):
 def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(
         help="Text files, directories (their text files, recursively) or - for stdin.", show_default=False)] = None,
+    size: Annotated[Optional[Size], typer.Option(
+        help="auto: choose the options below that you do not give (layers, sizes, streams, window, dropout, "
+        "lr) for the corpus, the budget and this device, and with no limit given a budget too; tiny, small "
+        f"(the fixed 2x256 defaults), medium, large: fixed shapes. \\[default: {DEFAULT_SIZE}]",
+        rich_help_panel=MODEL, show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (configuration, budget, expected characters and epochs) and exit "
+        "without training or writing anything.", rich_help_panel=MODEL)] = False,
     cell: Annotated[Optional[Cell], _model("Recurrent cell.", "cell")] = None,
     layers: Annotated[Optional[int], _model("Stacked recurrent layers.", "num_layers")] = None,
     hidden_size: Annotated[Optional[int], _model("Units per layer.", "hidden_size")] = None,
@@ -135,7 +144,12 @@ def train(
     model = given(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
                   tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
     request = TrainRequest(corpus=tuple(corpus or ()), model=model, train=options,
-                           vocab_mode="byte" if bytes_mode else None, out=out, overwrite=overwrite, resume=resume)
+                           vocab_mode="byte" if bytes_mode else None, out=out, overwrite=overwrite, resume=resume,
+                           **given(size=size))
+    if dry_run:
+        for line in plan_lines(plan_training(request)):
+            say(stderr(), line)
+        return
     _run(request, process_group(ranks), quiet)
 
 
