@@ -126,11 +126,11 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     if request.size is not None:
         plan = choose_size(request, config, vocab.size, (len(train_tokens), len(val_tokens)), hooks.group.world_size)
         config = replace(config, **plan.train).validate()
-        if hooks.events is not None:
-            hooks.events.on_plan(plan)
     model_config = ModelConfig(vocab_size=vocab.size, **(plan.model if plan else {}),
                                **model_fields(vocab, request.model)).validate()
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
+    if plan is not None and hooks.events is not None:
+        hooks.events.on_plan(plan)
     corpus_info = {
         "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
         "fingerprint": encoded.fingerprint,

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
 
 from .config import ModelConfig, TrainConfig
+from .shapes import Shape, Speeds, SpeedTable, default_shape
+
+__all__ = ["Budget", "Plan", "Shape", "Situation", "SpeedTable", "Speeds", "choose"]
 
 # --- the rule's constants (fitted by scripts/sizing.py) -----------------------------------------
 
@@ -46,48 +48,6 @@ WIDTHS = (64, 96, 128, 192, 256, 320, 384, 512)  # two layers each
 DEEP_WIDTHS = (512, 768, 1024, 1536)  # three layers: for budgets and devices that reach them
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What decides a step's cost: the model's layers and width, and the characters in one step."""
-
-    num_layers: int
-    hidden_size: int
-    batch_size: int
-    seq_len: int
-    cell: str = "lstm"
-    embed_size: int | None = None  # None: the hidden size
-
-    @property
-    def embed(self) -> int:
-        return self.embed_size or self.hidden_size
-
-    @property
-    def name(self) -> str:
-        embed = "" if self.embed == self.hidden_size else f" e{self.embed}"
-        return f"{self.num_layers}x{self.hidden_size}{embed} b{self.batch_size} s{self.seq_len}"
-
-    @property
-    def chars_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    def model_config(self, vocab_size: int, dropout: float = 0.0) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, cell=self.cell, num_layers=self.num_layers,
-                           hidden_size=self.hidden_size, embed_size=self.embed_size, dropout=dropout)
-
-    def parameters(self, vocab_size: int) -> int:
-        """The model's parameter count (as CharRNN.num_parameters() gives it)."""
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden_size
-        rnn = sum(gates * ((self.embed if layer == 0 else self.hidden_size) + self.hidden_size) + 2 * gates
-                  for layer in range(self.num_layers))
-        return vocab_size * self.embed + rnn + (self.hidden_size + 1) * vocab_size
-
-
-def default_shape() -> Shape:
-    """Today's fixed default (`--size small`), read from the configs that own it."""
-    m, t = ModelConfig(vocab_size=1), TrainConfig()
-    return Shape(m.num_layers, m.hidden_size, t.batch_size, t.seq_len, m.cell)
-
-
 # fixed shapes for --size NAME; "small" is exactly the configs' defaults
 PRESETS: dict[str, dict] = {
     "tiny": {"num_layers": 2, "hidden_size": 128},
@@ -97,45 +57,6 @@ PRESETS: dict[str, dict] = {
 }
 MODEL_OPTIONS = ("cell", "num_layers", "hidden_size", "embed_size", "dropout")
 TRAIN_OPTIONS = ("batch_size", "seq_len", "lr")
-
-
-class Speeds(Protocol):
-    """How fast a device trains each shape."""
-
-    device_type: str  # "cpu", "cuda", "mps"
-
-    def chars_per_sec(self, shape: Shape) -> float: ...
-
-
-@dataclass
-class SpeedTable:
-    """Speeds from a table (shape name -> chars/s), scaled by `factor`: the study's measurements, or a
-    fake device in tests. Shapes missing from the table are estimated from the nearest one by their
-    training FLOPs per character."""
-
-    table: dict[str, float]
-    device_type: str = "cpu"
-    factor: float = 1.0
-
-    def chars_per_sec(self, shape: Shape) -> float:
-        if shape.name in self.table:
-            return self.table[shape.name] * self.factor
-        flops = _flops_per_char(shape)
-        known = [(abs(math.log(_flops_per_char(_parse_shape(n)) / flops)), n) for n in self.table]
-        _, nearest = min(known)
-        return self.table[nearest] * self.factor * _flops_per_char(_parse_shape(nearest)) / flops
-
-
-def _flops_per_char(shape: Shape) -> float:
-    return float(shape.parameters(96))
-
-
-def _parse_shape(name: str) -> Shape:
-    """'2x256 b8 s128' (as Shape.name writes it) -> Shape."""
-    parts = name.split()
-    layers, hidden = (int(x) for x in parts[0].split("x"))
-    fields = {p[0]: int(p[1:]) for p in parts[1:]}
-    return Shape(layers, hidden, fields.get("b", 8), fields.get("s", 128), embed_size=fields.get("e"))
 
 
 # --- the budget and the situation ---------------------------------------------------------------
@@ -208,7 +129,7 @@ def _count(n: float) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if seconds >= 3600:
+    if seconds >= 3570:
         return f"{seconds / 3600:.1f}h".replace(".0h", "h")
     if seconds >= 60:
         return f"{seconds / 60:.0f} min"

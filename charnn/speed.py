@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .config import TrainConfig
 from .evaluate import evaluate
 from .model import CharRNN, detach_hidden
-from .sizing import Shape, SpeedTable
+from .shapes import Shape, SpeedTable
 from .train import make_optimizer
 
 

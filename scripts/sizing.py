@@ -398,6 +398,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timings per shape (speeds)")
     parser.add_argument("--seconds", type=float, default=1.5, help="seconds per timing (speeds)")
     parser.add_argument("--limit", type=int, default=None, help="train at most this many cells (run)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="only the cells whose key contains this text, e.g. 'tinyshakespeare 600s' (repeatable)")
     args = parser.parse_args()
     results = read_results()
     if args.command == "speeds":
@@ -415,7 +417,7 @@ def main() -> None:
     stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
     done = {r["key"] for r in results if r["kind"] == "cell"}
     todo = [(c, cell_steps(c, corpora[c.corpus], speeds)) for stage in stages for c in cells(stage, corpora, speeds)
-            if c.key not in done]
+            if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
     budget_total = sum(c.budget for c, _ in todo)
     print(f"{len(todo)} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
           f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "

@@ -26,7 +26,7 @@ def plan_lines(plan) -> list[str]:
                       for k, v in {**plan.model, **plan.train}.items())
     when = f" (~{format_duration(plan.seconds)} on this device)" if plan.seconds is not None else ""
     lines = [f"size {plan.size}: {plan.describe()}", f"  why: {plan.reason}",
-             f"  budget: {plan.steps:,} steps, {plan.chars:,} characters, {plan.epochs:.1f} epochs{when}"]
+             f"  budget: {plan.steps:,} step{'s' * (plan.steps != 1)}, {plan.chars:,} characters, {plan.epochs:.1f} epochs{when}"]
     return lines + ([f"  chosen: {chosen}"] if chosen else [])
 
 
