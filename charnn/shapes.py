@@ -64,11 +64,19 @@ class Speeds(Protocol):
     def chars_per_sec(self, shape: Shape) -> float: ...
 
 
+# characters a second on our 2-core CI machine, idle, 2 threads (scripts/sizing.py speeds; the records are
+# in scripts/sizing-results.jsonl): the CPU's relative speeds, scaled by one timing on the machine at hand
+CPU_SPEEDS = {"2x128 b8 s128": 39435.0, "2x256 b8 s128": 15474.0, "2x384 b8 s128": 7271.0,
+              "2x512 b8 s128": 3957.0, "3x512 b8 s128": 2530.0}
+CPU_REFERENCE = "2x256 b8 s128"
+
+
 @dataclass
 class SpeedTable:
     """Speeds from a table (shape name -> chars/s), scaled by `factor`: the study's measurements, or a
-    fake device in tests. Shapes missing from the table are estimated from the nearest one by their
-    training FLOPs per character."""
+    fake device in tests. A shape missing from the table is interpolated: the time per character is
+    taken as linear in the parameters between the two known shapes nearest in streams and size (a fixed
+    overhead plus a cost per parameter, which fits the CPU's measurements to within 10%)."""
 
     table: dict[str, float]
     device_type: str = "cpu"
@@ -77,17 +85,23 @@ class SpeedTable:
     def chars_per_sec(self, shape: Shape) -> float:
         if shape.name in self.table:
             return self.table[shape.name] * self.factor
-        flops = _flops_per_char(shape)
-        known = [(abs(math.log(_flops_per_char(_parse_shape(n)) / flops)), n) for n in self.table]
-        _, nearest = min(known)
-        return self.table[nearest] * self.factor * _flops_per_char(_parse_shape(nearest)) / flops
+        size = _size(shape)
+        known = sorted((abs(math.log(parse_shape(n).batch_size / shape.batch_size)),
+                        abs(math.log(_size(parse_shape(n)) / size)), n) for n in self.table)
+        points = [(_size(parse_shape(n)), 1.0 / self.table[n]) for _, _, n in known[:2]]
+        if len(points) < 2 or points[0][0] == points[1][0]:
+            return self.table[known[0][2]] * self.factor * points[0][0] / size
+        (x0, y0), (x1, y1) = points
+        per_char = y0 + (y1 - y0) * (size - x0) / (x1 - x0)
+        floor = min(y0, y1) * min(1.0, size / min(x0, x1))  # never faster than proportional below the table
+        return self.factor / max(per_char, floor)
 
 
-def _flops_per_char(shape: Shape) -> float:
+def _size(shape: Shape) -> float:
     return float(shape.parameters(96))
 
 
-def _parse_shape(name: str) -> Shape:
+def parse_shape(name: str) -> Shape:
     """'2x256 b8 s128' (as Shape.name writes it) -> Shape."""
     parts = name.split()
     layers, hidden = (int(x) for x in parts[0].split("x"))
