@@ -129,8 +129,6 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     model_config = ModelConfig(vocab_size=vocab.size, **(plan.model if plan else {}),
                                **model_fields(vocab, request.model)).validate()
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
-    if plan is not None and hooks.events is not None:
-        hooks.events.on_plan(plan)
     corpus_info = {
         "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
         "fingerprint": encoded.fingerprint,
@@ -142,6 +140,8 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     run = RunDir(new_run_path(name, request.out, request.overwrite))
     data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
     trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
+    if plan is not None and hooks.events is not None:
+        hooks.events.on_plan(plan)  # once the model could be built: an error stays one line
     run.create()
     place_tokens(encoded, run.tokens_path)
     run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
