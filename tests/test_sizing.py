@@ -237,3 +237,70 @@ def test_dry_run_prints_the_plan_and_writes_nothing(workdir, tmp_path):
 def test_dry_run_does_not_resume(workdir):
     result = run_cli("train", "--resume", workdir["run"], "--dry-run")
     assert result.returncode == 1 and "charnn: error: --dry-run plans a new run" in result.stderr.decode()
+
+
+def test_a_run_stopped_by_its_patience_is_finished(tmp_path, monkeypatch):
+    """The default budget stops early with --patience: `charnn runs` must not call such a run unfinished."""
+    from charnn import start_training, summarize_run  # noqa: PLC0415
+    from conftest import SHAKESPEARE, tiny_train_config  # noqa: PLC0415
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(SHAKESPEARE.read_bytes()[:20_000])
+    run = tmp_path / "runs" / "tiny"
+    model = dict(num_layers=1, hidden_size=16, dropout=0.0)
+    start_training([str(corpus)], model, tiny_train_config(max_steps=10, eval_every=5), out=run).run()
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(max_steps=1000, patience=2)
+    (run / "config.json").write_text(json.dumps(config))
+    best = min(r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "eval")
+    worse = {"kind": "eval", "epoch": 0.5, "val_loss": best + 0.1, "val_bpc": 1.0, "best_val_loss": best}
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({**worse, "step": 15}) + "\n")
+    assert summarize_run(run).status == "unfinished"  # one evaluation without a new best: patience 2 not out
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({**worse, "step": 20}) + "\n")
+    assert summarize_run(run).status == "finished"
+
+
+class FakeClock:
+    """speed.py's clock and timings, faked: each timing of a shape takes `cost` seconds of this clock."""
+
+    def __init__(self, monkeypatch, speeds, cost: float):
+        from charnn import speed  # noqa: PLC0415
+
+        self.now, self.timed, self.speeds, self.cost = 0.0, [], speeds, cost
+        monkeypatch.setattr(speed.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(speed, "time_training", self.time_training)
+
+    def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2):
+        from charnn.speed import Timing  # noqa: PLC0415
+
+        self.now += self.cost
+        self.timed.append(shape.name)
+        return Timing(shape, shape.chars_per_step / self.speeds.chars_per_sec(shape), 3)
+
+
+def test_on_a_cpu_one_timing_scales_the_measured_table(monkeypatch):
+    import torch  # noqa: PLC0415
+
+    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+
+    clock = FakeClock(monkeypatch, replace(CPU, factor=0.5), cost=0.5)
+    speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=2.4)
+    plan = choose(situation(1.1 * MB, 600), speeds)
+    assert clock.timed[1:] == ["2x256 b8 s128"]  # a warm-up step, then the reference shape only
+    assert speeds.chars_per_sec(Shape(2, 384, 8, 128)) == pytest.approx(CPU.chars_per_sec(Shape(2, 384, 8, 128)) / 2)
+    assert width(plan) < width(choose(situation(1.1 * MB, 600), CPU))  # a machine half as fast: a smaller model
+
+
+def test_on_a_gpu_the_shapes_are_timed_within_the_allowance(monkeypatch):
+    import torch  # noqa: PLC0415
+
+    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+
+    clock = FakeClock(monkeypatch, FakeGPU(), cost=1.0)
+    speeds = MeasuredSpeeds(torch.device("cuda"), 80, allowance=12.0)  # 2% of ten minutes
+    plan = choose(situation(24 * MB, 600), speeds)
+    assert len(clock.timed) <= 1 + 12 + 1  # the warm-up, then timings until the allowance is spent
+    assert plan.shape.batch_size > 8 and width(plan) > width(choose(situation(24 * MB, 600), CPU))
