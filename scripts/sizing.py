@@ -18,7 +18,7 @@ any number of threads. A cell's score is its best validation loss (what best.pt 
 Every result is appended to scripts/sizing-results.jsonl (one JSON object a line: corpora, speeds,
 cells), so an interrupted study resumes where it stopped (a cell cut short resumes from its last.pt)
 and the table can be regenerated at any time. The code it trains with is a snapshot of charnn/ taken
-when `run` starts (runs/sizing/code), so editing the working tree does not disturb it.
+when `run` starts (runs/sizing/code-PID), so editing the working tree does not disturb it.
 """
 
 from __future__ import annotations
@@ -288,8 +288,8 @@ def cell_steps(cell: Cell, corpus: dict, speeds: SpeedTable) -> int:
 
 
 def snapshot_code() -> Path:
-    """A copy of charnn/ for the study's runs, so that editing the working tree cannot change them."""
-    target = WORK / "code"
+    """A copy of charnn/ for this process's runs, so that editing the working tree cannot change them."""
+    target = WORK / f"code-{os.getpid()}"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(REPO / "charnn", target / "charnn", ignore=shutil.ignore_patterns("__pycache__"))
     return target
@@ -314,6 +314,29 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
             "threads": threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def _claim_path(cell: Cell) -> Path:
+    return WORK / "claims" / cell.run_name
+
+
+def claim(cell: Cell) -> bool:
+    """Take a cell for this process: not if it is done or a live study process has it (several can run)."""
+    if any(r.get("key") == cell.key for r in read_results() if r["kind"] == "cell"):
+        return False
+    path = _claim_path(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.kill(int(path.read_text()), 0)
+        return False  # its owner is alive
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    path.write_text(str(os.getpid()))
+    return True
+
+
+def release(cell: Cell) -> None:
+    _claim_path(cell).unlink(missing_ok=True)
+
+
 def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: int) -> None:
     code = snapshot_code()
     queue = list(todo)
@@ -324,12 +347,16 @@ def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: i
                 if not queue:
                     return
                 cell, steps = queue.pop(0)
+            if not claim(cell):  # done meanwhile, or another study process is training it
+                continue
             print(f"start  {cell.key}: {steps:,} steps", flush=True)
             try:
                 record = train_cell(cell, steps, corpus_path(cell.corpus), code, threads)
             except subprocess.CalledProcessError as err:
                 print(f"FAILED {cell.key}: {err}", flush=True)
                 continue
+            finally:
+                release(cell)
             append_result(record)
             print(f"done   {cell.key}: best {record['best_val_loss']:.4f} ({record['wall_seconds']}s)", flush=True)
 
@@ -338,6 +365,7 @@ def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: i
         w.start()
     for w in workers:
         w.join()
+    shutil.rmtree(code, ignore_errors=True)
 
 
 # --- the table ----------------------------------------------------------------------------------
