@@ -12,9 +12,9 @@ from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, par
 from ..distributed import leave_process_group, process_group, ranks_from_environment
 from ..errors import CharnnError
 from ..events import TrainEvents
+from ..planning import plan_training
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
-from ..planning import plan_training
 from ..runs import TrainHooks, TrainRequest, open_training
 from ..units import bits
 from .app import app, say, stderr
@@ -67,8 +67,8 @@ def train(
         rich_help_panel=DATA)] = False,
     val_frac: Annotated[Optional[float], _train("Fraction at the end of the text held out for validation.",
                                                 "val_frac", DATA)] = None,
-    batch_size: Annotated[Optional[int], _sized("Contiguous streams trained side by side.", TrainConfig, "batch_size",
-                                                         DATA)] = None,
+    batch_size: Annotated[Optional[int], _sized("Contiguous streams trained side by side.", TrainConfig,
+                                                "batch_size", DATA)] = None,
     seq_len: Annotated[Optional[int], _sized("Truncated-BPTT window; the hidden state carries across windows.",
                                              TrainConfig, "seq_len", DATA)] = None,
     reset_on: Annotated[Optional[str], _train(
