@@ -1,6 +1,7 @@
 """Choosing a model for the corpus, the budget and the device (`charnn train --size`).
 
-The rule (fitted by scripts/sizing.py; the README shows the study's table):
+The rule (its constants start from the literature and the measured defaults; scripts/sizing.py's study
+checks and tunes them, and the README shows its table):
 
 1. The budget. A limit the user gives (--max-time, --max-steps, --epochs) is the budget. With none,
    the budget is the time the fixed default model (2x256) takes to read the training text
@@ -32,7 +33,7 @@ from .shapes import Shape, Speeds, SpeedTable, default_shape
 
 __all__ = ["Budget", "Plan", "Shape", "Situation", "SpeedTable", "Speeds", "choose"]
 
-# --- the rule's constants (fitted by scripts/sizing.py) -----------------------------------------
+# --- the rule's constants (checked by scripts/sizing.py's study) ------------------------------------
 
 CHARS_PER_PARAMETER = 5.0
 REPEAT_HALF_LIFE = 15.0  # epochs; R* of Muennighoff et al.: the value of repeated text decays over it
@@ -48,7 +49,8 @@ WIDTHS = (64, 96, 128, 192, 256, 320, 384, 512)  # two layers each
 DEEP_WIDTHS = (512, 768, 1024, 1536)  # three layers: for budgets and devices that reach them
 
 
-# fixed shapes for --size NAME; "small" is exactly the configs' defaults
+# fixed shapes for --size NAME; "small" is exactly the configs' defaults, "tiny" what the rule picks for
+# two minutes on this CPU, "medium" for about four hours, "large" for a day or a GPU
 PRESETS: dict[str, dict] = {
     "tiny": {"num_layers": 2, "hidden_size": 128},
     "small": {},
