@@ -20,6 +20,10 @@ MAX_LAYERS = 64  # deeper stacks are no character model; building one takes minu
 MAX_SEED = 2**63 - 1  # what every random number generator charnn seeds accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "plateau", "constant")
+# --size: "auto" chooses the shape from the corpus, the budget and the device (charnn.sizing); the
+# others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
+SIZES = ("auto", "tiny", "small", "medium", "large")
+DEFAULT_SIZE = "auto"
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case

@@ -39,6 +39,9 @@ class TrainSnapshot:
 class TrainEvents:
     """Hooks the trainer calls; override the ones you need. All are cheap no-ops by default."""
 
+    def on_plan(self, plan) -> None:
+        """Before the run is created: what --size chose (a charnn.sizing.Plan), and why."""
+
     def on_start(self, snapshot: TrainSnapshot) -> None: ...
 
     def on_step(self, snapshot: TrainSnapshot) -> None: ...

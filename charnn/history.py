@@ -49,8 +49,9 @@ def _describe_corpus(corpus: dict | None) -> str | None:
     return name if len(sources) == 1 else f"{name} +{len(sources) - 1}"
 
 
-def _finished(config: dict | None, last: dict | None) -> bool:
-    """Whether the run's final evaluation met the limit it was training towards.
+def _finished(config: dict | None, last: dict | None, evals: list[dict] = ()) -> bool:
+    """Whether the run's final evaluation met the limit it was training towards, or its --patience ran
+    out (`evals`: the evaluations read, the last ones at least).
 
     A run that reaches its limit evaluates one last time at that step; one interrupted, killed or
     still training has not reached it (or its last record is a log line).
@@ -62,7 +63,10 @@ def _finished(config: dict | None, last: dict | None) -> bool:
     except TypeError:
         return False
     epochs, elapsed = finite(last.get("epoch")), finite(last.get("elapsed"))
-    return limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None
+    if limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None:
+        return True
+    recent = list(evals)[-train.patience:] if train.patience else []
+    return len(recent) == train.patience and all(r.get("val_loss", 0) > r.get("best_val_loss", 0) for r in recent)
 
 
 @dataclass
@@ -161,7 +165,8 @@ def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummar
     summary.best_val_loss, summary.last_train_loss = progress.best_val_loss, progress.last_train_loss
     if not summary.checkpoints:
         problems.append("no checkpoint yet")
-    summary.status = "finished" if summary.checkpoints and _finished(config, metrics.last) else "unfinished"
+    finished = summary.checkpoints and _finished(config, metrics.last, metrics.evals)
+    summary.status = "finished" if finished else "unfinished"
     return summary
 
 

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, TrainConfig, flag
+from .config import DEFAULT_SIZE, ModelConfig, TrainConfig, flag
 from .corpus import corpus_files, expand_sources
 from .data import TrainData, check_split_sizes, split_train_val
 from .device import resolve_device
@@ -25,6 +25,7 @@ from .errors import CharnnError
 from .events import TrainEvents
 from .memory import TRAIN_HINT, require_memory, training_bytes
 from .claim import check_out, claim_for_resume, claim_new_run
+from .planning import choose_size
 from .rundir import RunDir, check_latest_pointer, remember_latest, runs_root
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
 from .train import Trainer
@@ -46,6 +47,9 @@ class TrainRequest:
     out: Path | None = None
     overwrite: bool = False
     resume: Path | None = None  # continue this run instead of starting one
+    # --size: "auto" chooses the options not given (charnn.sizing), a preset fixes them; None: no sizing,
+    # the configs' defaults and their 10 epochs (the library's start_training)
+    size: str | None = DEFAULT_SIZE
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:
     if not request.corpus:
         raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
     config = TrainConfig(**request.train).validate()
-    if config.batch_size % processes:
+    sized_batch = request.size is not None and "batch_size" not in request.train  # sizing takes one that divides
+    if config.batch_size % processes and not sized_batch:
         raise CharnnError(f"--batch-size {config.batch_size} does not divide among {processes} processes",
                           hint="use a multiple of the number of processes")
     ModelConfig(vocab_size=1, **{k: v for k, v in request.model.items() if k != "reset_on"}).validate()
@@ -100,13 +105,14 @@ def start_training(corpus_paths: Sequence[str], model_options: dict | None = Non
     may give the --reset-on delimiter as text); `out` names the run directory (default runs/NAME).
     """
     request = TrainRequest(corpus=tuple(corpus_paths), model=dict(model_options or {}), vocab_mode=vocab_mode,
-                           out=Path(out) if out is not None else None, overwrite=overwrite)
+                           out=Path(out) if out is not None else None, overwrite=overwrite, size=None)
     return _start(request, (config or TrainConfig()).validate(), hooks or TrainHooks(), stdin)
 
 
 def _start(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin) -> Trainer:
     group = hooks.group
-    group.check_batch(config.batch_size)  # every process refuses a batch that does not divide, before any work
+    if request.size is None or "batch_size" in request.train:  # else sizing takes a batch that divides
+        group.check_batch(config.batch_size)  # every process refuses a batch that does not divide, before any work
     group.join(resolve_device(config.device))
     made: list[Trainer] = []
 
@@ -134,8 +140,13 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
                 hooks: TrainHooks) -> Trainer:
     """The Trainer first (building the model may fail), then the run directory and its files."""
     vocab, tokens = encoded.vocab, encoded.tokens()
-    model_config = ModelConfig(vocab_size=vocab.size, **model_fields(vocab, request.model)).validate()
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
+    plan = None
+    if request.size is not None:
+        plan = choose_size(request, config, vocab.size, (len(train_tokens), len(val_tokens)), hooks.group.world_size)
+        config = replace(config, **plan.train).validate()
+    model_config = ModelConfig(vocab_size=vocab.size, **(plan.model if plan else {}),
+                               **model_fields(vocab, request.model)).validate()
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
     corpus_info = {
         "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
@@ -154,9 +165,12 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     try:
         trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
         trainer.writer.hold(claim)
+        if plan is not None and hooks.events is not None:
+            hooks.events.on_plan(plan)  # once the model could be built: an error stays one line
         place_tokens(encoded, run.tokens_path)
         run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
-                          "corpus": corpus_info, "parameters": trainer.parameters})
+                          "corpus": corpus_info, "parameters": trainer.parameters,
+                          **({"sizing": plan.to_dict()} if plan else {})})
         remember_latest(run.path)
     except BaseException:
         claim.abandon()  # nothing of the new run stays; a run it was to replace is back in place

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import CELLS, DEVICES, SCHEDULES, TrainConfig
+from ..config import CELLS, DEVICES, SCHEDULES, SIZES, TrainConfig
 
 EXIT_CODES_HELP = ("Exit codes: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted (Ctrl-C), "
                    "143 terminated.")
@@ -27,6 +27,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 Cell = _choices("Cell", CELLS)
 Device = _choices("Device", DEVICES)
 Schedule = _choices("Schedule", SCHEDULES)
+Size = _choices("Size", SIZES)
 XAxis = _choices("XAxis", ("step", "time"))
 
 

@@ -11,12 +11,23 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
+from ..config import flag
 from ..events import TrainEvents, TrainSnapshot
 from ..units import format_duration
 
 
 def format_rate(chars_per_sec: float) -> str:
     return f"{chars_per_sec / 1000:.1f}k" if chars_per_sec >= 1000 else f"{chars_per_sec:.0f}"
+
+
+def plan_lines(plan) -> list[str]:
+    """What --size chose (a charnn.sizing.Plan), why, the budget, and the options that reproduce it."""
+    chosen = " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+                      for k, v in {**plan.model, **plan.train}.items())
+    when = f" (~{format_duration(plan.seconds)} on this device)" if plan.seconds is not None else ""
+    lines = [f"size {plan.size}: {plan.describe()}", f"  why: {plan.reason}",
+             f"  budget: {plan.steps:,} step{'s' * (plan.steps != 1)}, {plan.chars:,} characters, {plan.epochs:.1f} epochs{when}"]
+    return lines + ([f"  chosen: {chosen}"] if chosen else [])
 
 
 def wants_live_output(console: Console) -> bool:
@@ -70,6 +81,10 @@ class ConsoleTrainEvents(TrainEvents):
             self.progress.start()
             self.task = self.progress.add_task("train", total=1.0, completed=snapshot.budget,
                                                **self._fields(snapshot))
+
+    def on_plan(self, plan) -> None:
+        for line in plan_lines(plan):
+            self._print(line)
 
     def on_step(self, snapshot: TrainSnapshot) -> None:
         if self.progress is not None and snapshot.step % 5 == 0:

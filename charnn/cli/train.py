@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..config import ModelConfig, TrainConfig, parse_duration, parse_save_every
+from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, parse_save_every
 from ..errors import CharnnError
 from ..events import TrainEvents
 from ..processes import StopFlag, launch_processes
 from ..rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
-from .options import EXIT_CODES_HELP, Cell, Device, Schedule, default, device_option, given, unescape
-from .progress import ConsoleTrainEvents
+from .options import EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, unescape
+from .progress import ConsoleTrainEvents, plan_lines
 
 if TYPE_CHECKING:  # training loads PyTorch: only `charnn train` itself imports it, not `charnn --help`
     from ..runs import TrainRequest
@@ -29,6 +29,13 @@ def _model(text: str, name: str):
     return typer.Option(help=f"{text} {default(ModelConfig, name)}", rich_help_panel=MODEL, show_default=False)
 
 
+def _sized(text: str, cls, name: str, panel: str = MODEL):
+    """An option --size auto chooses when it is not given; its config default is --size small's value."""
+    value = cls.__dataclass_fields__[name].default
+    return typer.Option(help=f"{text} \\[default: chosen by --size auto; {value:g} with --size small]",
+                        rich_help_panel=panel, show_default=False)
+
+
 def _train(text: str, name: str | None = None, panel: str = OPTIM):
     suffix = f" {default(TrainConfig, name)}" if name else ""
     return typer.Option(help=text + suffix, rich_help_panel=panel, show_default=False)
@@ -38,13 +45,21 @@ def _train(text: str, name: str | None = None, panel: str = OPTIM):
 def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(
         help="Text files, directories (their text files, recursively) or - for stdin.", show_default=False)] = None,
+    size: Annotated[Optional[Size], typer.Option(
+        help="auto: choose the options below that you do not give (layers, sizes, streams, window, dropout, "
+        "lr) for the corpus, the budget and this device, and with no limit given a budget too; tiny, small "
+        f"(the fixed 2x256 defaults), medium, large: fixed shapes. \\[default: {DEFAULT_SIZE}]",
+        rich_help_panel=MODEL, show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (configuration, budget, expected characters and epochs) and exit "
+        "without training or writing anything.", rich_help_panel=MODEL)] = False,
     cell: Annotated[Optional[Cell], _model("Recurrent cell.", "cell")] = None,
-    layers: Annotated[Optional[int], _model("Stacked recurrent layers.", "num_layers")] = None,
-    hidden_size: Annotated[Optional[int], _model("Units per layer.", "hidden_size")] = None,
+    layers: Annotated[Optional[int], _sized("Stacked recurrent layers.", ModelConfig, "num_layers")] = None,
+    hidden_size: Annotated[Optional[int], _sized("Units per layer.", ModelConfig, "hidden_size")] = None,
     embed_size: Annotated[Optional[int], typer.Option(
         help="Character embedding size. \\[default: the hidden size]", rich_help_panel=MODEL, show_default=False)] = None,
-    dropout: Annotated[Optional[float], _model("Dropout on the embedding, between layers and before the output.",
-                                               "dropout")] = None,
+    dropout: Annotated[Optional[float], _sized("Dropout on the embedding, between layers and before the output.",
+                                                ModelConfig, "dropout")] = None,
     tie_weights: Annotated[Optional[bool], typer.Option(
         "--tie-weights/--no-tie-weights", help="Share the embedding and output matrices (sizes must match). "
         "\\[default: no]", rich_help_panel=MODEL, show_default=False)] = None,
@@ -53,9 +68,10 @@ def train(
         rich_help_panel=DATA)] = False,
     val_frac: Annotated[Optional[float], _train("Fraction at the end of the text held out for validation.",
                                                 "val_frac", DATA)] = None,
-    batch_size: Annotated[Optional[int], _train("Contiguous streams trained side by side.", "batch_size", DATA)] = None,
-    seq_len: Annotated[Optional[int], _train("Truncated-BPTT window; the hidden state carries across windows.",
-                                             "seq_len", DATA)] = None,
+    batch_size: Annotated[Optional[int], _sized("Contiguous streams trained side by side.", TrainConfig,
+                                                "batch_size", DATA)] = None,
+    seq_len: Annotated[Optional[int], _sized("Truncated-BPTT window; the hidden state carries across windows.",
+                                             TrainConfig, "seq_len", DATA)] = None,
     reset_on: Annotated[Optional[str], _train(
         "Reset the hidden state at this delimiter, for a corpus of independent records (one poem, one joke each): "
         "the model reads its last character from a zero state, in training, evaluation and sampling (\\n, \\t "
@@ -63,7 +79,7 @@ def train(
     carry_state: Annotated[Optional[bool], typer.Option(
         "--carry-state/--no-carry-state", help="Carry the hidden state from window to window (off: an ablation). "
         "\\[default: carry]", rich_help_panel=DATA, show_default=False)] = None,
-    lr: Annotated[Optional[float], _train("Peak learning rate (AdamW).", "lr")] = None,
+    lr: Annotated[Optional[float], _sized("Peak learning rate (AdamW).", TrainConfig, "lr", OPTIM)] = None,
     weight_decay: Annotated[Optional[float], _train("AdamW weight decay on matrices.", "weight_decay")] = None,
     grad_clip: Annotated[Optional[float], _train("Clip the global gradient norm to this; 0 turns it off.",
                                                  "grad_clip")] = None,
@@ -73,8 +89,9 @@ def train(
     warmup_steps: Annotated[Optional[int], _train("Linear warm-up steps.", "warmup_steps")] = None,
     min_lr_ratio: Annotated[Optional[float], _train("Cosine decays to lr x this.", "min_lr_ratio")] = None,
     epochs: Annotated[Optional[float], _train(
-        f"Stop after this many passes over the training text. \\[default: {TrainConfig.DEFAULT_EPOCHS:g} when no "
-        "other limit is given]", panel=STOP)] = None,
+        "Stop after this many passes over the training text. With no --epochs, --max-steps or --max-time, the run "
+        "gets a default budget from the corpus and this device's speed (shown at the start) and stops early when "
+        "the validation loss stops improving.", panel=STOP)] = None,
     max_steps: Annotated[Optional[int], _train("Stop after this many optimiser steps.", panel=STOP)] = None,
     max_time: Annotated[Optional[str], _train(
         "Stop after this much training time, e.g. 90s, 10m, 2h, 1h30m. The learning-rate schedule spans whichever "
@@ -139,7 +156,13 @@ def train(
                   tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
     request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
                            vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
-                           resume=_path(resume, "--resume"))
+                           resume=_path(resume, "--resume"), **given(size=size))
+    if dry_run:
+        from ..planning import plan_training  # noqa: PLC0415
+
+        for line in plan_lines(plan_training(request)):
+            say(stderr(), line)
+        return
     if nproc is not None and nproc > 1 and not ranks.active:
         check_request(request, processes=nproc)  # once, here, rather than in every process
         raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))

@@ -1,0 +1,461 @@
+"""The sizing study behind `charnn train --size auto`: which model, for which corpus and budget, on this machine.
+
+    python scripts/sizing.py corpora              # build the corpora in runs/sizing/corpora, print their sizes
+    python scripts/sizing.py speeds --repeat 5    # time every shape the study trains (on an idle machine)
+    python scripts/sizing.py plan [--stage S]     # the cells, their steps and the compute they need
+    nice -n 19 python scripts/sizing.py run --stage cheap --jobs 2 --threads 1   # train the cells not done yet
+    python scripts/sizing.py --table              # the README's table, from the results file
+
+Method. A run limited by --max-time measures the machine's load as much as the configuration, so the
+study times each shape's training speed (characters per second with the machine otherwise idle: a
+short timing repeated, the best median kept, as a shared machine only ever slows a timing down) and
+converts each time budget into the optimiser steps that shape takes in that time on this machine,
+evaluations included (`charnn.sizing.steps_in_budget`, the same conversion `--size auto` uses). Each
+cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
+the result is deterministic (seeded), and the runs can go on in the background at low priority with
+any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
+
+Every result is appended to scripts/sizing-results.jsonl (one JSON object a line: corpora, speeds,
+cells), so an interrupted study resumes where it stopped (a cell cut short resumes from its last.pt)
+and the table can be regenerated at any time. The code it trains with is a snapshot of charnn/ taken
+when `run` starts (runs/sizing/code-PID), so editing the working tree does not disturb it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from charnn import sizing  # noqa: E402
+from charnn.sizing import Budget, Shape, Situation, SpeedTable  # noqa: E402
+
+RESULTS = REPO / "scripts" / "sizing-results.jsonl"
+WORK = REPO / "runs" / "sizing"
+SEED = 1337
+CHEAP_BUDGETS = (120.0, 600.0)
+LONG_BUDGETS = (3600.0,)
+LONG_CORPORA = ("warandpeace", "pystdlib")
+STUDY_VOCAB = 96  # the vocabulary the speeds are timed with (the corpora have 65 to 203 characters)
+
+
+# --- corpora: one function each, with its source -----------------------------------------------
+
+
+def _shared(name: str) -> Path:
+    """The bundled corpora (copies of ../shared/corpora; see corpora/README.md for their sources)."""
+    return REPO / "corpora" / f"{name}.txt"
+
+
+def shakespeare_200k(out: Path) -> None:
+    """The first 200,000 bytes of Tiny Shakespeare (karpathy/char-rnn), cut at the last line end: a
+    small corpus of the kind people train on first."""
+    text = _shared("tinyshakespeare").read_bytes()[:200_000]
+    out.write_bytes(text[: text.rindex(b"\n") + 1])
+
+
+def nietzsche(out: Path) -> None:
+    """Nietzsche, Beyond Good and Evil (Keras' example corpus; public domain), 0.6 MB of prose."""
+    shutil.copyfile(_shared("nietzsche"), out)
+
+
+def tinyshakespeare(out: Path) -> None:
+    """Tiny Shakespeare (karpathy/char-rnn; public domain), 1.1 MB of drama."""
+    shutil.copyfile(_shared("tinyshakespeare"), out)
+
+
+def warandpeace(out: Path) -> None:
+    """Tolstoy, War and Peace, Maude translation (Project Gutenberg #2600; public domain), 3.2 MB of prose."""
+    shutil.copyfile(_shared("warandpeace"), out)
+
+
+def pydocs(out: Path) -> None:
+    """Technical text: the reStructuredText sources of Python 3.11's documentation, as Debian's package
+    python3.11-doc installs them (`apt-get install python3.11-doc`; PSF licence), every
+    _sources/**/*.rst.txt in path order, 11 MB."""
+    root = Path("/usr/share/doc/python3.11/html/_sources")
+    files = sorted(root.rglob("*.rst.txt"))
+    if not files:
+        raise SystemExit("pydocs needs Debian's python3.11-doc: apt-get install python3.11-doc")
+    with out.open("wb") as f:
+        for path in files:
+            f.write(path.read_bytes())
+
+
+def pystdlib(out: Path) -> None:
+    """Code: Python 3.11's standard library (the interpreter running this script; PSF licence), every .py
+    file outside site-packages whose text is ASCII, in path order, each after a '# file: PATH' line: 24 MB."""
+    import sysconfig  # noqa: PLC0415
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    with out.open("wb") as f:
+        for path in sorted(root.rglob("*.py")):
+            data = path.read_bytes()
+            if "site-packages" in path.parts or not data.isascii():
+                continue
+            f.write(f"# file: {path.relative_to(root)}\n".encode() + data)
+
+
+CORPORA = {"shakespeare-200k": shakespeare_200k, "nietzsche": nietzsche, "tinyshakespeare": tinyshakespeare,
+           "warandpeace": warandpeace, "pydocs": pydocs, "pystdlib": pystdlib}
+
+
+def corpus_path(name: str) -> Path:
+    path = WORK / "corpora" / f"{name}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
+        CORPORA[name](partial)
+        partial.rename(path)
+    return path
+
+
+def corpus_record(name: str) -> dict:
+    data = corpus_path(name).read_bytes()
+    text = data.decode("utf-8")
+    return {"kind": "corpus", "name": name, "bytes": len(data), "chars": len(text), "vocab": len(set(text)),
+            "sha256": hashlib.sha256(data).hexdigest(), "source": " ".join(CORPORA[name].__doc__.split()),
+            "python": platform.python_version()}
+
+
+# --- the results file ---------------------------------------------------------------------------
+
+_lock = threading.Lock()
+
+
+def read_results() -> list[dict]:
+    if not RESULTS.is_file():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def append_result(record: dict) -> None:
+    with _lock, RESULTS.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def corpora_info(results: list[dict]) -> dict[str, dict]:
+    info = {r["name"]: r for r in results if r["kind"] == "corpus"}
+    for name in CORPORA:
+        if name not in info:
+            info[name] = corpus_record(name)
+            append_result(info[name])
+    return info
+
+
+def speed_table(results: list[dict]) -> SpeedTable:
+    """The latest timing of each shape (chars/s on this machine, idle)."""
+    table = {r["shape"]: r["chars_per_sec"] for r in results if r["kind"] == "speed"}
+    if not table:
+        raise SystemExit("no speeds yet: run `python scripts/sizing.py speeds` first")
+    return SpeedTable(table)
+
+
+# --- speeds -------------------------------------------------------------------------------------
+
+
+def measure_speeds(shapes: list[Shape], repeat: int, seconds: float) -> None:
+    """Time each shape `repeat` times, taking turns, and record the best median of each (chars/s)."""
+    import torch  # noqa: PLC0415
+
+    from charnn.speed import time_evaluation, time_training  # noqa: PLC0415
+
+    samples: dict[str, list[float]] = {s.name: [] for s in shapes}
+    for _ in range(repeat):
+        for shape in shapes:
+            samples[shape.name].append(time_training(shape, STUDY_VOCAB, torch.device("cpu"), seconds).chars_per_sec)
+    for shape in shapes:
+        rates = samples[shape.name]
+        evaluation = time_evaluation(shape, STUDY_VOCAB, torch.device("cpu"), 200_000)
+        record = {"kind": "speed", "shape": shape.name, "chars_per_sec": round(max(rates), 1),
+                  "eval_chars_per_sec": round(evaluation, 1),
+                  "samples": [round(r) for r in rates], "threads": torch.get_num_threads(),
+                  "load": os.getloadavg()[0], "machine": platform.processor() or platform.machine(),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_result(record)
+        print(f"{shape.name:>16}  {max(rates):>9,.0f} chars/s  (median {statistics.median(rates):,.0f}, "
+              f"{len(rates)} timings); evaluation {evaluation:,.0f} chars/s, {evaluation / max(rates):.1f}x")
+
+
+# --- cells --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """One trained configuration: a shape (8 streams x 128 on this machine) with its dropout and lr."""
+
+    layers: int
+    hidden: int
+    dropout: float
+    batch: int = 8
+    seq_len: int = 128
+    lr: float = 2e-3
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.layers, self.hidden, self.batch, self.seq_len)
+
+    @property
+    def name(self) -> str:
+        return f"{self.layers}x{self.hidden} b{self.batch} s{self.seq_len} d{self.dropout:g} lr{self.lr:g}"
+
+    def options(self) -> list[str]:
+        return ["--layers", str(self.layers), "--hidden-size", str(self.hidden), "--embed-size", str(self.hidden),
+                "--batch-size", str(self.batch), "--seq-len", str(self.seq_len), "--dropout", str(self.dropout),
+                "--lr", str(self.lr)]
+
+
+DEFAULT = Config(2, 256, 0.1)  # today's fixed default, --size small
+
+
+@dataclass(frozen=True)
+class Cell:
+    corpus: str
+    budget: float  # seconds on this machine
+    config: Config
+    priority: int  # lower runs first
+
+    @property
+    def key(self) -> str:
+        return f"{self.corpus} {self.budget:g}s {self.config.name}"
+
+    @property
+    def run_name(self) -> str:
+        return self.key.replace(" ", "_")
+
+
+def situation(corpus: dict, budget: float) -> Situation:
+    train = int(corpus["chars"] * 0.9)
+    return Situation(train_chars=train, vocab_size=corpus["vocab"], budget=Budget(seconds=budget),
+                     val_chars=corpus["chars"] - train)
+
+
+def rule_config(corpus: dict, budget: float, speeds: SpeedTable) -> Config:
+    plan = sizing.choose(situation(corpus, budget), speeds)
+    s = plan.shape
+    return Config(s.num_layers, s.hidden_size, plan.model["dropout"], s.batch_size, s.seq_len, plan.train["lr"])
+
+
+def neighbours(config: Config, corpus: dict, budget: float) -> list[Config]:
+    """The grid around a choice: the next narrower and wider candidate, and dropout one step each way."""
+    shapes = sizing.candidates(situation(corpus, budget), config.batch)
+    names = [s.name for s in shapes]
+    at = names.index(config.shape.name) if config.shape.name in names else 0
+    near = [shapes[i] for i in (at - 1, at + 1) if 0 <= i < len(shapes)]
+    out = [Config(s.num_layers, s.hidden_size, config.dropout) for s in near]
+    out += [Config(config.layers, config.hidden, round(d, 1)) for d in (config.dropout - 0.1, config.dropout + 0.1)
+            if 0.0 <= d <= 0.5]
+    return out
+
+
+def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell]:
+    """The study's cells, most informative first: the rule's choice and the default everywhere, then the
+    grid around the choice; the long stage checks the choice, the default and the wider alternative."""
+    found: dict[str, Cell] = {}
+    budgets = CHEAP_BUDGETS if stage == "cheap" else LONG_BUDGETS
+    names = list(CORPORA) if stage == "cheap" else list(LONG_CORPORA)
+    for budget in budgets:
+        for name in names:
+            chosen = rule_config(corpora[name], budget, speeds)
+            wanted = [(0, chosen), (0, DEFAULT)] + [(1 + i, c) for i, c in enumerate(neighbours(chosen, corpora[name],
+                                                                                                   budget))]
+            if stage == "long":
+                wanted = wanted[:2] + [c for c in wanted[2:] if c[1].dropout == chosen.dropout][-1:]
+            for priority, config in wanted:
+                cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]))
+                found.setdefault(cell.key, cell)
+    return sorted(found.values(), key=lambda c: (c.priority, c.budget, c.corpus))
+
+
+def cell_steps(cell: Cell, corpus: dict, speeds: SpeedTable) -> int:
+    return sizing.steps_in_budget(cell.config.shape, situation(corpus, cell.budget), cell.budget, speeds)
+
+
+# --- running a cell -----------------------------------------------------------------------------
+
+
+def snapshot_code() -> Path:
+    """A copy of charnn/ for this process's runs, so that editing the working tree cannot change them."""
+    target = WORK / f"code-{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(REPO / "charnn", target / "charnn", ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -> dict:
+    run = WORK / "runs" / cell.run_name
+    if (run / "last.pt").is_file():
+        command = ["train", "--resume", str(run)]
+    else:
+        command = ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", str(steps),
+                   *cell.config.options(), "--seed", str(SEED), "--log-every", "100"]
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads),
+           "CHARNN_RUNS_DIR": str(WORK / "runs")}
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu", "-q"], env=env, check=True,
+                   stdin=subprocess.DEVNULL)
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "eval"]
+    return {"kind": "cell", "key": cell.key, "corpus": cell.corpus, "budget": cell.budget, "config": cell.config.name,
+            "steps": steps, "best_val_loss": min(r["val_loss"] for r in evals), "final_val_loss": evals[-1]["val_loss"],
+            "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "wall_seconds": round(time.time() - started),
+            "threads": threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _claim_path(cell: Cell) -> Path:
+    return WORK / "claims" / cell.run_name
+
+
+def claim(cell: Cell) -> bool:
+    """Take a cell for this process: not if it is done or a live study process has it (several can run)."""
+    if any(r.get("key") == cell.key for r in read_results() if r["kind"] == "cell"):
+        return False
+    path = _claim_path(cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.kill(int(path.read_text()), 0)
+        return False  # its owner is alive
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+    path.write_text(str(os.getpid()))
+    return True
+
+
+def release(cell: Cell) -> None:
+    _claim_path(cell).unlink(missing_ok=True)
+
+
+def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: int) -> None:
+    code = snapshot_code()
+    queue = list(todo)
+
+    def worker() -> None:
+        while True:
+            with _lock:
+                if not queue:
+                    return
+                cell, steps = queue.pop(0)
+            if not claim(cell):  # done meanwhile, or another study process is training it
+                continue
+            print(f"start  {cell.key}: {steps:,} steps", flush=True)
+            try:
+                record = train_cell(cell, steps, corpus_path(cell.corpus), code, threads)
+            except subprocess.CalledProcessError as err:
+                print(f"FAILED {cell.key}: {err}", flush=True)
+                continue
+            finally:
+                release(cell)
+            append_result(record)
+            print(f"done   {cell.key}: best {record['best_val_loss']:.4f} ({record['wall_seconds']}s)", flush=True)
+
+    workers = [threading.Thread(target=worker) for _ in range(jobs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    shutil.rmtree(code, ignore_errors=True)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def table(results: list[dict], corpora: dict, speeds: SpeedTable) -> str:
+    """Markdown: for each corpus and budget, the rule's choice and its loss, the best grid point's, the default's."""
+    done = {r["key"]: r for r in results if r["kind"] == "cell"}
+    lines = ["| corpus | size | budget | chosen | its loss | best grid point | its loss | 2x256 default | "
+             "chosen - best | chosen - default |", "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for budget in CHEAP_BUDGETS + LONG_BUDGETS:
+        for name in CORPORA:
+            if budget in LONG_BUDGETS and name not in LONG_CORPORA:
+                continue
+            lines.append(_table_row(name, corpora[name], budget, done, speeds))
+    return "\n".join(lines)
+
+
+def _table_row(name: str, corpus: dict, budget: float, done: dict, speeds: SpeedTable) -> str:
+    chosen = rule_config(corpus, budget, speeds)
+    here = {k: r for k, r in done.items() if r["corpus"] == name and r["budget"] == budget}
+
+    def loss(config: Config) -> float | None:
+        record = here.get(Cell(name, budget, config, 0).key)
+        return record["best_val_loss"] if record else None
+
+    best = min(here.values(), key=lambda r: r["best_val_loss"], default=None)
+    mine, default = loss(chosen), loss(DEFAULT)
+
+    def fmt(x):
+        return "pending" if x is None else f"{x:.3f}"
+
+    def diff(a, b):
+        return "" if a is None or b is None else f"{a - b:+.3f}"
+
+    best_name = best["config"].rsplit(" lr", 1)[0].replace(" b8 s128", "") if best else "pending"
+    return (f"| {name} | {corpus['bytes'] / 1e6:.1f} MB | {budget / 60:g} min | "
+            f"{chosen.name.rsplit(' lr', 1)[0].replace(' b8 s128', '')} | {fmt(mine)} | {best_name} | "
+            f"{fmt(best['best_val_loss'] if best else None)} | {fmt(default)} | "
+            f"{diff(mine, best['best_val_loss'] if best else None)} | {diff(mine, default)} |")
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def study_shapes() -> list[Shape]:
+    pairs = [(2, w) for w in sizing.WIDTHS] + [(3, w) for w in sizing.DEEP_WIDTHS[:2]]
+    return [Shape(layers, width, 8, 128) for layers, width in pairs] + [Shape(2, 256, 16, 128)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=("corpora", "speeds", "plan", "run"))
+    parser.add_argument("--table", action="store_true", help="print the README's table from the results")
+    parser.add_argument("--stage", choices=("cheap", "long", "all"), default="all")
+    parser.add_argument("--jobs", type=int, default=2, help="cells trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    parser.add_argument("--repeat", type=int, default=5, help="timings per shape (speeds)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="seconds per timing (speeds)")
+    parser.add_argument("--limit", type=int, default=None, help="train at most this many cells (run)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="only the cells whose key contains this text, e.g. 'tinyshakespeare 600s' (repeatable)")
+    args = parser.parse_args()
+    results = read_results()
+    if args.command == "speeds":
+        measure_speeds(study_shapes(), args.repeat, args.seconds)
+        return
+    corpora = corpora_info(results)
+    if args.command == "corpora":
+        for info in corpora.values():
+            print(f"{info['name']:>17}  {info['bytes']:>11,} bytes  {info['vocab']:>4} characters  {info['source']}")
+        return
+    speeds = speed_table(results)
+    if args.table:
+        print(table(results, corpora, speeds))
+        return
+    stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
+    done = {r["key"] for r in results if r["kind"] == "cell"}
+    todo = [(c, cell_steps(c, corpora[c.corpus], speeds)) for stage in stages for c in cells(stage, corpora, speeds)
+            if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
+    budget_total = sum(c.budget for c, _ in todo)
+    print(f"{len(todo)} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
+          f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
+          f"{args.threads} thread on an otherwise idle machine)")
+    if args.command == "plan":
+        for cell, steps in todo:
+            print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps")
+    elif args.command == "run":
+        run_cells(todo[: args.limit], corpora, args.jobs, args.threads)
+
+
+if __name__ == "__main__":
+    main()
