@@ -107,7 +107,8 @@ def temporaries(root) -> list[str]:
 
 def charnn(world, command: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """`charnn ...` as bash runs it in the user's directory (this interpreter's charnn)."""
-    env = {**os.environ, "CHARNN_RUNS_DIR": str(world / "runs"), "COLUMNS": "200"}
+    # one thread: table cases run side by side, and PyTorch's spinning OpenMP threads crowd each other out
+    env = {**os.environ, "CHARNN_RUNS_DIR": str(world / "runs"), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     env.pop("CHARNN_DEBUG", None)
     script = f'charnn() {{ "{sys.executable}" -m charnn "$@"; }}\n{command}'
     return subprocess.run(["bash", "-c", script], cwd=world, env=env, capture_output=True, timeout=timeout)
@@ -422,11 +423,13 @@ def test_ctrl_c_in_sample_or_eval_says_so(world, command):
 
 
 def _wait_until_busy(process, seconds: float = 60) -> None:
-    """Until the process has PyTorch loaded and is computing."""
+    """Until the process has loaded what it computes with (PyTorch, or numpy alone when sampling on
+    the CPU) and is computing."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if "libtorch" in Path(f"/proc/{process.pid}/maps").read_text():
+            maps = Path(f"/proc/{process.pid}/maps").read_text()
+            if "libtorch" in maps or "_multiarray_umath" in maps:
                 time.sleep(1.0)
                 return
         except OSError:

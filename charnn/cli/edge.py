@@ -8,7 +8,10 @@ traceback with CHARNN_DEBUG=1).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import typer
 
@@ -29,10 +32,40 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
 
+class _Interrupts:
+    """SIGINT as KeyboardInterrupt (Python's own handler), remembered: Ctrl-C before a command's body
+    runs (while Typer parses, say) becomes a silent exit code 130 in Typer, so the edge says it."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and turn every failure into one line on stderr and an exit code."""
+    with _Interrupts().installed() as interrupts:
+        code = _run(sys.argv[1:] if argv is None else list(argv), interrupts)
+        if code == 130 and interrupts.seen:  # training's own handler says it; this is Typer's silent 130
+            say(stderr(), "charnn: interrupted")
+    return code
+
+
+def _run(argv: list[str], interrupts: _Interrupts) -> int:
     console = stderr()
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
     except CharnnError as err:
@@ -49,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except (typer.Abort, KeyboardInterrupt, Interrupted):
         say(console, "charnn: interrupted")
+        interrupts.seen = False  # said
         return 130
     except BrokenPipeError:
         quiet_broken_pipe()

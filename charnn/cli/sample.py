@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -164,15 +166,42 @@ def _stdin():
     return sys.stdin.buffer
 
 
+class _Lines:
+    """stdin's lines, read with short waits: a signal that lands just before a blocking read would
+    otherwise wait for the next line (Python runs its handler only between steps)."""
+
+    def __init__(self, stream):
+        self.fd, self.pending = stream.fileno(), b""
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.pending:
+            if not self._ready():
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:  # end of input: what is left, then b""
+                line, self.pending = self.pending, b""
+                return line
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line + b"\n"
+
+    def _ready(self) -> bool:
+        try:
+            return bool(select.select([self.fd], [], [], 0.2)[0])
+        except (OSError, ValueError):  # a descriptor select cannot wait on: block in the read instead
+            return True
+
+
 def _interactive(conversation: Conversation, output: BufferedOutput, console: Console, quiet: bool,
                  drop_unknown: bool) -> None:
     """A prompt on stderr, continuations on stdout; the state carries over from turn to turn."""
     say(console, "charnn interactive: type text and press Enter to continue it; an empty line continues "
                  "further; /reset forgets the context; /quit or Ctrl-D ends.", quiet=quiet, style="dim")
+    lines = _Lines(_stdin())
     while True:
         console.print("> ", end="", markup=False, highlight=False, style="bold")
         try:
-            line = _stdin().readline().decode("utf-8", "surrogateescape")
+            line = lines.readline().decode("utf-8", "surrogateescape")
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the session (in a continuation it cuts that short)
             console.print()
             raise Interrupted from None  # the edge says "charnn: interrupted"
