@@ -129,8 +129,8 @@ class Streams:
 
     def sample(self, length: int) -> Iterator[np.ndarray]:
         """Yield `length` steps of (B,) int64 ids, each drawn and then read back in (numpy's BLAS held to
-        the engine's `blas_threads` meanwhile)."""
-        with self.engine.blas_threads:
+        the engine's threads for this many streams meanwhile)."""
+        with self.engine.threads_for(len(self)):
             for _ in range(length):
                 yield self.advance()
 
@@ -207,7 +207,7 @@ def beam_search(engine: Engine, prime: Sequence[int] | np.ndarray, length: int, 
     config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
     search = Streams.start(engine, config, seed=0)  # nothing is drawn: the seed never matters
     search.feed(prime)
-    with engine.blas_threads:
+    with engine.threads_for(beams):
         yield from _search(search, length, beams)
 
 
