@@ -50,7 +50,7 @@ def serve(
     Requests in flight are sampled together, one batched step for all of them. SIGTERM or Ctrl-C
     stops accepting connections and lets streams in flight finish (--grace-seconds).
     """
-    config = ServeConfig(**given(host=host, port=port, api_key=api_key, max_prompt_chars=max_prompt_chars,
+    config = ServeConfig(**given(host=host, port=port, api_key=api_key or None, max_prompt_chars=max_prompt_chars,
                                  max_tokens=max_tokens, default_max_tokens=default_max_tokens, max_n=max_n,
                                  max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
                                  grace_seconds=grace_seconds)).validate()
