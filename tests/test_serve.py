@@ -314,3 +314,13 @@ def test_the_page_streams_text_in_headless_chromium(server, tmp_path):
         assert all(s.startswith(server.url) for s in sources), sources  # nothing fetched from elsewhere
     finally:
         driver.quit()
+
+
+def test_help_loads_neither_the_web_framework_nor_numpy():
+    probe = ("import sys\nfrom charnn.cli import main\nfor argv in (['--help'], ['serve', '--help']):\n"
+             "    assert main(argv) == 0\n"
+             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'numpy', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip().splitlines()[-1] == "[]"
+    assert "--max-concurrent" in result.stdout.decode() and "[default: 64]" in result.stdout.decode()
