@@ -129,6 +129,28 @@ async def soak(address: tuple[str, int], pid: int, clients: int, seconds: float,
     return samples
 
 
+async def texts_of(url: str, bodies: list[dict]) -> list[str]:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=len(bodies) + 4)) as client:
+        async def one(body):
+            response = await client.post(url + "/v1/completions", json=body)
+            return response.json()["choices"][0]["text"]
+
+        return list(await asyncio.gather(*(one(body) for body in bodies)))
+
+
+def determinism(url: str, count: int, prompt: str, chars: int) -> None:
+    """The same seeded requests alone (one at a time) and all at once: how many texts differ, and where."""
+    bodies = [{"prompt": prompt, "max_tokens": chars, "seed": seed, "temperature": 0.8} for seed in range(count)]
+    alone = [asyncio.run(texts_of(url, [body]))[0] for body in bodies]
+    again = [asyncio.run(texts_of(url, [body]))[0] for body in bodies[:8]]
+    batched = asyncio.run(texts_of(url, bodies))
+    differ = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(alone, batched) if x != y]
+    print(f"alone twice: {sum(a == b for a, b in zip(alone, again))} of {len(again)} texts identical")
+    print(f"{count} requests of {chars} characters batched together against each alone: "
+          f"{count - len(differ)} identical, {len(differ)} differ"
+          + (f" (first difference at character {', '.join(map(str, sorted(differ)))})" if differ else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="run directory, checkpoint or .safetensors file")
@@ -137,6 +159,8 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=500, help="characters per request (max_tokens)")
     parser.add_argument("--prompt-chars", type=int, default=100)
     parser.add_argument("--soak", type=float, default=0, help="then run repeated clients for this many seconds")
+    parser.add_argument("--determinism", type=int, default=0, metavar="K",
+                        help="then compare K seeded requests batched together with each alone")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     process, url = start_server(args.model, max(counts))
@@ -156,6 +180,8 @@ def main() -> None:
             print(f"{count:7d} {row['requests']:8d} {row['chars_per_second']:9.0f} "
                   f"{row['chars_per_second'] / base:6.2f} {row['ttfc_median_ms']:9.1f} ms {row['ttfc_p90_ms']:6.1f} ms",
                   flush=True)
+        if args.determinism:
+            determinism(url, args.determinism, seed_text, args.chars)
         if args.soak:
             print(f"soak: {max(counts)} clients for {args.soak:.0f} s, a third hanging up halfway")
             samples = asyncio.run(soak(address, process.pid, max(counts), args.soak, seed_text, args.chars))

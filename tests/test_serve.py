@@ -324,3 +324,58 @@ def test_help_loads_neither_the_web_framework_nor_numpy():
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip().splitlines()[-1] == "[]"
     assert "--max-concurrent" in result.stdout.decode() and "[default: 64]" in result.stdout.decode()
+
+
+# --- the batching core, without HTTP ---------------------------------------------------------------
+
+
+def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
+    """Requests with different options, started while others run, some leaving early: each one's text is
+    what it draws alone (`sample_streams` with its seed), and the batch empties when they are done."""
+    import numpy as np
+    import torch
+
+    from charnn import CharRNN, SamplingConfig, Vocab, engine_from_model
+    from charnn.serving import Batcher, CompletionRequest
+    from charnn.streams import sample_streams
+
+    from conftest import tiny_model_config
+
+    torch.manual_seed(3)
+    vocab = Vocab(chars="\nabcdefgh ")
+    engine = engine_from_model(CharRNN(tiny_model_config(vocab.size)).eval())
+    configs = [SamplingConfig(), SamplingConfig(temperature=0), SamplingConfig(top_k=3, repetition_penalty=1.5),
+               SamplingConfig(top_p=0.8, min_p=0.1, temperature=0.7), SamplingConfig(repetition_penalty=1.2)]
+    requests = [CompletionRequest(prompt="abc " * (i * 80 + 1), max_tokens=60 + 40 * i, sampling=config,
+                                  n=1 + i % 2, seed=i, stop=("hh",) if i == 4 else ()) for i, config in enumerate(configs)]
+    batcher = Batcher(engine, vocab).start()
+    texts = [[""] * r.n for r in requests]
+    done = threading.Semaphore(0)
+
+    def deliver(index):
+        finished = []
+
+        def take(pieces):
+            for piece in pieces:
+                texts[index][piece.index] += piece.text
+                finished.extend([piece.index] if piece.finish_reason else [])
+            if len(finished) == requests[index].n:
+                done.release()
+        return take
+
+    for index, request in enumerate(requests):  # each joins while the earlier ones are generating
+        batcher.submit(request, deliver(index))
+        time.sleep(0.002)
+    for _ in requests:
+        assert done.acquire(timeout=30)
+    wait_for(lambda: batcher.load() == {"requests": 0, "streams": 0})
+    batcher.stop()
+    for index, request in enumerate(requests):
+        prompt = vocab.encode(request.prompt)
+        alone = np.stack(list(sample_streams(engine, prompt, request.max_tokens, request.sampling, request.n,
+                                             request.seed)))
+        for choice in range(request.n):
+            expected = vocab.decode(alone[:, choice])
+            if request.stop and "hh" in expected:
+                expected = expected[: expected.find("hh")]
+            assert texts[index][choice] == expected, (index, choice)
