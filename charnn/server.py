@@ -10,6 +10,7 @@ here, so that port 0 picks a free port and a port in use is one clear error.
 import asyncio
 import hmac
 import json
+import os
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from .completions import (STREAM_END, ApiError, ParsedRequest, completion_id, co
 from .config import ServeConfig
 from .errors import CharnnError
 from .rundir import RunDir
-from .serving import Batcher, CompletionStream
+from .serving import Batcher, CompletionStream, Mailbox
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not hold the stream back
 
@@ -53,6 +54,7 @@ class CompletionServer:
     def __init__(self, batchers: dict[str, Batcher], config: ServeConfig):
         self.batchers, self.config = batchers, config
         self.started = int(time.time())
+        self.mailbox: Mailbox | None = None  # the event loop's, once it runs
 
     def authorize(self, header: str | None) -> None:
         """The bearer token, when the server has a key (compared in constant time)."""
@@ -75,7 +77,7 @@ class CompletionServer:
     def start(self, parsed: ParsedRequest) -> CompletionStream:
         batcher = self.batchers[parsed.model]
         try:
-            return CompletionStream(batcher, parsed.completion)
+            return CompletionStream(batcher, parsed.completion, self.mailbox)
         except CharnnError as err:  # the prompt's characters, or the server stopping
             raise ApiError(400, err.message, param="prompt", code="invalid_prompt") from None
 
@@ -103,6 +105,7 @@ def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = N
 
     @asynccontextmanager
     async def lifespan(app):
+        server.mailbox = Mailbox(asyncio.get_running_loop())
         for batcher in server.batchers.values():
             batcher.start()
         if on_ready is not None:
@@ -216,7 +219,8 @@ def listen(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family, backlog=2048)
     except (OSError, socket.gaierror) as err:
-        raise CharnnError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+        reason = err.strerror if isinstance(err, socket.gaierror) or not err.errno else os.strerror(err.errno)
+        raise CharnnError(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def serve(sources: list[str | None], config: ServeConfig,

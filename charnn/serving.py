@@ -27,10 +27,10 @@ from .choice import StreamOptions, stream_rng
 from .config import SamplingConfig
 from .engine import Engine
 from .errors import CharnnError
-from .streams import Streams, default_prime, fresh_seed
+from .streams import Streams, default_prime, feed_each, fresh_seed
 from .vocab import Vocab
 
-PROMPT_SLICE = 256  # prompt characters a joining request reads per step: the others wait at most this long
+PROMPT_SLICE = 256  # prompt characters joining requests read per step: the others wait at most this long
 # The worker hands the GIL to the event loop at least this often (seconds). Python's own switch interval
 # is 5 ms, which a waiting event loop adds to every request's first character; handing over after every
 # step instead costs the loop a wake-up, and the clients a chunk, per character.
@@ -108,16 +108,10 @@ class Job:
         seed = fresh_seed() if request.seed is None else request.seed
         rngs = [stream_rng(seed, i) for i in range(request.n)]
         self.streams = Streams(engine, StreamOptions.of([config] * request.n), rngs)
-        self.unread = prompt_ids
+        self.unread = prompt_ids  # the prompt not yet read
         self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
         self.deliver = deliver
         self.cancelled = False
-
-    def read_some(self) -> bool:
-        """Read the next slice of the prompt; True once all of it is read."""
-        self.streams.feed(self.unread[:PROMPT_SLICE])
-        self.unread = self.unread[PROMPT_SLICE:]
-        return len(self.unread) == 0
 
     @property
     def finished(self) -> bool:
@@ -208,7 +202,7 @@ class Batcher:
         """Drop the cancelled, read a slice of each new prompt, join the ready, advance every stream."""
         self._reading = [job for job in self._reading if not job.cancelled]
         self._keep([row for row, (job, _) in enumerate(self._rows) if not job.cancelled])
-        ready = [job for job in self._reading if job.read_some()]
+        ready = self._read_prompts()
         if ready:
             with self._wake:
                 self._reading = [job for job in self._reading if job not in ready]
@@ -218,6 +212,17 @@ class Batcher:
             return
         ids = self._batch.advance()
         self._hand_out(ids.tolist())
+
+    def _read_prompts(self) -> list[Job]:
+        """The new requests read the next stretch of their prompts, all as one batch (as long as the
+        shortest of them, so a short prompt never waits for a long one); those now read are returned."""
+        if not self._reading:
+            return []
+        length = min(PROMPT_SLICE, *(len(job.unread) for job in self._reading))
+        feed_each([job.streams for job in self._reading], [job.unread[:length] for job in self._reading])
+        for job in self._reading:
+            job.unread = job.unread[length:]
+        return [job for job in self._reading if len(job.unread) == 0]
 
     def _join(self, job: Job) -> None:
         if self._batch is None:
@@ -264,18 +269,42 @@ class Batcher:
 # --- asyncio's side ----------------------------------------------------------------------------
 
 
+class Mailbox:
+    """Items for an event loop's queues, posted from other threads and handed over in one wake-up of the
+    loop for everything posted since the last, not one per item (a step of 32 requests posts 32)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self._lock = loop, threading.Lock()
+        self._items: list[tuple[asyncio.Queue, object]] = []
+        self._scheduled = False
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class CompletionStream:
     """A submitted request's text as it is made, for asyncio code: `async for pieces in stream`
     gives the new text of each step (several steps' text merged when the reader is slower than the
     worker); `cancel()` takes the request out of the batch (a client that went away)."""
 
-    def __init__(self, batcher: Batcher, request: CompletionRequest):
-        loop = asyncio.get_running_loop()
+    def __init__(self, batcher: Batcher, request: CompletionRequest, mailbox: Mailbox | None = None):
+        mailbox = mailbox or Mailbox(asyncio.get_running_loop())
         self._queue: asyncio.Queue = asyncio.Queue()
         self._batcher, self.request = batcher, request
         self._open = request.n  # choices not yet finished
         self.generated = 0  # characters drawn over every choice
-        self.job = batcher.submit(request, lambda item: loop.call_soon_threadsafe(self._queue.put_nowait, item))
+        self.job = batcher.submit(request, lambda item: mailbox.post(self._queue, item))
 
     def __aiter__(self) -> CompletionStream:
         return self
