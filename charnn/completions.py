@@ -59,7 +59,7 @@ def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> Par
         if name not in _FIELDS:
             raise ApiError(400, f"unrecognized request argument: {name}", param=name, code="unknown_parameter")
     for name, neutral in _NEUTRAL.items():
-        if data.get(name, neutral) not in (neutral, None, 0):
+        if data.get(name, neutral) not in (neutral, None, 0, {}):
             raise ApiError(400, f"{name} is not supported by charnn (leave it out or at {json.dumps(neutral)})",
                            param=name, code="unsupported_parameter")
     model = _model(data, models)
