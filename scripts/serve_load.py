@@ -109,13 +109,15 @@ async def round_of(address: tuple[str, int], clients: int, requests: int, prompt
 async def soak(address: tuple[str, int], pid: int, clients: int, seconds: float, prompt: str,
                chars: int) -> list[tuple[float, float]]:
     """Clients in a loop for `seconds`, every third hanging up halfway; the server's RSS every 5 s."""
-    samples, stop_at = [], time.monotonic() + seconds
+    samples, stop_at, counts = [], time.monotonic() + seconds, {"finished": 0, "hung up": 0}
 
     async def client_loop(index: int):
         number = 0
         while time.monotonic() < stop_at:
             body = {"prompt": prompt, "max_tokens": chars, "seed": number, "stream": True}
-            await one_request(address, body, hang_up_after=chars // 2 if (index + number) % 3 == 0 else None)
+            hang_up = (index + number) % 3 == 0
+            await one_request(address, body, hang_up_after=chars // 2 if hang_up else None)
+            counts["hung up" if hang_up else "finished"] += 1
             number += 1
 
     async def watch():
@@ -126,6 +128,7 @@ async def soak(address: tuple[str, int], pid: int, clients: int, seconds: float,
             await asyncio.sleep(5)
 
     await asyncio.gather(watch(), *(client_loop(i) for i in range(clients)))
+    print(f"  {counts['finished']:,} requests finished, {counts['hung up']:,} hung up halfway")
     return samples
 
 
