@@ -379,3 +379,14 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
             if request.stop and "hh" in expected:
                 expected = expected[: expected.find("hh")]
             assert texts[index][choice] == expected, (index, choice)
+
+
+def test_the_readmes_openai_example_runs_as_written(server):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "OpenAI(" in b)
+    code = block.replace("http://127.0.0.1:8000", server.url).replace('model="demo"', 'model="run"')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(result.stdout.decode()) == 401  # 200 characters and a newline, then 200 streamed
