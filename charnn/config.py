@@ -264,6 +264,42 @@ class SampleRequest:
         return self
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What `charnn serve` listens on and the limits it holds every request to."""
+
+    host: str = "127.0.0.1"  # loopback: any other address needs an API key
+    port: int = 8000
+    api_key: str | None = None  # when set, every /v1 request must carry it as a bearer token
+    max_prompt_chars: int = 4096  # a prompt is read in slices between steps, but a long one still costs
+    max_tokens: int = 4096  # the most characters one request may ask for (per choice)
+    default_max_tokens: int = 256  # when a request gives no max_tokens (OpenAI's 16 is a word or two here)
+    max_n: int = 16  # choices per request
+    max_concurrent: int = 64  # requests in flight; more get 429 with Retry-After
+    max_body_bytes: int = 65536  # a 4096-character prompt escaped as JSON fits with room to spare
+    grace_seconds: float = 10.0  # on SIGTERM or Ctrl-C, how long streams in flight may take to finish
+
+    def validate(self) -> ServeConfig:
+        _require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535] (0: any free port), not {self.port}")
+        for name in ("max_prompt_chars", "max_tokens", "default_max_tokens", "max_n", "max_concurrent",
+                     "max_body_bytes"):
+            value = getattr(self, name)
+            _require(value >= 1, flag(name), f"must be at least 1, not {value}")
+        _require(self.default_max_tokens <= self.max_tokens, "--default-max-tokens",
+                 f"must be at most --max-tokens ({self.max_tokens}), not {self.default_max_tokens}")
+        _require(math.isfinite(self.grace_seconds) and self.grace_seconds >= 0, "--grace-seconds",
+                 f"must be >= 0, not {self.grace_seconds}")
+        if self.api_key is not None:
+            _require(len(self.api_key) >= 1, "--api-key", "must not be empty")
+        elif self.host not in LOOPBACK_HOSTS:
+            raise CharnnError(f"--host {self.host} lets other machines in: it needs an API key",
+                              hint="give --api-key or set CHARNN_API_KEY; clients send it as 'Authorization: Bearer KEY'")
+        return self
+
+
 @dataclass
 class BenchOptions:
     """What `charnn bench` measures, and for how long."""

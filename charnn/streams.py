@@ -94,14 +94,22 @@ class Streams:
             self.logits, self.state = np.repeat(logits, streams, axis=0), repeat_streams(state, streams)
             self.tail = np.repeat(self.tail, streams, axis=1)
         else:
-            steps = np.broadcast_to(ids[:, None], (len(ids), streams))
-            if self.pending is not None:
-                steps = np.concatenate((self.pending[None], steps))
-                self.pending = None
-            state = self.state if self.state is not None else self.engine.zero_state(streams)
+            steps, state = self._steps(ids)
             self.logits, self.state = self.engine.read(steps, state, self._delimiters(steps))
+        self._remember(ids)
+
+    def _steps(self, ids: np.ndarray) -> tuple[np.ndarray, list]:
+        """What the streams read for `ids` (T, B), after the ids drawn last if they are not read yet, and
+        the state they start from."""
+        steps = np.broadcast_to(ids[:, None], (len(ids), len(self)))
+        if self.pending is not None:
+            steps = np.concatenate((self.pending[None], steps))
+            self.pending = None
+        return steps, self.state if self.state is not None else self.engine.zero_state(len(self))
+
+    def _remember(self, ids: np.ndarray) -> None:
         if self.recent is not None:
-            self.recent.add(np.broadcast_to(ids[:, None], (len(ids), streams)))
+            self.recent.add(np.broadcast_to(ids[:, None], (len(ids), len(self))))
 
     def _delimiters(self, steps: np.ndarray) -> np.ndarray | None:
         """Where each stream (column of `steps`, (T, B)) completes the record delimiter; keeps the tail."""
@@ -180,6 +188,33 @@ class Streams:
         self.logits = np.concatenate((self.logits, other.logits))
         self.tail = np.concatenate((self.tail, other.tail), axis=1)
         self.recent = histories[0].join(histories[1]) if self.options.penalized else None
+
+
+def feed_each(batches: Sequence[Streams], texts: Sequence[np.ndarray]) -> None:
+    """Feed each batch its own text, all of one length, in one read with every stream side by side: as
+    `batch.feed(text)` for each, up to rounding, at the cost of about one (a server reading the prompts
+    of requests that arrived together)."""
+    if len(batches) == 1:
+        batches[0].feed(texts[0])
+        return
+    texts = [np.asarray(text, dtype=np.int64).ravel() for text in texts]
+    if len({len(text) for text in texts}) != 1:
+        raise CharnnError("feed_each reads texts of one length")
+    for batch in batches:
+        batch.settle()  # the ids drawn last, read now: every batch then reads exactly its text
+    parts = [batch._steps(text) for batch, text in zip(batches, texts)]
+    state = parts[0][1]
+    for _, more in parts[1:]:
+        state = join_streams(state, more)
+    resets = [batch._delimiters(steps) for batch, (steps, _) in zip(batches, parts)]
+    logits, state = batches[0].engine.read(np.concatenate([steps for steps, _ in parts], axis=1), state,
+                                           None if resets[0] is None else np.concatenate(resets, axis=1))
+    start = 0
+    for batch, text in zip(batches, texts):
+        columns = np.arange(start, start + len(batch))
+        batch.logits, batch.state = logits[columns], select_streams(state, columns)
+        batch._remember(text)
+        start += len(batch)
 
 
 def sample_streams(engine: Engine, prime: Sequence[int] | np.ndarray, length: int,

@@ -240,3 +240,27 @@ def test_empty_prime_and_no_prime_are_errors():
         next(Streams.start(engine).sample(1))
     with pytest.raises(CharnnError, match="--beam"):
         next(beam_search(engine, [1], 5, beams=0))
+
+
+@pytest.mark.parametrize("resets", [False, True])
+def test_batches_fed_together_read_as_each_alone(resets):
+    """feed_each: new batches, and one that has drawn, each read their own text in one batched read."""
+    from charnn.streams import feed_each
+
+    engine = engine_from_model(model_for("lstm", resets=resets))
+    def batches():
+        drawn = Streams.start(engine, SamplingConfig(repetition_penalty=1.3), num_samples=2, seed=1)
+        drawn.feed([1, 2, 3])
+        next(drawn.sample(1))
+        return [Streams.start(engine, seed=0), Streams.start(engine, SamplingConfig(top_k=3), num_samples=3, seed=2),
+                drawn]
+    texts = [np.array([4, 3, 5, 6]), np.array([3, 5, 3, 5]), np.array([7, 7, 3, 5])]
+    apart, together = batches(), batches()
+    for batch, text in zip(apart, texts):
+        batch.feed(text)
+    feed_each(together, texts)
+    for one, other in zip(apart, together):
+        np.testing.assert_allclose(one.logits, other.logits, atol=1e-5)
+        assert one.recent is None or (one.recent.seen() == other.recent.seen()).all()
+    with pytest.raises(CharnnError, match="one length"):
+        feed_each(batches(), [np.array([1]), np.array([1, 2]), np.array([3])])

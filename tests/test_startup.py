@@ -57,7 +57,8 @@ def torch_free_commands(run, records, tmp_path):
     prime = tmp_path / "prime.txt"
     prime.write_text("ROMEO:\n")
     commands = [["--help"], ["--version"], *([name, "--help"] for name in
-                                             ("train", "sample", "eval", "bench", "runs", "info", "plot", "export"))]
+                                             ("train", "sample", "eval", "bench", "runs", "info", "plot", "export",
+                                              "serve"))]
     commands += [["runs"], ["runs", "--json"], ["info"], ["info", run, "--json"], ["info", run / "best.safetensors"],
                  ["info", run / "last.pt", "--json"], ["plot", run, "--width", "80", "--height", "16"]]
     commands += [["sample", "-n", "50", "--seed", "1"], ["sample", run / "best.safetensors", "-n", "20"],

@@ -1,0 +1,68 @@
+"""`charnn serve`: options into a ServeConfig; the library serves until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import ServeConfig
+from .app import command, say, stderr
+from .options import EXIT_CODES_HELP, QuietFlag, default, given
+
+LIMITS = "Limits"
+
+
+def _option(text: str, name: str, panel: str | None = None, **extra):
+    return typer.Option(help=f"{text} {default(ServeConfig, name)}", rich_help_panel=panel, show_default=False,
+                        **extra)
+
+
+@command(epilog=EXIT_CODES_HELP)
+def serve(
+    models: Annotated[Optional[list[str]], typer.Argument(
+        help="Run directories, checkpoints or .safetensors files to serve; clients name a model by its run "
+             "directory (or file) name, and the first is the default. \\[default: the newest run]",
+        show_default=False)] = None,
+    host: Annotated[Optional[str], _option(
+        "Address to listen on; anything but loopback needs --api-key.", "host")] = None,
+    port: Annotated[Optional[int], _option("Port to listen on; 0 picks a free one.", "port")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        help="Require 'Authorization: Bearer KEY' on /v1 requests. \\[default: none on loopback]",
+        envvar="CHARNN_API_KEY", show_default=False, show_envvar=True)] = None,
+    max_prompt_chars: Annotated[Optional[int], _option("Longest prompt, in characters.", "max_prompt_chars",
+                                                       LIMITS)] = None,
+    max_tokens: Annotated[Optional[int], _option("Most characters one request may ask for, per choice.",
+                                                 "max_tokens", LIMITS)] = None,
+    default_max_tokens: Annotated[Optional[int], _option("Characters per choice when a request gives no max_tokens.",
+                                                         "default_max_tokens", LIMITS)] = None,
+    max_n: Annotated[Optional[int], _option("Most choices (n) per request.", "max_n", LIMITS)] = None,
+    max_concurrent: Annotated[Optional[int], _option(
+        "Requests in flight at once; more are answered 429 with Retry-After.", "max_concurrent", LIMITS)] = None,
+    max_body_bytes: Annotated[Optional[int], _option("Largest request body, in bytes.", "max_body_bytes",
+                                                     LIMITS)] = None,
+    grace_seconds: Annotated[Optional[float], _option(
+        "On SIGTERM or Ctrl-C, how long streams in flight may take to finish.", "grace_seconds", LIMITS)] = None,
+    quiet: QuietFlag = False,
+) -> None:
+    """Serve models over HTTP: an OpenAI-style completions API and a page to try them at /.
+
+    Requests in flight are sampled together, one batched step for all of them. SIGTERM or Ctrl-C
+    stops accepting connections and lets streams in flight finish (--grace-seconds).
+    """
+    config = ServeConfig(**given(host=host, port=port, api_key=api_key or None, max_prompt_chars=max_prompt_chars,
+                                 max_tokens=max_tokens, default_max_tokens=default_max_tokens, max_n=max_n,
+                                 max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
+                                 grace_seconds=grace_seconds)).validate()
+    from ..server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
+
+    console = stderr()
+
+    def ready(batchers, url: str) -> None:
+        for name, batcher in batchers.items():
+            shape = batcher.engine.config
+            say(console, f"charnn: model {name}: {shape.num_layers}x{shape.hidden_size} {shape.cell.upper()}",
+                quiet=quiet)
+        say(console, f"charnn: serving at {url} (API at {url}/v1, a page at {url}/); Ctrl-C stops", quiet=quiet)
+
+    run_server(list(models) if models else [None], config, ready)
