@@ -103,8 +103,12 @@ class BufferedOutput:
         self.pending += data
         now = time.monotonic()
         if force_flush or now - self.last_flush >= self.interval:
+            # taken out before writing: a signal between the write and a clear() would have the close()
+            # that follows write the same bytes twice
+            data = bytes(self.pending)
+            self.pending.clear()
             try:
-                self.stream.write(self.pending)
+                self._write_all(data)
                 self.stream.flush()
             except BrokenPipeError:
                 self.closed = self.reader_gone = True
@@ -112,8 +116,14 @@ class BufferedOutput:
             except OSError as err:  # a full disk or device: nothing more can be written
                 self.closed = True
                 raise CharnnError(f"cannot write the output ({err.strerror or err})") from None
-            self.pending.clear()
             self.last_flush = now
+
+    def _write_all(self, data: bytes) -> None:
+        """An unbuffered stream (PYTHONUNBUFFERED) may take part of a write: write the rest."""
+        view = memoryview(data)
+        while view:
+            written = self.stream.write(view)
+            view = view[len(view) if written is None else written:]
 
     def flush(self) -> None:
         self.write(b"", force_flush=True)
