@@ -1,6 +1,6 @@
 """The error edge: every failure of a command becomes one line on stderr and an exit code.
 
-A CharnnError is exit code 1; a bad option 2; Ctrl-C 130 (SIGTERM's 143 is `charnn.__main__`'s);
+A CharnnError is exit code 1; a bad option 2; Ctrl-C 130 and SIGTERM 143 (`signals`);
 a reader closing the pipe early is a quiet 0; anything else is a bug, shown as one line (and the
 traceback with CHARNN_DEBUG=1).
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
-from contextlib import contextmanager
 
 import typer
 
 from ..errors import CharnnError
 from .app import Interrupted, app, quiet_broken_pipe, say, stderr
+from .signals import Signals, Terminated
 
 # each module registers its commands with the app; the order of these imports is the order of the help
 from . import train  # noqa: E402, F401, I001
@@ -33,39 +32,22 @@ except ImportError:  # pragma: no cover - depends on the installed typer
     from click import exceptions as click_exceptions
 
 
-class _Interrupts:
-    """SIGINT as KeyboardInterrupt (Python's own handler), remembered: Ctrl-C before a command's body
-    runs (while Typer parses, say) becomes a silent exit code 130 in Typer, so the edge says it."""
-
-    def __init__(self):
-        self.seen = False
-
-    def __call__(self, signum, frame):
-        self.seen = True
-        raise KeyboardInterrupt
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and turn every failure into one line on stderr and an exit code."""
-    with _Interrupts().installed() as interrupts:
-        code = _run(sys.argv[1:] if argv is None else list(argv), interrupts)
-        if code == 130 and interrupts.seen:  # training's own handler says it; this is Typer's silent 130
-            say(stderr(), "charnn: interrupted")
+    with Signals().installed() as signals:
+        code = _run(sys.argv[1:] if argv is None else list(argv), signals)
+        if signals.pending is not None:  # a signal the command did not end by (see `signals`)
+            code = _ended_by(signals)
     return code
 
 
-def _run(argv: list[str], interrupts: _Interrupts) -> int:
+def _ended_by(signals: Signals, signum: int | None = None) -> int:
+    code, word = signals.take(signum)
+    say(stderr(), f"charnn: {word}")
+    return code
+
+
+def _run(argv: list[str], signals: Signals) -> int:
     console = stderr()
     try:
         result = app(args=argv, prog_name="charnn", standalone_mode=False, obj={"argv": argv})
@@ -82,19 +64,23 @@ def _run(argv: list[str], interrupts: _Interrupts) -> int:
         say(console, f"charnn: error: {err.format_message()}", style="red")
         return err.exit_code
     except (typer.Abort, KeyboardInterrupt, Interrupted):
-        say(console, "charnn: interrupted")
-        interrupts.seen = False  # said
-        return 130
+        return _ended_by(signals, signal.SIGINT)
+    except Terminated:
+        return _ended_by(signals, signal.SIGTERM)
     except BrokenPipeError:
         quiet_broken_pipe()
         return 0
     except OSError as err:  # the machine said no: a full disk, a permission, a missing directory
+        if signals.pending is not None:
+            return _ended_by(signals)
         if os.environ.get("CHARNN_DEBUG"):
             raise
         where = f"{err.filename}: " if err.filename else ""
         say(console, f"charnn: error: {where}{err.strerror or err}", style="red")
         return 1
     except Exception as err:  # a bug, not a user error: one line, and the traceback on request
+        if signals.pending is not None:  # a signal's exception wrapped on the way (see `signals`)
+            return _ended_by(signals)
         return _internal_error(console, err)
     return result if isinstance(result, int) else 0
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
 from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
+from .signals import forget_interrupt, raise_pending
 from .options import EXIT_CODES_HELP, Device, QuietFlag, WeightsArgument, default, given, nonempty, unescape
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
@@ -186,6 +187,7 @@ class _Lines:
         return line + b"\n"
 
     def _ready(self) -> bool:
+        raise_pending()  # a signal whose exception was dropped still ends the wait
         try:
             return bool(select.select([self.fd], [], [], 0.2)[0])
         except (OSError, ValueError):  # a descriptor select cannot wait on: block in the read instead
@@ -225,4 +227,5 @@ def _interactive(conversation: Conversation, output: BufferedOutput, console: Co
             say(console, f"charnn: {err}", style="red")
             continue
         conversation.respond(output)
+        forget_interrupt()  # a Ctrl-C in the continuation only cut it short
         console.print()
