@@ -14,42 +14,16 @@ The trainer talks to a process group object and never asks how many processes th
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, TypeVar
 
 import torch
 
 from .errors import CharnnError
+from .processes import Ranks
 
 INIT_TIMEOUT = timedelta(minutes=30)  # rank 0 may spend a while encoding a large corpus first
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def ranks_from_environment() -> Ranks:
-    """What torchrun (or any launcher that sets RANK/WORLD_SIZE/LOCAL_RANK) says this process is."""
-    try:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise CharnnError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
-    return Ranks(rank, world_size, local_rank)
 
 
 class SingleProcess:

@@ -16,17 +16,18 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import DEFAULT_SIZE, ModelConfig, TrainConfig, flag
-from .corpus import corpus_files, expand_sources
+from .config import ModelConfig, TrainConfig, flag
+from .corpus import corpus_files
 from .data import TrainData, check_split_sizes, split_train_val
 from .device import resolve_device
 from .distributed import SingleProcess
 from .errors import CharnnError
 from .events import TrainEvents
 from .memory import TRAIN_HINT, require_memory, training_bytes
-from .claim import check_out, claim_for_resume, claim_new_run
+from .claim import claim_for_resume, claim_new_run
 from .planning import choose_size
-from .rundir import RunDir, check_latest_pointer, remember_latest, runs_root
+from .request import TrainRequest, check_request
+from .rundir import RunDir, remember_latest, runs_root
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
 from .train import Trainer
 from .vocab import Vocab
@@ -34,22 +35,6 @@ from .vocab import Vocab
 # options that may change when resuming; every other one is fixed by the run
 RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "eval_chars", "save_every_steps",
                      "save_every_seconds", "keep", "log_every", "device", "patience", "sample_every", "sample_chars")
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """What `charnn train` was asked: the options the user gave (the configs own every default)."""
-
-    corpus: tuple[str, ...] = ()  # files, directories or '-'
-    model: dict = field(default_factory=dict)  # ModelConfig fields; `reset_on`: the delimiter as text
-    train: dict = field(default_factory=dict)  # TrainConfig fields
-    vocab_mode: str | None = None  # "byte" with --bytes; None: Vocab's default (characters), or the run's
-    out: Path | None = None
-    overwrite: bool = False
-    resume: Path | None = None  # continue this run instead of starting one
-    # --size: "auto" chooses the options not given (charnn.sizing), a preset fixes them; None: no sizing,
-    # the configs' defaults and their 10 epochs (the library's start_training)
-    size: str | None = DEFAULT_SIZE
 
 
 @dataclass(frozen=True)
@@ -75,25 +60,6 @@ def open_training(request: TrainRequest, hooks: TrainHooks | None = None, stdin:
     if config.device != "auto":
         resolve_device(config.device)  # fail before reading a large corpus
     return _start(request, config, hooks, stdin)
-
-
-def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:
-    """Everything about a new run that can be checked before reading its corpus: the options, the
-    corpus paths, --out and runs/latest. `charnn train --nproc` checks once here before it starts its
-    processes."""
-    if not request.corpus:
-        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
-    config = TrainConfig(**request.train).validate()
-    sized_batch = request.size is not None and "batch_size" not in request.train  # sizing takes one that divides
-    if config.batch_size % processes and not sized_batch:
-        raise CharnnError(f"--batch-size {config.batch_size} does not divide among {processes} processes",
-                          hint="use a multiple of the number of processes")
-    ModelConfig(vocab_size=1, **{k: v for k, v in request.model.items() if k != "reset_on"}).validate()
-    expand_sources(request.corpus)
-    if request.out is not None:
-        check_out(request.out, request.overwrite)
-    check_latest_pointer()
-    return config
 
 
 def start_training(corpus_paths: Sequence[str], model_options: dict | None = None, config: TrainConfig | None = None,

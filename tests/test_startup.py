@@ -7,6 +7,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -30,14 +32,19 @@ def run_probed(args, env, tmp_path, stdin: bytes = b""):
     return run_probed_in(None, args, env, tmp_path, stdin)
 
 
-def run_probed_in(cwd, args, env, tmp_path, stdin: bytes = b""):
+def side_by_side(function, items) -> list:
+    """`function` over `items`, two at a time: each probe is one single-threaded process starting up."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(function, items))
+
+
+def run_probed_in(cwd, args, env, tmp_path, stdin: bytes = b"", code: int = 0):
     """`charnn ARGS` in a process of its own: its result, and whether it had imported PyTorch at exit."""
-    probe = tmp_path / "probe.txt"
-    probe.unlink(missing_ok=True)
+    probe = tmp_path / f"probe-{uuid.uuid4().hex}.txt"  # one of its own: probes may run side by side
     result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], input=stdin, capture_output=True,
                             cwd=cwd, timeout=300,
                             env={**os.environ, **env, "CHARNN_TORCH_PROBE": str(probe), "COLUMNS": "120"})
-    assert result.returncode == 0, f"charnn {' '.join(map(str, args))}\n{result.stderr.decode()}"
+    assert result.returncode == code, f"charnn {' '.join(map(str, args))}\n{result.stderr.decode()}"
     return result, probe.read_text() == "True"
 
 
@@ -81,9 +88,23 @@ def torch_free_commands(run, records, tmp_path):
 
 
 def test_commands_that_train_nothing_never_import_torch(workdir, records_weights, tmp_path):
-    for args in torch_free_commands(workdir["run"], records_weights, tmp_path):
-        _, loaded = run_probed(args, workdir["env"], tmp_path)
+    commands = torch_free_commands(workdir["run"], records_weights, tmp_path)
+    found = side_by_side(lambda args: run_probed(args, workdir["env"], tmp_path), commands)
+    for args, (_, loaded) in zip(commands, found):
         assert not loaded, f"charnn {' '.join(map(str, args))} imported torch"
+
+
+def test_train_answers_a_mistake_before_loading_torch(workdir, tmp_path):
+    """What can be checked before the corpus is read is checked before PyTorch loads: the answer comes at once."""
+    corpus, run = workdir["corpus"], workdir["run"]
+    mistakes = {"no such file": ["train", tmp_path / "missing.txt"],
+                "already holds a run": ["train", corpus, "--out", run],
+                "--layers must be at most": ["train", corpus, "--layers", "99999"],
+                "--seed must be": ["train", corpus, "--seed", "-5"],
+                "no corpus given": ["train"]}
+    found = side_by_side(lambda args: run_probed_in(None, args, workdir["env"], tmp_path, code=1), mistakes.values())
+    for needle, (result, loaded) in zip(mistakes, found):
+        assert needle in result.stderr.decode() and not loaded, needle
 
 
 def test_stdin_primes_and_the_interactive_prompt_need_no_torch(workdir, tmp_path):
@@ -123,8 +144,8 @@ def test_the_startup_benchmark_times_every_command(tmp_path, monkeypatch):
     assert np.isfinite([r["seconds"] for r in rows]).all()
 
 
-TORCH_FREE = ("config", "errors", "files", "units", "rundir", "metrics", "history", "corpus", "vocab", "tokens",
-              "archive", "weights", "engine", "choice", "streams", "streaming", "cli")
+TORCH_FREE = ("config", "errors", "files", "units", "rundir", "claim", "request", "processes", "metrics", "history",
+              "corpus", "vocab", "tokens", "archive", "weights", "engine", "choice", "streams", "streaming", "cli")
 
 
 def test_the_modules_that_read_runs_and_sample_never_import_torch():
@@ -156,6 +177,8 @@ def test_every_sampling_example_in_the_readme_needs_no_torch(workdir, tmp_path):
     for args in commands:
         if "-n" in args:
             args[args.index("-n") + 1] = str(min(int(args[args.index("-n") + 1]), 2000))
-        env = {**workdir["env"], "CHARNN_RUNS_DIR": str(runs)}
-        result, loaded = run_probed_in(tmp_path, ["sample", *args], env, tmp_path, stdin=b"The will to\n")
+    env = {**workdir["env"], "CHARNN_RUNS_DIR": str(runs)}
+    found = side_by_side(lambda args: run_probed_in(tmp_path, ["sample", *args], env, tmp_path,
+                                                    stdin=b"The will to\n"), commands)
+    for args, (result, loaded) in zip(commands, found):
         assert not loaded and result.stdout, args

@@ -5,22 +5,21 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, parse_save_every
 from ..errors import CharnnError
 from ..events import TrainEvents
-from ..processes import StopFlag, launch_processes
+from ..processes import Ranks, StopFlag, launch_processes, ranks_from_environment
+from ..request import TrainRequest, check_request
 from ..rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
 from .options import EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, unescape
 from .progress import ConsoleTrainEvents, plan_lines
 
-if TYPE_CHECKING:  # training loads PyTorch: only `charnn train` itself imports it, not `charnn --help`
-    from ..runs import TrainRequest
 
 MODEL, DATA, OPTIM, STOP, RUN = "Model", "Data", "Optimisation", "Stopping", "Run and checkpoints"
 
@@ -135,9 +134,6 @@ def train(
 
     Under torchrun (torchrun --nproc-per-node N -m charnn train ...) it trains with DistributedDataParallel.
     """
-    from ..distributed import process_group, ranks_from_environment  # noqa: PLC0415 (PyTorch: not for --help)
-    from ..runs import TrainRequest, check_request  # noqa: PLC0415
-
     ranks = ranks_from_environment()
     cores = os.cpu_count() or 1
     if nproc is not None and not 1 <= nproc <= cores:
@@ -166,7 +162,9 @@ def train(
     if nproc is not None and nproc > 1 and not ranks.active:
         check_request(request, processes=nproc)  # once, here, rather than in every process
         raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
-    _run(request, process_group(ranks), quiet)
+    if request.resume is None:
+        check_request(request)  # a mistake is answered before PyTorch loads (training checks again)
+    _run(request, ranks, quiet)
 
 
 def _paths(paths: list[str], name: str) -> list[str]:
@@ -192,11 +190,12 @@ def _discarded(console, result, stop: StopFlag, silent: bool) -> None:
     raise typer.Exit(stop.exit_code)
 
 
-def _run(request: TrainRequest, group, quiet: bool) -> None:
+def _run(request: TrainRequest, ranks: Ranks, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
-    from ..distributed import leave_process_group  # noqa: PLC0415
+    from ..distributed import leave_process_group, process_group  # noqa: PLC0415 (PyTorch: not for mistakes)
     from ..runs import TrainHooks, open_training  # noqa: PLC0415
 
+    group = process_group(ranks)
     console = stderr()
     quiet, silent = quiet or not group.is_main, not group.is_main
     events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
