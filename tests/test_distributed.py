@@ -29,6 +29,11 @@ def torchrun(*args, nproc=2, cwd=None, env=None, timeout=180) -> subprocess.Comp
     return subprocess.run(command, capture_output=True, cwd=cwd, env=environment, timeout=timeout)
 
 
+def launched(*args, env=None, timeout=180) -> subprocess.CompletedProcess:
+    """`charnn ... --nproc 2`: charnn's own launcher, which starts without PyTorch (torchrun loads it first)."""
+    return run_cli(*args, "--nproc", "2", env={"OMP_NUM_THREADS": "1", **(env or {})}, timeout=timeout)
+
+
 def records(run, kind):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if json.loads(line)["kind"] == kind]
@@ -84,13 +89,13 @@ def test_two_processes_train_what_one_process_trains(reference):
 
 
 def test_a_stopped_distributed_run_resumes_exactly_on_two_or_one_processes(corpus, reference, tmp_path):
-    first = torchrun("train", corpus, *SMALL, "--max-steps", "20", "--out", tmp_path / "run",
+    first = launched("train", corpus, *SMALL, "--max-steps", "20", "--out", tmp_path / "run",
                      env={"CHARNN_RUNS_DIR": str(tmp_path / "runs")})
     assert first.returncode == 0, first.stderr.decode()
     (tmp_path / "copy").mkdir()
     for f in ("config.json", "metrics.jsonl", "tokens.npy", "last.pt", "best.pt"):
         (tmp_path / "copy" / f).write_bytes((tmp_path / "run" / f).read_bytes())
-    resumed = torchrun("train", "--resume", tmp_path / "run", "--max-steps", "40",
+    resumed = launched("train", "--resume", tmp_path / "run", "--max-steps", "40",
                        env={"CHARNN_RUNS_DIR": str(tmp_path / "runs")})
     assert resumed.returncode == 0, resumed.stderr.decode()
     straight = [p for p in reference["runs-two"].iterdir() if p.is_dir() and not p.name.startswith(".")][0]
@@ -121,13 +126,13 @@ def test_sigterm_stops_every_rank_which_saves_once_and_resumes_exactly(corpus, t
     stopped_at = load_checkpoint(run / "last.pt")["step"]
     assert stopped_at >= 10
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no temporary files left
-    resumed = torchrun("train", "--resume", run, "--max-steps", stopped_at + 10,
+    resumed = launched("train", "--resume", run, "--max-steps", stopped_at + 10,
                        env={"CHARNN_RUNS_DIR": str(tmp_path / "runs")})
     assert resumed.returncode == 0, resumed.stderr.decode()
     steps = [r["step"] for r in records(run, "train")]
     assert steps == sorted(set(steps)) and load_checkpoint(run / "last.pt")["step"] == stopped_at + 10
     # the same number of steps without the kill (a constant schedule does not depend on the limit)
-    straight = torchrun("train", corpus, *SMALL, "--max-steps", stopped_at + 10, "--out", tmp_path / "straight",
+    straight = launched("train", corpus, *SMALL, "--max-steps", stopped_at + 10, "--out", tmp_path / "straight",
                         env={"CHARNN_RUNS_DIR": str(tmp_path / "runs")})
     assert straight.returncode == 0, straight.stderr.decode()
     assert_close(weights(run), weights(tmp_path / "straight"), 1e-6)

@@ -277,7 +277,8 @@ def test_a_damaged_latest_falls_back_to_the_newest_run(world):
 
 
 def test_a_run_directory_has_one_writer_and_a_killed_one_leaves_no_lock(world):
-    env = {**os.environ, "CHARNN_RUNS_DIR": str(world / "runs")}
+    # one thread: it trains while the other commands start, and PyTorch's spinning threads would crowd them out
+    env = {**os.environ, "CHARNN_RUNS_DIR": str(world / "runs"), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-m", "charnn", "train", "small.txt", *map(str, TINY), "--max-steps",
                               "100000", "--eval-every", "100000", "--log-every", "1", "--out", "busy"],
                              cwd=world, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

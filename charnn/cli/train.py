@@ -160,7 +160,8 @@ def train(
             say(stderr(), line)
         return
     if nproc is not None and nproc > 1 and not ranks.active:
-        check_request(request, processes=nproc)  # once, here, rather than in every process
+        if request.resume is None:  # a resumed run was checked when it started; its ranks load it
+            check_request(request, processes=nproc)  # once, here, rather than in every process
         raise typer.Exit(launch_processes(nproc, context.obj["argv"] if context and context.obj else sys.argv[1:]))
     if request.resume is None:
         check_request(request)  # a mistake is answered before PyTorch loads (training checks again)
