@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# The suite runs in two pytest workers on two cores, and many tests start `charnn` processes beside them:
+# with more busy threads than cores, PyTorch's OpenMP threads spin-wait for each other and everything
+# crawls. One thread each, set before PyTorch loads here, and inherited by every process a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
 
 from charnn import ModelConfig, TrainConfig
 
