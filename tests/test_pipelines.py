@@ -164,3 +164,30 @@ def test_a_signal_whose_exception_python_drops_or_wraps_still_ends_the_command(w
     assert process.returncode == code, err.decode()
     assert err.rstrip().endswith(b"charnn: interrupted" if code == 130 else b"charnn: terminated"), err.decode()
     assert b"internal error" not in err and b"Traceback" not in err
+
+
+# A command that imports PyTorch, with the signal landing while PyTorch initialises (from a hook that runs
+# as it imports its C++ core): an exception raised in there can abort the process, so it ends at once.
+SIGNAL_IN_TORCH_IMPORT = """
+import importlib.abc, signal, sys
+from charnn.cli import main
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch._C":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGNUM)
+        return None
+
+sys.meta_path.insert(0, Hook())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_pytorch_imports_ends_the_command_at_once(workdir, signum, code):
+    script = SIGNAL_IN_TORCH_IMPORT.replace("SIGNUM", signal.Signals(signum).name)
+    result = subprocess.run([sys.executable, "-c", script, "eval", str(workdir["run"])], capture_output=True,
+                            timeout=120, env={**os.environ, **workdir["env"]})
+    assert result.returncode == code and result.stdout == b"", result.stderr.decode()
+    assert result.stderr.decode().splitlines() == ["charnn: interrupted" if code == 130 else "charnn: terminated"]

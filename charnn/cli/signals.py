@@ -11,6 +11,7 @@ prompt) calls `raise_pending()` as it waits, so a dropped signal still ends it.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,8 @@ class Signals:
 
     def __call__(self, signum, frame):
         self.pending = signum
+        if _initialising("torch"):  # see `exit_now`
+            exit_now(signum)
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
     def raise_pending(self) -> None:
@@ -70,6 +73,20 @@ class Signals:
             if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)) or self.pending is None:
                 hook(unraisable)
         return report
+
+
+def exit_now(signum: int) -> None:
+    """End the process at once. For a signal while PyTorch is importing: commands import it before they
+    do anything, and an exception raised inside its C++ initialisers can abort the process, or make
+    Python kill itself with SIGINT at exit (a KeyboardInterrupt escaping code an extension runs)."""
+    code, word = CODES[signum]
+    os.write(2, f"charnn: {word}\n".encode())
+    os._exit(code)
+
+
+def _initialising(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def _installed() -> Signals | None:
