@@ -144,8 +144,9 @@ def test_the_startup_benchmark_times_every_command(tmp_path, monkeypatch):
     assert np.isfinite([r["seconds"] for r in rows]).all()
 
 
-TORCH_FREE = ("config", "errors", "files", "units", "rundir", "claim", "request", "processes", "metrics", "history",
-              "corpus", "vocab", "tokens", "archive", "weights", "engine", "choice", "streams", "streaming", "cli")
+TORCH_FREE = ("config", "errors", "files", "units", "rundir", "claim", "request", "processes", "signals", "metrics",
+              "history", "corpus", "vocab", "tokens", "archive", "weights", "engine", "choice", "streams", "streaming",
+              "cli")
 
 
 def test_the_modules_that_read_runs_and_sample_never_import_torch():
