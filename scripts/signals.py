@@ -46,7 +46,8 @@ def wait_for_torch(process: subprocess.Popen, seconds: float = 60) -> None:
 def one(command: str, run: Path, text: Path, signum: int, delay: float) -> str | None:
     """None if the command ended as it should; else what went wrong."""
     args = charnn("sample", run, "--interactive") if command == "sample" else charnn("eval", run, text)
-    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=run.parent)  # not this checkout: PYTHONPATH may name another charnn
     if command == "eval":
         wait_for_torch(process)
     time.sleep(delay)
@@ -83,7 +84,7 @@ def main() -> int:
             corpus, text = root / "corpus.txt", root / "big.txt"
             corpus.write_bytes((REPO / "corpora" / "tinyshakespeare.txt").read_bytes()[:20_000])
             text.write_bytes(corpus.read_bytes() * 500)  # seconds to score
-            subprocess.run(charnn("train", corpus, *TINY, "--out", root / "run"), check=True)
+            subprocess.run(charnn("train", corpus, *TINY, "--out", root / "run"), check=True, cwd=root)
             wrong = 0
             for i in range(options.runs):
                 delay = rng.uniform(options.low, options.high)
