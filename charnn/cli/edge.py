@@ -14,8 +14,8 @@ import sys
 import typer
 
 from ..errors import CharnnError
-from .app import Interrupted, app, quiet_broken_pipe, say, stderr
 from ..signals import Signals, Terminated
+from .app import Interrupted, app, quiet_broken_pipe, say, stderr
 
 # each module registers its commands with the app; the order of these imports is the order of the help
 from . import train  # noqa: E402, F401, I001

@@ -17,8 +17,8 @@ from rich.console import Console
 
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
-from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
 from ..signals import forget_interrupt, raise_pending
+from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
 from .options import EXIT_CODES_HELP, Device, QuietFlag, WeightsArgument, default, given, nonempty, unescape
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
