@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import CharnnError
+from .threads import resolve_threads
 
 CELLS = ("lstm", "gru", "rnn")
 MAX_LAYERS = 64  # deeper stacks are no character model; building one takes minutes
@@ -281,6 +282,7 @@ class ServeConfig:
     max_concurrent: int = 64  # requests in flight; more get 429 with Retry-After
     max_body_bytes: int = 65536  # a 4096-character prompt escaped as JSON fits with room to spare
     grace_seconds: float = 10.0  # on SIGTERM or Ctrl-C, how long streams in flight may take to finish
+    threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
 
     def validate(self) -> ServeConfig:
         _require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535] (0: any free port), not {self.port}")
@@ -292,6 +294,7 @@ class ServeConfig:
                  f"must be at most --max-tokens ({self.max_tokens}), not {self.default_max_tokens}")
         _require(math.isfinite(self.grace_seconds) and self.grace_seconds >= 0, "--grace-seconds",
                  f"must be >= 0, not {self.grace_seconds}")
+        resolve_threads(self.threads)
         if self.api_key is not None:
             _require(len(self.api_key) >= 1, "--api-key", "must not be empty")
         elif self.host not in LOOPBACK_HOSTS:

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .errors import CharnnError
+from .threads import ThreadChoice, ThreadPolicy, resolve_threads
 
 
 def _mps_available() -> bool:
@@ -30,6 +31,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise CharnnError(f"--device must be one of auto, cpu, cuda, mps, not {name!r}")
     return torch.device(name)
+
+
+def set_torch_threads(threads: int) -> None:
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def torch_thread_policy(device: torch.device, choice: ThreadChoice | None = None) -> ThreadPolicy:
+    """The thread policy for PyTorch's work on `device`: charnn.threads' choice on the CPU; elsewhere the
+    threads only feed the accelerator, so they stay as PyTorch set them."""
+    if device.type != "cpu":
+        return ThreadPolicy(ThreadChoice(torch.get_num_threads(), "the accelerator", torch.get_num_threads()),
+                            lambda n: None)
+    return ThreadPolicy(choice or resolve_threads(), set_torch_threads)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

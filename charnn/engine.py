@@ -17,13 +17,16 @@ State: a list with one entry per layer, (h, c) for an LSTM, h otherwise, each (H
 Streams are columns: selecting, joining and zeroing them is column work (`select_streams`,
 `join_streams`, `zero_streams`), so a batch can gain and lose streams between steps.
 
-Sampling fewer than MANY_STREAMS streams runs the products on one BLAS thread (`blas_threads`). They
-take a fraction of a millisecond, and handing part of one to a second thread costs more: on our 2-core
-CI machine (a VM) a product numpy's OpenBLAS split between two threads took up to 8 ms, where one
-thread takes 0.08 ms (1024x512 by a vector). From MANY_STREAMS streams up a product is big enough to
-share (4 ms for 2048x1024 by 64 columns on one thread), and BLAS keeps all its threads: for a 2x512
-LSTM on that machine, 16 streams sampled 7,200 characters a second that way against 4,700 on one
-thread, 64 streams 10,900 against 7,500 (scripts/steppers.py).
+BLAS's threads follow charnn's thread policy (charnn.threads), one policy for a few streams and one for
+many, each timing the steps it runs. They start where measurements put them on an idle machine: fewer
+than MANY_STREAMS streams on one thread (their products take a fraction of a millisecond, and handing
+part of one to a second thread costs more: on our 2-core CI machine, a VM, a product numpy's OpenBLAS
+split between two threads took up to 8 ms, where one thread takes 0.08 ms), more on all threads (for a
+2x512 LSTM there, 16 streams sampled 7,200 characters a second on two threads against 4,700 on one, 64
+streams 10,900 against 7,500; scripts/steppers.py). On a busy machine the policy finds otherwise: 32
+streams on two threads fell from 43,900 characters a second to 1,830 beside a busy neighbour. OpenBLAS
+splits its products between threads without splitting their sums, so the text is the same whatever the
+count.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .config import ModelConfig
+from .threads import ThreadChoice, ThreadPolicy, resolve_threads
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of hidden_size rows in W_ih and W_hh
 READ_CHUNK = 1024  # prime characters per stretch: bounds the memory of a long prime's input terms
@@ -59,49 +63,54 @@ def _f32(array) -> np.ndarray:
 
 
 class BlasThreads:
-    """Inside a `with` block, numpy's BLAS runs on `threads` threads (None: as configured, untouched),
-    and after the outermost block ends as it did before. BLAS has one thread pool per process, so the
-    count of open blocks is the process's too (a class attribute): blocks of several engines, or of
-    generators suspended in between, may end in any order. Setting the pool costs microseconds, and more
-    when it grows back, so a block spans a whole prime or a whole `Streams.sample`, not a step."""
+    """numpy's BLAS thread pool. Inside a `with` block `set(n)` sizes it; after the outermost block ends
+    it is as it was before. BLAS has one thread pool per process, so the count of open blocks is the
+    process's too (class attributes): blocks of several engines, or of generators suspended in between,
+    may end in any order. Setting the pool costs microseconds, and more when it grows back, so it is
+    set only when the count changes and a block spans a whole prime or a whole `Streams.sample`."""
 
     _open = 0  # blocks open in this process
     _saved: list = []  # the pool sizes before the first of them
+    _current: int | None = None  # the size set inside the blocks
 
-    def __init__(self, threads: int | None):
-        self.threads = threads
-        self.libraries = [] if threads is None else ThreadpoolController().select(user_api="blas").lib_controllers
+    def __init__(self):
+        self.libraries = ThreadpoolController().select(user_api="blas").lib_controllers
 
-    def __enter__(self) -> None:
-        if not self.libraries:
-            return
+    def __enter__(self) -> BlasThreads:
         if BlasThreads._open == 0:
             BlasThreads._saved = [(library, library.get_num_threads()) for library in self.libraries]
-            for library in self.libraries:
-                library.set_num_threads(self.threads)
+            BlasThreads._current = None
         BlasThreads._open += 1
+        return self
+
+    def set(self, threads: int) -> None:
+        if threads != BlasThreads._current and BlasThreads._open:
+            for library in self.libraries:
+                library.set_num_threads(threads)
+            BlasThreads._current = threads
 
     def __exit__(self, *exc) -> None:
-        if not self.libraries:
-            return
         BlasThreads._open -= 1
         if BlasThreads._open == 0:
             for library, threads in BlasThreads._saved:
                 if threads is not None:
                     library.set_num_threads(threads)
+            BlasThreads._current = None
 
 
-MANY_STREAMS = 16  # from this many streams up, BLAS keeps all its threads
+MANY_STREAMS = 16  # from this many streams up, a policy starts at all threads; below, at one
 
 
 class Engine:
     """The network of a `ModelConfig` on numpy arrays: `step` one character per stream, `read` a
     stretch of text. Equal to the PyTorch model's forward pass to floating-point rounding."""
 
-    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], blas_threads: int | None = 1):
+    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], threads: ThreadChoice | None = None):
+        """`threads`: who decides BLAS's thread count (default: charnn.threads' choice from the environment)."""
         self.config = config
-        self.blas_threads = BlasThreads(blas_threads)
-        self.all_threads = BlasThreads(None)
+        self.threads = threads or resolve_threads()
+        self.pool = BlasThreads()
+        self._policies: dict[bool, ThreadPolicy] = {}
         self.cell = config.cell
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
@@ -149,7 +158,7 @@ class Engine:
 
     def step(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]:
         """ids (B,) -> the next character's logits (B, V) and the new state. Steps run inside the
-        caller's `with engine.blas_threads:` (`Streams.sample` opens one for all of its steps)."""
+        caller's `with engine.pool:` (`Streams.sample` opens one for all of its steps)."""
         x = None
         new_state = []
         for index, (params, layer_state) in enumerate(zip(self.layers, state)):
@@ -222,16 +231,22 @@ class Engine:
         h = np.tanh(gates)
         return h, h
 
-    def threads_for(self, streams: int) -> BlasThreads:
-        """The BLAS threads for stepping this many streams: `blas_threads` for a few, all for many."""
-        return self.blas_threads if streams < MANY_STREAMS else self.all_threads
+    def policy_for(self, streams: int) -> ThreadPolicy:
+        """The thread policy for stepping this many streams: one for a few, one for many (each of the
+        engine's life), whose counts apply inside `with engine.pool:`."""
+        many = streams >= MANY_STREAMS
+        if many not in self._policies:
+            initial = max(self.threads.candidates) if many else min(self.threads.candidates)
+            self._policies[many] = ThreadPolicy(self.threads, self.pool.set, initial=initial)
+        return self._policies[many]
 
     # --- a stretch of text -------------------------------------------------------------------
 
     def read(self, ids: np.ndarray, state: list, resets: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Read ids (T, B), T >= 1, after `state`: the logits (B, V) of what follows the last one, and
         the state. `resets` (T, B) marks the steps whose incoming state is zeroed first (--reset-on)."""
-        with self.blas_threads:
+        with self.pool:
+            self.pool.set(self.policy_for(ids.shape[1]).threads)
             for start in range(0, len(ids), READ_CHUNK):
                 chunk = slice(start, start + READ_CHUNK)
                 x, state = self._read_chunk(ids[chunk], state, None if resets is None else resets[chunk])

@@ -12,6 +12,7 @@ to within noise.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from .errors import CharnnError
 from .model import CharRNN, Hidden, join_streams, reset_mask, select_streams
+from .threads import ThreadPolicy, TimedUnit
 from .units import LN2
 from .vocab import Vocab
 
@@ -62,15 +64,23 @@ def warm_start(model: CharRNN, streams: int, piece: int, burn_in: int,
     return hidden
 
 
-def _score(model: CharRNN, inputs: torch.Tensor, targets: torch.Tensor, hidden, window: int, resets=None):
-    """Sum of losses over (T, S) inputs/targets, read `window` steps at a time; returns (sum, hidden)."""
+def _score(model: CharRNN, inputs: torch.Tensor, targets: torch.Tensor, hidden, window: int, resets=None,
+           threads: ThreadPolicy | None = None):
+    """Sum of losses over (T, S) inputs/targets, read `window` steps at a time; returns (sum, hidden).
+    Each window is a unit of work for the thread policy."""
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     for start in range(0, inputs.shape[0], window):
         piece_resets = None if resets is None else resets[start : start + window]
-        logits, hidden = model(inputs[start : start + window], hidden, piece_resets)
         target = targets[start : start + window]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="sum")
+        with _unit(threads, target.numel()):
+            logits, hidden = model(inputs[start : start + window], hidden, piece_resets)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                     reduction="sum")
     return total, hidden
+
+
+def _unit(threads: ThreadPolicy | None, work: int):
+    return nullcontext() if threads is None else TimedUnit(threads, work)
 
 
 @torch.inference_mode()
@@ -80,8 +90,9 @@ def evaluate(
     num_streams: int = 16,
     burn_in: int = 256,
     window: int = 256,
+    threads: ThreadPolicy | None = None,
 ) -> EvalResult:
-    """Score tokens[1:] given tokens[:-1]."""
+    """Score tokens[1:] given tokens[:-1]; `threads` chooses the thread count (None: as it is)."""
     device = model.head.weight.device
     if isinstance(tokens, np.ndarray):
         from .data import as_tensor
@@ -102,7 +113,7 @@ def evaluate(
         hidden = warm_start(model, streams, piece, burn_in, lambda at: model(
             tokens[at].long(), None, None if resets is None else resets[at])[1])
         piece_resets = None if resets is None else resets[: streams * piece].view(streams, piece).t()
-        total, hidden = _score(model, inputs, targets, hidden, window, piece_resets)
+        total, hidden = _score(model, inputs, targets, hidden, window, piece_resets, threads)
         rest = n_targets - streams * piece
         if rest:  # the few characters past the last full piece continue the last stream
             start = streams * piece

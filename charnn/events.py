@@ -27,6 +27,7 @@ class TrainSnapshot:
     train_chars: int
     val_chars: int
     run_dir: Path
+    threads: int | None = None  # the training step's thread count now
 
     @property
     def time_left(self) -> float:
@@ -53,6 +54,9 @@ class TrainEvents:
     def on_save(self, snapshot: TrainSnapshot, path: Path, best: bool) -> None: ...
 
     def on_warning(self, snapshot: TrainSnapshot, message: str) -> None: ...
+
+    def on_threads(self, snapshot: TrainSnapshot, record: dict) -> None:
+        """A thread-count decision (charnn.threads): a "kind": "threads" record of metrics.jsonl."""
 
     def on_sample(self, snapshot: TrainSnapshot, text: str) -> None: ...
 

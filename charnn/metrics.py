@@ -34,6 +34,8 @@ class Metrics:
 
     train: list[dict] = field(default_factory=list)  # "kind": "train": loss, lr, chars_per_sec, elapsed...
     evals: list[dict] = field(default_factory=list)  # "kind": "eval": val_loss, val_bpc, best_val_loss...
+    # "kind": "threads" (a thread-count decision) and "plan" (a re-plan): what happened, in step order
+    notes: list[dict] = field(default_factory=list)
     damaged_lines: int = 0  # lines that are not whole records: a crash mid-write, or one being written now
     partial: bool = False  # only the end of the file was read
 
@@ -56,12 +58,15 @@ class Metrics:
         return self.last["step"] if self.last else 0
 
 
+RECORD_KINDS = ("train", "eval", "threads", "plan")
+
+
 def _parse_record(line: str) -> dict | None:
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("kind") not in ("train", "eval"):
+    if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS:
         return None
     if not isinstance(record.get("step"), int):
         return None
@@ -95,8 +100,10 @@ def read_metrics(path: str | os.PathLike, tail_bytes: int | None = None) -> Metr
             metrics.damaged_lines += 1
         elif record["kind"] == "train":
             metrics.train.append(record)
-        else:
+        elif record["kind"] == "eval":
             metrics.evals.append(record)
+        else:
+            metrics.notes.append(record)
     return metrics
 
 

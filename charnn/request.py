@@ -12,6 +12,7 @@ from .config import DEFAULT_SIZE, ModelConfig, TrainConfig
 from .corpus import expand_sources
 from .errors import CharnnError
 from .rundir import check_latest_pointer
+from .threads import resolve_threads
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TrainRequest:
     # --size: "auto" chooses the options not given (charnn.sizing), a preset fixes them; None: no sizing,
     # the configs' defaults and their 10 epochs (the library's start_training)
     size: str | None = DEFAULT_SIZE
+    threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
 
 
 def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:
@@ -37,6 +39,7 @@ def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:
     if not request.corpus:
         raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin; or --resume RUN_DIR")
     config = TrainConfig(**request.train).validate()
+    resolve_threads(request.threads)
     sized_batch = request.size is not None and "batch_size" not in request.train  # sizing takes one that divides
     if config.batch_size % processes and not sized_batch:
         raise CharnnError(f"--batch-size {config.batch_size} does not divide among {processes} processes",

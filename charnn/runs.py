@@ -28,6 +28,7 @@ from .claim import claim_for_resume, claim_new_run
 from .planning import choose_size
 from .request import TrainRequest, check_request
 from .rundir import RunDir, remember_latest, runs_root
+from .threads import ThreadChoice, resolve_threads
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
 from .train import Trainer
 from .vocab import Vocab
@@ -44,11 +45,14 @@ class TrainHooks:
     events: TrainEvents | None = None
     should_stop: Callable[[], str | None] | None = None
     group: SingleProcess = field(default_factory=SingleProcess)
+    threads: ThreadChoice | None = None  # None: charnn.threads' choice from the environment
 
 
 def open_training(request: TrainRequest, hooks: TrainHooks | None = None, stdin: BinaryIO | None = None) -> Trainer:
     """The Trainer a request asks for: a new run on its corpus, or, with `resume`, the run continued."""
     hooks = hooks or TrainHooks()
+    if hooks.threads is None:
+        hooks = replace(hooks, threads=resolve_threads(request.threads))
     if request.resume is not None:
         if request.out is not None and Path(request.out).resolve() != Path(request.resume).resolve():
             raise CharnnError("--resume continues a run in place; --out cannot name another directory")
@@ -129,7 +133,8 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     claim = claim_new_run(name, request.out, request.overwrite)
     run = claim.run
     try:
-        trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
+        trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group,
+                          hooks.threads)
         trainer.writer.hold(claim)
         if plan is not None and hooks.events is not None:
             hooks.events.on_plan(plan)  # once the model could be built: an error stays one line
@@ -151,7 +156,7 @@ def _join_run(run: RunDir, hooks: TrainHooks) -> Trainer:
     train_tokens, val_tokens = split_train_val(run.tokens(), config.val_frac)
     data = TrainData(Vocab.from_dict(saved["vocab"]), train_tokens, val_tokens, saved["corpus"])
     return Trainer(ModelConfig.from_dict(saved["model"]), config, data, run.path, hooks.events, hooks.should_stop,
-                   hooks.group)
+                   hooks.group, hooks.threads)
 
 
 def delimiter_ids(vocab: Vocab, delimiter: str) -> tuple[int, ...]:
@@ -218,7 +223,8 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
     tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
     data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
-    trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group)
+    trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group,
+                      hooks.threads)
     trainer.restore(payload)
     return trainer
 

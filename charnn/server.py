@@ -23,6 +23,7 @@ from .completions import (STREAM_END, ApiError, ParsedRequest, completion_id, co
 from .config import ServeConfig
 from .errors import CharnnError
 from .rundir import RunDir
+from .threads import ThreadChoice, resolve_threads
 from .serving import Batcher, CompletionStream, Mailbox
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # proxies must not hold the stream back
@@ -33,14 +34,14 @@ def model_name(path: Path) -> str:
     return path.parent.name if RunDir.is_run(path.parent) and path.stem == "best" else path.stem
 
 
-def open_batchers(sources: list[str | None]) -> dict[str, Batcher]:
+def open_batchers(sources: list[str | None], threads: ThreadChoice | None = None) -> dict[str, Batcher]:
     """A batcher for each model (a run directory, checkpoint or .safetensors file; None: the newest
     run), named for clients; the first is the default. Not started."""
     from .streaming import open_sampling_model  # noqa: PLC0415
 
     batchers: dict[str, Batcher] = {}
     for source in sources:
-        loaded = open_sampling_model(source, "cpu")
+        loaded = open_sampling_model(source, "cpu", threads)
         name, copy = model_name(Path(loaded.path)), 2
         while name in batchers:  # two runs of the same name from different places
             name, copy = f"{model_name(Path(loaded.path))}-{copy}", copy + 1
@@ -232,7 +233,7 @@ def serve(sources: list[str | None], config: ServeConfig,
     except ImportError:
         raise CharnnError("charnn serve needs FastAPI and uvicorn", hint="pip install 'charnn[serve]'") from None
     config = config.validate()
-    batchers = open_batchers(sources)
+    batchers = open_batchers(sources, resolve_threads(config.threads))
     sock = listen(config.host, config.port)
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

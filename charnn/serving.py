@@ -176,10 +176,10 @@ class Batcher:
 
     def _run(self) -> None:
         handed_over = time.perf_counter()
-        with self.engine.blas_threads:  # one BLAS thread for the life of the server (see charnn/engine.py)
+        with self.engine.pool:  # BLAS's threads follow the engine's policies for the life of the server
             while self._wait_for_work():
                 try:
-                    self._step()
+                    self._timed_step()
                 except Exception as err:  # a bug: fail what is in flight rather than hang its clients
                     self._fail_all(err)
                 if time.perf_counter() - handed_over > HAND_OVER:
@@ -197,6 +197,17 @@ class Batcher:
             self._reading += self._arrivals
             self._arrivals = []
             return True
+
+    def _timed_step(self) -> None:
+        """A step at the thread count the policy for a batch this wide says; timed for it when it only
+        samples (a step that also reads prompts is not comparable)."""
+        reading = bool(self._reading)
+        policy = self.engine.policy_for(len(self._rows) + sum(len(job.choices) for job in self._reading))
+        policy.start()
+        started = time.perf_counter()
+        self._step()
+        if not reading and self._rows:
+            policy.finish(time.perf_counter() - started, len(self._rows))
 
     def _step(self) -> None:
         """Drop the cancelled, read a slice of each new prompt, join the ready, advance every stream."""

@@ -16,6 +16,7 @@ import torch
 
 from .engine import Engine, select_streams
 from .model import CharRNN
+from .threads import ThreadChoice
 
 
 def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, ...]:
@@ -135,10 +136,10 @@ class Stepper:
         return h, h
 
 
-def engine_from_model(model: CharRNN) -> Engine:
+def engine_from_model(model: CharRNN, threads: ThreadChoice | None = None) -> Engine:
     """The numpy engine of a model's weights as they are now (copied: training may go on changing them)."""
     arrays = {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
-    return Engine(model.config, arrays)
+    return Engine(model.config, arrays, threads)
 
 
 class BlasStepper:

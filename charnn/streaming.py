@@ -24,6 +24,7 @@ from .errors import CharnnError
 from .memory import SAMPLE_HINT, beam_bytes, require_memory, sampling_bytes
 from .streams import Streams, default_prime, require_prime
 from .streams import beam_search as engine_beam_search
+from .threads import ThreadChoice
 from .vocab import Vocab
 from .weights import is_weights_file, read_weights, weights_for
 
@@ -38,9 +39,11 @@ class SamplingModel:
     note: str | None = None  # something people should know about the choice of file
 
 
-def open_sampling_model(path: str | os.PathLike | None = None, device: str = SampleRequest.device) -> SamplingModel:
+def open_sampling_model(path: str | os.PathLike | None = None, device: str = SampleRequest.device,
+                        threads: ThreadChoice | None = None) -> SamplingModel:
     """The model of a run directory (default: the newest run), checkpoint or safetensors file, to
-    sample on `device`: on the CPU, the numpy engine, read without PyTorch from a .safetensors file."""
+    sample on `device`: on the CPU, the numpy engine, read without PyTorch from a .safetensors file, its
+    BLAS threads chosen as `threads` says (default: charnn.threads' choice from the environment)."""
     if device != "cpu":
         from .device import resolve_device  # noqa: PLC0415 (PyTorch: only off the CPU, or to resolve auto)
 
@@ -48,7 +51,7 @@ def open_sampling_model(path: str | os.PathLike | None = None, device: str = Sam
     source, note = weights_for(path)
     if device == "cpu" and is_weights_file(source):
         weights = read_weights(source)
-        return SamplingModel(source, Engine(weights.config, weights.arrays), weights.vocab, note)
+        return SamplingModel(source, Engine(weights.config, weights.arrays, threads), weights.vocab, note)
     from .checkpoint import model_from_weights, open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
     from .stepper import engine_from_model  # noqa: PLC0415
 
@@ -56,7 +59,7 @@ def open_sampling_model(path: str | os.PathLike | None = None, device: str = Sam
         weights = read_weights(source)
         return SamplingModel(source, model_from_weights(weights, device), weights.vocab, note)
     loaded = open_model(source, device)
-    model = engine_from_model(loaded.model) if device == "cpu" else loaded.model
+    model = engine_from_model(loaded.model, threads) if device == "cpu" else loaded.model
     return SamplingModel(loaded.path, model, loaded.vocab, note)
 
 

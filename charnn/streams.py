@@ -11,6 +11,7 @@ that follow. `charnn sample` (one stream, `--num-samples`, `--interactive`, `--b
 from __future__ import annotations
 
 import os
+from time import perf_counter
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -138,9 +139,14 @@ class Streams:
     def sample(self, length: int) -> Iterator[np.ndarray]:
         """Yield `length` steps of (B,) int64 ids, each drawn and then read back in (numpy's BLAS held to
         the engine's threads for this many streams meanwhile)."""
-        with self.engine.threads_for(len(self)):
+        with self.engine.pool:
+            policy = self.engine.policy_for(len(self))
             for _ in range(length):
-                yield self.advance()
+                policy.start()
+                started = perf_counter()
+                ids = self.advance()
+                policy.finish(perf_counter() - started, len(ids))
+                yield ids
 
     def advance(self) -> np.ndarray:
         """Read the ids drawn last, draw the next ones (B,) and hand them out."""
@@ -242,7 +248,8 @@ def beam_search(engine: Engine, prime: Sequence[int] | np.ndarray, length: int, 
     config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
     search = Streams.start(engine, config, seed=0)  # nothing is drawn: the seed never matters
     search.feed(prime)
-    with engine.threads_for(beams):
+    with engine.pool:
+        engine.pool.set(engine.policy_for(beams).threads)
         yield from _search(search, length, beams)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import schedule
 from .config import ModelConfig, TrainConfig
 from .data import StreamBatches, TrainData, as_tensor, epoch_batches
-from .device import out_of_memory_is_an_error, resolve_device
+from .device import out_of_memory_is_an_error, resolve_device, torch_thread_policy
 from .distributed import SingleProcess
 from .errors import CharnnError
 from .evaluate import evaluate
@@ -30,6 +30,7 @@ from .memory import require_memory, training_bytes
 from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 from .sampling import preview_text
+from .threads import ThreadChange, ThreadChoice, TimedUnit
 from .train_state import (RunWriter, TrainState, capture_rng_state, resume_payload, seed_everything,
                           weights_payload)
 
@@ -93,17 +94,24 @@ def build_model(model_config: ModelConfig, config: TrainConfig, device: torch.de
 
 
 def train_record(state: TrainState, epochs: float, loss: float, lr: float, chars_per_sec: float,
-                 elapsed: float) -> dict:
-    """A log line of metrics.jsonl: the mean training loss since the previous one, and the speed."""
+                 elapsed: float, threads: int) -> dict:
+    """A log line of metrics.jsonl: the mean training loss since the previous one, the speed and the
+    threads it ran on."""
     return {"kind": "train", "step": state.step, "epoch": round(epochs, 4), "loss": loss, "lr": lr,
-            "chars_per_sec": round(chars_per_sec, 1), "chars": state.chars, "elapsed": round(elapsed, 3)}
+            "chars_per_sec": round(chars_per_sec, 1), "chars": state.chars, "elapsed": round(elapsed, 3),
+            "threads": threads}
 
 
-def eval_record(state: TrainState, epochs: float, result, seconds: float) -> dict:
+def eval_record(state: TrainState, epochs: float, result, seconds: float, threads: int) -> dict:
     """An evaluation line of metrics.jsonl."""
     return {"kind": "eval", "step": state.step, "epoch": round(epochs, 4), "val_loss": result.loss,
             "val_bpc": result.bpc, "val_chars": result.chars, "best_val_loss": state.best_val_loss,
-            "elapsed": round(state.elapsed, 3), "eval_seconds": round(seconds, 3)}
+            "elapsed": round(state.elapsed, 3), "eval_seconds": round(seconds, 3), "threads": threads}
+
+
+def threads_record(state: TrainState, work: str, change: ThreadChange) -> dict:
+    """A line of metrics.jsonl for a thread-count decision: for `work` ("training" or "evaluation")."""
+    return {"kind": "threads", "step": state.step, "work": work, **change.to_dict(), "elapsed": round(state.elapsed, 3)}
 
 
 class Trainer:
@@ -111,7 +119,7 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, config: TrainConfig, data: TrainData, run_dir: str | Path,
                  events: TrainEvents | None = None, should_stop: Callable[[], str | None] | None = None,
-                 group: SingleProcess | None = None):
+                 group: SingleProcess | None = None, threads: ThreadChoice | None = None):
         self.model_config = model_config.validate()
         self.config = config.validate()
         self.data, self.vocab = data, data.vocab
@@ -122,6 +130,9 @@ class Trainer:
         self.group = group or SingleProcess()
         self._streams = self.group.streams(config.batch_size)  # this process's share of the global batch
         self.device = self.group.join(resolve_device(config.device))
+        # training steps and evaluation windows differ in what they gain from threads: a policy each
+        self.threads = torch_thread_policy(self.device, threads)
+        self.eval_threads = torch_thread_policy(self.device, threads)
 
         self.model = build_model(model_config, config, self.device, self._streams)
         self.parameters = self.model.num_parameters()
@@ -172,7 +183,7 @@ class Trainer:
         return TrainSnapshot(step=s.step, epoch=self.epoch_progress, budget=self.budget_fraction(), elapsed=s.elapsed,
                              model=self.model_config, config=self.config, parameters=self.parameters,
                              device=self.device.type, train_chars=len(self.train_data),
-                             val_chars=len(self.val_data), run_dir=self.rundir.path)
+                             val_chars=len(self.val_data), run_dir=self.rundir.path, threads=self.threads.threads)
 
     # --- the step ------------------------------------------------------------------------
 
@@ -263,7 +274,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         resets = self._batches.resets(self.state.window, inputs, self.model_config.reset_ids, self._streams)
-        loss = self.train_step(inputs, targets, resets)
+        with TimedUnit(self.threads, inputs.numel()) as unit:
+            loss = self.train_step(inputs, targets, resets)
+        if unit.change is not None:
+            self._threads_changed("training", unit.change)
         self.state.window += 1
         if loss is None:
             return False
@@ -306,7 +320,7 @@ class Trainer:
         s = self.state
         loss = float(self.group.mean(self._loss_sum)) / max(s.log_steps, 1)
         record = train_record(s, self.epoch_progress, loss, self.optimizer.param_groups[0]["lr"], chars_per_sec,
-                              elapsed)
+                              elapsed, self.threads.threads)
         self._loss_sum.zero_()
         s.log_steps = 0
         self.writer.append_metrics(record)
@@ -315,7 +329,17 @@ class Trainer:
     def evaluate(self):
         """Score the validation text: all of it, or its first --eval-chars on a big corpus."""
         limit = self.config.eval_chars
-        return evaluate(self.model, self.val_data if limit is None else self.val_data[: limit + 1])
+        changes = len(self.eval_threads.changes)
+        result = evaluate(self.model, self.val_data if limit is None else self.val_data[: limit + 1],
+                          threads=self.eval_threads)
+        for change in self.eval_threads.changes[changes:]:
+            self._threads_changed("evaluation", change)
+        return result
+
+    def _threads_changed(self, work: str, change: ThreadChange) -> None:
+        record = threads_record(self.state, work, change)
+        self.writer.append_metrics(record)
+        self.events.on_threads(self.snapshot(), record)
 
     def sample_text(self) -> str:
         """A short sample from the model as it is now (--sample-every), which leaves training as it was."""
@@ -326,7 +350,8 @@ class Trainer:
         result = self.group.on_main(self.evaluate)  # rank 0 scores; the others take its figure, so all decide alike
         improved = result.loss < self.state.best_val_loss
         self.state = schedule.after_evaluation(self.config, self.state, result.loss)
-        record = eval_record(self.state, self.epoch_progress, result, time.monotonic() - started)
+        record = eval_record(self.state, self.epoch_progress, result, time.monotonic() - started,
+                             self.eval_threads.threads)
         self._last_eval = record
         self.writer.append_metrics(record)
         self.events.on_eval(self.snapshot(), record)

@@ -12,9 +12,10 @@ from rich.table import Table
 
 from ..errors import CharnnError
 from ..rundir import RunDir, looks_like_checkpoint
+from ..threads import resolve_threads
 from ..units import bits
 from .app import command, print_json, say, stderr, write_stdout
-from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, nonempty
+from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, ThreadsOption, nonempty
 
 if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them
     from ..checkpoint import LoadedModel
@@ -33,6 +34,7 @@ def eval_command(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
                                                  show_default=False)] = None,
     device: DeviceOption = None,
+    threads: ThreadsOption = None,
     show: Annotated[bool, typer.Option(
         "--show", help="Draw the text on stderr, each character coloured by how surprised the model was (bits).",
         rich_help_panel=PICTURES)] = False,
@@ -57,6 +59,7 @@ def eval_command(
     --show, --html and --neuron draw the text coloured by what the model made of it.
     """
     from ..checkpoint import open_model  # noqa: PLC0415
+    from ..device import torch_thread_policy  # noqa: PLC0415
     from ..evaluate import evaluate, text_to_score  # noqa: PLC0415
     from ..inspect import find_neurons, parse_neuron  # noqa: PLC0415
     from .show import neuron_table  # noqa: PLC0415
@@ -72,10 +75,12 @@ def eval_command(
         if path != "-" and RunDir.is_run(path):
             raise CharnnError(f"{path}: a run directory, not text to score",
                               hint="name one model: first, or with --model; then the files to score")
+    choice = resolve_threads(threads)
     loaded = open_model(nonempty(model, "--model"), device.value if device else "auto")
     unit = parse_neuron(neuron, loaded.model.config) if neuron is not None else None
     text = text_to_score(paths, loaded.vocab, loaded.path, loaded.payload)
-    result = evaluate(loaded.model, text.tokens)
+    policy = torch_thread_policy(loaded.model.head.weight.device, choice)
+    result = evaluate(loaded.model, text.tokens, threads=policy)
     report = {"loss": result.loss, "bpc": result.bpc, "perplexity": result.perplexity, "chars": result.chars,
               "unknown_chars": text.unknown, "unknown_policy": UNKNOWN_POLICY, "checkpoint": str(loaded.path),
               "sources": text.sources, "text": text.kind}

@@ -42,6 +42,16 @@ def device_option(panel: str | None = None):
 
 
 DeviceOption = Annotated[Optional[Device], device_option()]
+
+
+def threads_option(panel: str | None = None):
+    return typer.Option(
+        "--threads", help="Threads to compute with: a number fixes it; auto (the default, unless CHARNN_THREADS or "
+        "OMP_NUM_THREADS says otherwise) times the work at each count as it goes and keeps the fastest, so a busy "
+        "machine does not slow charnn down twice.", rich_help_panel=panel, show_default=False)
+
+
+ThreadsOption = Annotated[Optional[str], threads_option()]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table on stderr.")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")]
 

@@ -20,6 +20,14 @@ def format_rate(chars_per_sec: float) -> str:
     return f"{chars_per_sec / 1000:.1f}k" if chars_per_sec >= 1000 else f"{chars_per_sec:.0f}"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' * (n != 1)}"
+
+
+def _on_threads(threads: int | None) -> str:
+    return "" if threads is None else f" on {_threads(threads)}"
+
+
 def plan_lines(plan) -> list[str]:
     """What --size chose (a charnn.sizing.Plan), why, the budget, and the options that reproduce it."""
     chosen = " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
@@ -55,7 +63,8 @@ class ConsoleTrainEvents(TrainEvents):
         loss = "-" if self.train_loss is None else f"{self.train_loss:.3f}"
         return {
             "status": f"step {snapshot.step:,}  epoch {snapshot.epoch:.2f}  loss {loss}  {self.val_text}  "
-                      f"{format_rate(self.rate)} chars/s  left {format_duration(snapshot.time_left)}",
+                      f"{format_rate(self.rate)} chars/s{_on_threads(snapshot.threads)}  "
+                      f"left {format_duration(snapshot.time_left)}",
         }
 
     def _print(self, text: str) -> None:
@@ -98,8 +107,9 @@ class ConsoleTrainEvents(TrainEvents):
         else:
             self._print(
                 f"step {record['step']:>7,}  epoch {record['epoch']:6.2f}  loss {record['loss']:.4f}  "
-                f"lr {record['lr']:.2e}  {format_rate(record['chars_per_sec'])} chars/s  "
-                f"elapsed {format_duration(record['elapsed'])}  left {format_duration(snapshot.time_left)}"
+                f"lr {record['lr']:.2e}  {format_rate(record['chars_per_sec'])} chars/s"
+                f"{_on_threads(record.get('threads'))}  elapsed {format_duration(record['elapsed'])}  "
+                f"left {format_duration(snapshot.time_left)}"
             )
 
     def on_eval(self, snapshot: TrainSnapshot, record: dict) -> None:
@@ -122,6 +132,19 @@ class ConsoleTrainEvents(TrainEvents):
         console = self.progress.console if self.progress is not None else self.console
         console.print(f"sample at step {snapshot.step:,}:", style="bold", markup=False, highlight=False)
         console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+
+    def on_threads(self, snapshot: TrainSnapshot, record: dict) -> None:
+        rates = ", ".join(f"{n}: {format_rate(rate)}" for n, rate in record["rates"].items())
+        unit = "chars/s"
+        if record["before"] == record["threads"]:
+            what = f"{record['work']} on {_threads(record['threads'])}"
+        else:
+            what = f"{record['work']} from {record['before']} to {_threads(record['threads'])}"
+        line = f"threads: {what} at step {record['step']:,} ({record['reason']}; {unit} by threads {rates})"
+        if self.progress is not None:
+            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self._print(line)
 
     def on_warning(self, snapshot: TrainSnapshot, message: str) -> None:
         self.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -18,8 +18,10 @@ from rich.console import Console
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
 from ..signals import forget_interrupt, raise_pending
+from ..threads import resolve_threads
 from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
-from .options import EXIT_CODES_HELP, Device, QuietFlag, WeightsArgument, default, given, nonempty, unescape
+from .options import (EXIT_CODES_HELP, Device, QuietFlag, ThreadsOption, WeightsArgument, default, given, nonempty,
+                      unescape)
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
     from ..streaming import BufferedOutput, Conversation
@@ -81,6 +83,7 @@ def sample(
     device: Annotated[Optional[Device], typer.Option(
         help="Where to compute: the CPU samples with numpy, without PyTorch; cuda, mps and auto (CUDA, then MPS, "
         f"then the CPU) use PyTorch. {default(SampleRequest, 'device')}", show_default=False)] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Generate text from a trained model and stream it to stdout."""
     if stop == "":
@@ -108,7 +111,7 @@ def sample(
     from ..streaming import (BufferedOutput, Conversation, PipeClosed, encode_prime,  # noqa: PLC0415
                              open_sampling_model, write_samples)
 
-    loaded = open_sampling_model(nonempty(model, "MODEL"), request.device)
+    loaded = open_sampling_model(nonempty(model, "MODEL"), request.device, resolve_threads(threads))
     console = stderr()
     if loaded.note:
         say(console, f"charnn: {loaded.note}", quiet=quiet, style="yellow")

@@ -8,7 +8,7 @@ import typer
 
 from ..config import ServeConfig
 from .app import command, say, stderr
-from .options import EXIT_CODES_HELP, QuietFlag, default, given
+from .options import EXIT_CODES_HELP, QuietFlag, ThreadsOption, default, given
 
 LIMITS = "Limits"
 
@@ -43,6 +43,7 @@ def serve(
                                                      LIMITS)] = None,
     grace_seconds: Annotated[Optional[float], _option(
         "On SIGTERM or Ctrl-C, how long streams in flight may take to finish.", "grace_seconds", LIMITS)] = None,
+    threads: ThreadsOption = None,
     quiet: QuietFlag = False,
 ) -> None:
     """Serve models over HTTP: an OpenAI-style completions API and a page to try them at /.
@@ -53,7 +54,7 @@ def serve(
     config = ServeConfig(**given(host=host, port=port, api_key=api_key or None, max_prompt_chars=max_prompt_chars,
                                  max_tokens=max_tokens, default_max_tokens=default_max_tokens, max_n=max_n,
                                  max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
-                                 grace_seconds=grace_seconds)).validate()
+                                 grace_seconds=grace_seconds, threads=threads)).validate()
     from ..server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 
     console = stderr()

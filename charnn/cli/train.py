@@ -17,7 +17,8 @@ from ..request import TrainRequest, check_request
 from ..rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
-from .options import EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, unescape
+from .options import (EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, threads_option,
+                      unescape)
 from .progress import ConsoleTrainEvents, plan_lines
 
 
@@ -123,6 +124,7 @@ def train(
         "(it does not change the training).", panel=RUN)] = None,
     seed: Annotated[Optional[int], _train("Random seed.", "seed", RUN)] = None,
     device: Annotated[Optional[Device], device_option(RUN)] = None,
+    threads: Annotated[Optional[str], threads_option(RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.",
                                         rich_help_panel=RUN)] = False,
     nproc: Annotated[Optional[int], _train(
@@ -152,7 +154,7 @@ def train(
                   tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
     request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
                            vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
-                           resume=_path(resume, "--resume"), **given(size=size))
+                           resume=_path(resume, "--resume"), **given(size=size, threads=threads))
     if dry_run:
         from ..planning import plan_training  # noqa: PLC0415
 

@@ -1,0 +1,134 @@
+"""The thread policy (charnn.threads): who fixes the count, and what the policy chooses under injected
+timings (a fake machine whose speed at each count and load we set; no test here reads a real clock)."""
+
+import pytest
+
+from charnn.errors import CharnnError
+from charnn.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads
+
+
+class FakeMachine:
+    """Seconds a unit of work takes at each thread count, under the load of the moment; a clock that
+    advances by what the units take."""
+
+    def __init__(self, seconds: dict[int, float]):
+        self.seconds = dict(seconds)
+        self.now = 0.0
+        self.applied: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def apply(self, threads: int) -> None:
+        self.applied.append(threads)
+
+    def run(self, policy: ThreadPolicy, units: int) -> list[int]:
+        """Run `units` units under `policy`; the count each ran at."""
+        counts = []
+        for _ in range(units):
+            count = policy.start()
+            assert self.applied[-1] == count
+            took = self.seconds[count]
+            self.now += took
+            policy.finish(took, work=1024)
+            counts.append(count)
+        return counts
+
+
+def adaptive(machine: FakeMachine, cores: int = 2) -> ThreadPolicy:
+    return ThreadPolicy(ThreadChoice(None, "auto", cores), machine.apply, clock=machine.clock)
+
+
+def test_the_policy_keeps_the_faster_count_on_an_idle_machine_and_says_so_once():
+    machine = FakeMachine({1: 0.080, 2: 0.050})  # idle: two threads 1.6 times as fast
+    policy = adaptive(machine)
+    counts = machine.run(policy, 200)
+    assert policy.threads == 2
+    assert counts[-100:].count(2) >= 97  # re-checks of one thread now and then, nothing else
+    assert [c.reason for c in policy.changes] == ["start"]
+    start = policy.changes[0]
+    assert start.after == 2 and start.rates[2] == pytest.approx(1024 / 0.050)
+
+
+def test_a_busy_neighbour_moves_the_policy_to_one_thread_and_its_leaving_moves_it_back():
+    machine = FakeMachine({1: 0.080, 2: 0.050})
+    policy = adaptive(machine)
+    machine.run(policy, 50)
+    assert policy.threads == 2
+    machine.seconds = {1: 0.085, 2: 0.250}  # a neighbour spins a core: two threads wait for each other
+    counts = machine.run(policy, 60)
+    assert policy.threads == 1
+    assert counts.index(1) <= 20  # noticed within the drift window, a pause and a probe: 5 s
+    assert policy.changes[-1].reason == "the speed moved" and policy.changes[-1].before == 2
+    machine.seconds = {1: 0.080, 2: 0.050}  # it leaves: the one-thread speed does not move, so a re-check finds it
+    machine.run(policy, 800)  # 64 s of work
+    assert policy.threads == 2 and policy.changes[-1].reason == "re-check"
+
+
+def test_a_pathological_count_costs_a_unit_or_two_per_probe_not_a_round():
+    machine = FakeMachine({1: 0.080, 2: 12.0})  # two threads 150 times slower (seen beside a spinning process)
+    policy = adaptive(machine)
+    counts = machine.run(policy, 1000)
+    assert policy.threads == 1
+    probes = sum(1 for a, b in zip([1] + counts, counts) if b == 2 and a != 2)
+    assert counts.count(2) <= 2 * probes
+    assert machine.now < 1000 * 0.080 * 1.5  # re-checks of two threads cost under half the run
+
+
+def test_equal_counts_do_not_flip_back_and_forth_on_noise():
+    machine = FakeMachine({1: 0.0500, 2: 0.0495})  # within the margin
+    policy = adaptive(machine)
+    machine.run(policy, 2000)
+    assert len(policy.changes) == 1
+
+
+def test_a_fixed_count_is_applied_and_never_probed():
+    machine = FakeMachine({1: 0.01, 2: 0.001, 3: 0.1})
+    policy = ThreadPolicy(ThreadChoice(3, "--threads", 4), machine.apply, clock=machine.clock)
+    assert set(machine.run(policy, 100)) == {3}
+    assert policy.changes == [] and not policy.adaptive
+
+
+def test_more_cores_give_powers_of_two_and_the_cores_as_candidates():
+    assert ThreadChoice(None, "auto", 2).candidates == (1, 2)
+    assert ThreadChoice(None, "auto", 6).candidates == (1, 2, 4, 6)
+    assert ThreadChoice(None, "auto", 1).candidates == (1,)
+    machine = FakeMachine({1: 0.4, 2: 0.2, 4: 0.1, 6: 0.12})  # six cores, but four threads are fastest
+    policy = adaptive(machine, cores=6)
+    machine.run(policy, 100)
+    assert policy.threads == 4
+
+
+@pytest.mark.parametrize("option, environ, expected", [
+    (None, {}, ThreadChoice(None, "auto", 4)),
+    ("2", {}, ThreadChoice(2, "--threads", 4)),
+    (None, {"CHARNN_THREADS": "3"}, ThreadChoice(3, "CHARNN_THREADS", 4)),
+    (None, {"OMP_NUM_THREADS": "1"}, ThreadChoice(1, "OMP_NUM_THREADS", 4)),
+    (None, {"OMP_NUM_THREADS": "8,2"}, ThreadChoice(8, "OMP_NUM_THREADS", 4)),  # the user's own, even above the cores
+    (None, {"OMP_NUM_THREADS": "lots"}, ThreadChoice(None, "auto", 4)),  # OpenMP's business
+    ("4", {"CHARNN_THREADS": "1", "OMP_NUM_THREADS": "1"}, ThreadChoice(4, "--threads", 4)),
+    ("auto", {"CHARNN_THREADS": "1", "OMP_NUM_THREADS": "1"}, ThreadChoice(None, "auto", 4)),
+    (None, {"CHARNN_THREADS": "auto", "OMP_NUM_THREADS": "1"}, ThreadChoice(None, "auto", 4)),
+    (None, {"CHARNN_THREADS": "2", "OMP_NUM_THREADS": "1"}, ThreadChoice(2, "CHARNN_THREADS", 4)),
+])
+def test_who_fixes_the_count(option, environ, expected):
+    assert resolve_threads(option, environ, cores=4) == expected
+
+
+@pytest.mark.parametrize("option, environ, words", [
+    ("0", {}, "--threads must be auto or a whole number from 1 to 4"),
+    ("5", {}, "--threads must be auto or a whole number from 1 to 4"),
+    ("-1", {}, "--threads"),
+    ("two", {}, "not 'two'"),
+    ("", {}, "--threads"),
+    (None, {"CHARNN_THREADS": "many"}, "CHARNN_THREADS must be auto or a whole number"),
+    (None, {"CHARNN_THREADS": "1.5"}, "CHARNN_THREADS"),
+])
+def test_a_bad_count_names_where_it_came_from(option, environ, words):
+    with pytest.raises(CharnnError, match=words.replace("(", r"\(")):
+        resolve_threads(option, environ, cores=4)
+
+
+def test_parse_threads_takes_spaces_and_case():
+    assert parse_threads(" AUTO ", "--threads", cores=2) is None
+    assert parse_threads("2 ", "--threads", cores=2) == 2
