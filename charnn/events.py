@@ -55,6 +55,10 @@ class TrainEvents:
 
     def on_warning(self, snapshot: TrainSnapshot, message: str) -> None: ...
 
+    def on_replan(self, snapshot: TrainSnapshot, plan) -> None:
+        """After the first minute, the speed seen was far from the planned: the new plan (a sizing.Plan,
+        whose `replanned` says why)."""
+
     def on_threads(self, snapshot: TrainSnapshot, record: dict) -> None:
         """A thread-count decision (charnn.threads): a "kind": "threads" record of metrics.jsonl."""
 

@@ -7,38 +7,106 @@ and options the user gave, the device's speed, timed here within TIMING_SHARE of
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import BinaryIO
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Callable
 
 from . import sizing
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .corpus import corpus_files
 from .data import check_split_sizes
 from .device import resolve_device
 from .errors import CharnnError
 from .speed import MeasuredSpeeds
+from .threads import ThreadChoice, resolve_threads
 from .vocab import Vocab
 
 TIMING_SHARE = 0.02  # of the budget, at most, goes into timing shapes before choosing
+CHECKS = 2  # rounds of timing the shapes a choice turns on and choosing again
+
+
+REPLAN_AFTER = 60.0  # seconds of training before the speed seen is compared with the planned
+REPLAN_RATIO = 1.5  # the speed seen this many times above or below the planned: the plan is made again
+REPLAN_SHARE = 0.05  # of the budget, at most, may be spent for a new plan to be made
+
+
+class Sizing:
+    """What --size needs to plan a run: the situation (the corpus, the limits and options given) and this
+    device's speeds, timed within TIMING_SHARE of the budget at the threads charnn's policy may use."""
+
+    def __init__(self, request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
+                 threads: ThreadChoice | None = None):
+        if request.size not in sizing.PRESETS and request.size != "auto":
+            raise CharnnError(f"--size must be auto or one of {', '.join(sizing.PRESETS)}, not {request.size!r}")
+        self.size = request.size
+        budget = sizing.Budget(seconds=config.max_time, steps=config.max_steps, epochs=config.epochs)
+        model = {k: v for k, v in request.model.items() if k in sizing.MODEL_OPTIONS}
+        self.situation = sizing.Situation(train_chars=split[0], vocab_size=vocab_size, budget=budget, model=model,
+                                          train=dict(request.train), val_chars=split[1], streams_multiple=world_size)
+        allowance = TIMING_SHARE * (config.max_time or sizing.DEFAULT_BUDGET_RANGE[0])
+        self.speeds = MeasuredSpeeds(resolve_device(config.device), vocab_size, allowance, threads=threads)
+
+    def plan(self, estimate_time: bool = False) -> sizing.Plan:
+        """The plan: the device is timed only when the choice needs it (a time budget, the default budget, a
+        GPU's streams) or with `estimate_time`; then the shapes the choice turns on are timed and the choice
+        made again with their speeds."""
+        situation, speeds = self.situation, self.speeds
+        plan = sizing.choose(situation, speeds, self.size)
+        timed = plan.seconds is not None or estimate_time
+        for _ in range(CHECKS):
+            if not (timed and speeds.check(sizing.decisive_shapes(plan, situation))):
+                break
+            plan = sizing.choose(situation, speeds, self.size)
+        if timed and plan.seconds is None:
+            plan = replace(plan, seconds=sizing.expected_seconds(plan.shape, plan.steps, situation, speeds),
+                           chars_per_sec=speeds.chars_per_sec(plan.shape))
+        return replace(plan, timings=speeds.record())
 
 
 def choose_size(request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
-                estimate_time: bool = False) -> sizing.Plan:
+                estimate_time: bool = False, threads: ThreadChoice | None = None) -> sizing.Plan:
     """The plan for `request` (a runs.TrainRequest): its --size, the user's options and limits, the corpus's
-    training and validation characters (`split`) and this device's speed. The device is timed only when
-    the choice needs it (a time budget, the default budget, a GPU's streams) or with `estimate_time`."""
-    if request.size not in sizing.PRESETS and request.size != "auto":
-        raise CharnnError(f"--size must be auto or one of {', '.join(sizing.PRESETS)}, not {request.size!r}")
-    budget = sizing.Budget(seconds=config.max_time, steps=config.max_steps, epochs=config.epochs)
-    model = {k: v for k, v in request.model.items() if k in sizing.MODEL_OPTIONS}
-    situation = sizing.Situation(train_chars=split[0], vocab_size=vocab_size, budget=budget, model=model,
-                                 train=dict(request.train), val_chars=split[1], streams_multiple=world_size)
-    allowance = TIMING_SHARE * (config.max_time or sizing.DEFAULT_BUDGET_RANGE[0])
-    speeds = MeasuredSpeeds(resolve_device(config.device), vocab_size, allowance)
-    plan = sizing.choose(situation, speeds, request.size)
-    if estimate_time and plan.seconds is None:
-        plan = replace(plan, seconds=sizing.expected_seconds(plan.shape, plan.steps, situation, speeds))
-    return plan
+    training and validation characters (`split`) and this device's speed (see `Sizing.plan`)."""
+    return Sizing(request, config, vocab_size, split, world_size, threads).plan(estimate_time)
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A run's new plan, and the configurations it makes."""
+
+    plan: sizing.Plan
+    model_config: ModelConfig
+    config: TrainConfig
+
+
+class Replanner:
+    """A busy moment at the start can still mislead the timing, and a neighbour can come or go. After the
+    first REPLAN_AFTER seconds of a run planned for a time (a --max-time, or the default budget), the
+    training speed seen is compared with the planned: more than REPLAN_RATIO apart while less than
+    REPLAN_SHARE of the budget is spent, and the plan is made again for the rest of the budget at the
+    speed seen. `build` turns a plan into the run's configurations."""
+
+    def __init__(self, sized: Sizing, plan: sizing.Plan, build: Callable[[sizing.Plan], tuple[ModelConfig, TrainConfig]]):
+        self.sized, self.plan, self.build = sized, plan, build
+
+    @staticmethod
+    def due(elapsed: float) -> bool:
+        return elapsed >= REPLAN_AFTER
+
+    def decide(self, elapsed: float, seen: float) -> Replan | None:
+        """The new plan, if the speed `seen` (training characters a second) calls for one at `elapsed`."""
+        planned, budget = self.plan.chars_per_sec, self.sized.situation.budget.seconds or self.plan.seconds
+        if planned is None or budget is None or elapsed > REPLAN_SHARE * budget:
+            return None
+        ratio = seen / planned
+        if 1 / REPLAN_RATIO <= ratio <= REPLAN_RATIO:
+            return None
+        self.sized.speeds.allowance = 0.0  # no more timing in the middle of a run: the table, scaled
+        situation = replace(self.sized.situation, spent=elapsed)
+        plan = sizing.choose(situation, sizing.ScaledSpeeds(self.sized.speeds, ratio), self.sized.size)
+        why = {"elapsed": round(elapsed, 1), "seen_chars_per_sec": round(seen, 1), "planned_chars_per_sec":
+               round(planned, 1), "ratio": round(ratio, 3), "first": self.plan.describe()}
+        plan = replace(plan, timings=self.plan.timings, replanned=why)
+        return Replan(plan, *self.build(plan))
 
 
 def plan_training(request, stdin: BinaryIO | None = None) -> sizing.Plan:
@@ -52,7 +120,8 @@ def plan_training(request, stdin: BinaryIO | None = None) -> sizing.Plan:
     with corpus_files(request.corpus, stdin=stdin) as corpus:
         vocab, count = Vocab.scan(corpus.chunks(), request.vocab_mode or Vocab.mode, corpus.describe_offset)
     n_train = int(round(count * (1.0 - config.val_frac)))  # as data.split_train_val cuts it
-    plan = choose_size(request, config, vocab.size, (n_train, count - n_train), estimate_time=True)
+    plan = choose_size(request, config, vocab.size, (n_train, count - n_train), estimate_time=True,
+                       threads=resolve_threads(request.threads))
     batch, seq_len = plan.shape.batch_size, plan.shape.seq_len
     check_split_sizes(range(n_train), range(count - n_train), batch, seq_len)
     return plan

@@ -158,6 +158,13 @@ class RunDir:
             saved["train"] = train
             write_json(self.config_path, saved)
 
+    def forget_model(self) -> None:
+        """A run planned again for another model: the checkpoints, weights and metrics of the first model
+        go (charnn wrote them all, in this session)."""
+        for path in (self.best, self.weights, self.last, *self.kept_checkpoints()):
+            path.unlink(missing_ok=True)
+        self.cut_metrics_after(-1)
+
     # --- creating ----------------------------------------------------------------------------
 
     def remove_temporaries(self) -> None:

@@ -25,7 +25,7 @@ from .errors import CharnnError
 from .events import TrainEvents
 from .memory import TRAIN_HINT, require_memory, training_bytes
 from .claim import claim_for_resume, claim_new_run
-from .planning import choose_size
+from .planning import Replanner, Sizing
 from .request import TrainRequest, check_request
 from .rundir import RunDir, remember_latest, runs_root
 from .threads import ThreadChoice, resolve_threads
@@ -111,12 +111,13 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     """The Trainer first (building the model may fail), then the run directory and its files."""
     vocab, tokens = encoded.vocab, encoded.tokens()
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
-    plan = None
+    plan = sized = None
     if request.size is not None:
-        plan = choose_size(request, config, vocab.size, (len(train_tokens), len(val_tokens)), hooks.group.world_size)
-        config = replace(config, **plan.train).validate()
-    model_config = ModelConfig(vocab_size=vocab.size, **(plan.model if plan else {}),
-                               **model_fields(vocab, request.model)).validate()
+        sized = Sizing(request, config, vocab.size, (len(train_tokens), len(val_tokens)), hooks.group.world_size,
+                       hooks.threads)
+        plan = sized.plan()
+    asked = config
+    model_config, config = _configs(plan, asked, vocab, request)
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
     corpus_info = {
         "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
@@ -136,6 +137,8 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group,
                           hooks.threads)
         trainer.writer.hold(claim)
+        if plan is not None and plan.seconds is not None and hooks.group.world_size == 1:
+            trainer.replanner = Replanner(sized, plan, lambda new: _configs(new, asked, vocab, request))
         if plan is not None and hooks.events is not None:
             hooks.events.on_plan(plan)  # once the model could be built: an error stays one line
         place_tokens(encoded, run.tokens_path)
@@ -147,6 +150,15 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         claim.abandon()  # nothing of the new run stays; a run it was to replace is back in place
         raise
     return trainer
+
+
+def _configs(plan, config: TrainConfig, vocab: Vocab, request: TrainRequest) -> tuple[ModelConfig, TrainConfig]:
+    """The model's and the training's configurations: the options given, and a plan's choices for the rest."""
+    if plan is not None:
+        config = replace(config, **plan.train).validate()
+    model_config = ModelConfig(vocab_size=vocab.size, **(plan.model if plan else {}),
+                               **model_fields(vocab, request.model)).validate()
+    return model_config, config
 
 
 def _join_run(run: RunDir, hooks: TrainHooks) -> Trainer:

@@ -43,7 +43,14 @@ DEFAULT_PATIENCE = 4  # evaluations without a new best before a run with the def
 STREAM_GAIN = 1.6  # a doubling of the streams must bring this much more speed to be taken
 MIN_WINDOWS = 64  # windows per stream per epoch, at least: so wide batches need a large corpus
 MAX_STREAMS = 512
-EVAL_SPEEDUP = 3.0  # evaluation scores characters this many times faster than training reads them
+EVAL_SPEEDUP = 3.0  # evaluation scores characters this many times faster than training reads them (3-5 measured)
+# Evaluation, when --eval-every and --eval-chars are not given, takes EVAL_SHARE of the time at most: the
+# characters scored each time (the same ones every time) and the interval follow the budget
+EVAL_SHARE = 0.05
+EVAL_CHARS_RANGE = (100_000, 1_000_000)  # scored per evaluation, the validation text allowing
+EVALUATIONS = 20  # aimed for in a run: enough for best.pt and --patience to choose among
+MAX_EVALUATIONS = 50
+MIN_EVAL_EVERY = 50  # steps
 
 WIDTHS = (64, 96, 128, 192, 256, 320, 384, 512)  # two layers each
 DEEP_WIDTHS = (512, 768, 1024, 1536)  # three layers: for budgets and devices that reach them
@@ -88,6 +95,7 @@ class Situation:
     train: dict = field(default_factory=dict)  # TrainConfig fields the user gave
     val_chars: int = 0  # for the evaluation's share of a time budget
     streams_multiple: int = 1  # processes the streams are split between
+    spent: float = 0.0  # seconds of the budget already used (a run planned again after its first minute)
 
     def given(self, name: str):
         return self.model.get(name, self.train.get(name))
@@ -108,6 +116,9 @@ class Plan:
     seconds: float | None  # expected training time (None: a step or epoch budget, the device not timed)
     budget: str  # what limits the run, in words
     reason: str
+    chars_per_sec: float | None = None  # the training speed the plan expects (None: not timed)
+    timings: dict = field(default_factory=dict)  # what was timed: shape -> chars/s and threads
+    replanned: dict | None = None  # a run that saw another speed than planned: when, and the first plan
 
     def describe(self) -> str:
         """'2x512 LSTM, 32 streams x 128: 6.3M params for 48M characters in ~1h'."""
@@ -197,12 +208,36 @@ def candidates(situation: Situation, streams: int) -> list[Shape]:
 
 
 def step_seconds(shape: Shape, situation: Situation, speeds: Speeds) -> float:
-    """Seconds per training step, evaluations included (they count against a time budget too)."""
-    every = situation.train.get("eval_every", TrainConfig.eval_every)
-    limit = situation.train.get("eval_chars", TrainConfig.eval_chars)
-    scored = situation.val_chars if limit is None else min(situation.val_chars, limit)
+    """Seconds per training step, evaluations included (they count against a time budget too): their
+    share, or what the --eval-every and --eval-chars the user gave cost."""
     speed = speeds.chars_per_sec(shape)
+    if "eval_every" not in situation.train or "eval_chars" not in situation.train:
+        return shape.chars_per_step / speed / (1 - EVAL_SHARE)
+    every, limit = situation.train["eval_every"], situation.train["eval_chars"]
+    scored = situation.val_chars if limit is None else min(situation.val_chars, limit)
     return shape.chars_per_step / speed + scored / (every * EVAL_SPEEDUP * speed)
+
+
+def evaluation_plan(shape: Shape, steps: int, situation: Situation) -> dict:
+    """--eval-every and --eval-chars, those the user did not give, so that evaluation takes EVAL_SHARE of
+    the run's time at most. Evaluation scores EVAL_SPEEDUP times as fast as training reads, so what it
+    may score is a fixed share of the characters trained, whatever the device: the plan depends on the
+    steps alone, and a step budget stays reproducible."""
+    given_every, given_chars = situation.train.get("eval_every"), situation.train.get("eval_chars", ())
+    if given_every is not None and given_chars != ():
+        return {}
+    scorable = EVAL_SHARE / (1 - EVAL_SHARE) * EVAL_SPEEDUP * steps * shape.chars_per_step
+    val = max(situation.val_chars, 2)  # a corpus too small to split is refused later, in words
+    low, high = min(EVAL_CHARS_RANGE[0], val), min(EVAL_CHARS_RANGE[1], val)
+    if given_every is not None:
+        evaluations = max(1, math.ceil(steps / given_every))
+        return {"eval_chars": int(min(high, max(low, scorable / evaluations)))}
+    chars = val if given_chars is None else given_chars  # None: all of it, as --eval-chars 0 asks
+    if given_chars == ():
+        chars = int(min(high, max(low, scorable / EVALUATIONS)))
+    evaluations = max(1, min(MAX_EVALUATIONS, int(scorable // max(min(chars, val), 1))))
+    every = max(MIN_EVAL_EVERY, math.ceil(steps / evaluations))
+    return {"eval_every": every} if given_chars != () else {"eval_every": every, "eval_chars": chars}
 
 
 def default_budget(situation: Situation, speeds: Speeds, streams: int) -> float:
@@ -223,6 +258,31 @@ def steps_in_budget(shape: Shape, situation: Situation, seconds: float | None, s
     if seconds is not None and speeds is not None:
         limits.append(int(seconds / step_seconds(shape, situation, speeds)))
     return max(1, min(limits))
+
+
+@dataclass(frozen=True)
+class ScaledSpeeds:
+    """Another device's speeds, all scaled by `factor`: what a run saw, against what it planned with."""
+
+    speeds: Speeds
+    factor: float
+
+    @property
+    def device_type(self) -> str:
+        return self.speeds.device_type
+
+    def chars_per_sec(self, shape: Shape) -> float:
+        return self.speeds.chars_per_sec(shape) * self.factor
+
+
+def decisive_shapes(plan: Plan, situation: Situation) -> list[Shape]:
+    """The shapes a plan's choice turns on, whose speeds are worth timing: the chosen one and, for auto,
+    the next larger candidate, which did not fit."""
+    if plan.size != "auto":
+        return [plan.shape]
+    shapes = candidates(situation, plan.shape.batch_size)
+    larger = shapes[shapes.index(plan.shape) + 1:] if plan.shape in shapes else []
+    return [plan.shape, *larger[:1]]
 
 
 def fits(shape: Shape, steps: int, situation: Situation) -> bool:
@@ -251,11 +311,14 @@ def choose(situation: Situation, speeds: Speeds | None = None, size: str = "auto
 
 
 def _budget_seconds(situation: Situation, speeds: Speeds | None, streams: int) -> float | None:
+    """The seconds the plan is for: the time budget, or the default budget; less what is spent."""
     if situation.budget.seconds is not None or situation.budget.given:
-        return situation.budget.seconds
-    if speeds is None:
+        seconds = situation.budget.seconds
+    elif speeds is None:
         raise ValueError("with no limit given, the default budget needs the device's speed")
-    return default_budget(situation, speeds, streams)
+    else:
+        seconds = default_budget(situation, speeds, streams)
+    return None if seconds is None else max(seconds - situation.spent, 1.0)
 
 
 def _preset_plan(situation: Situation, speeds: Speeds | None, size: str) -> Plan:
@@ -281,19 +344,21 @@ def _plan(size: str, shape: Shape, steps: int, situation: Situation, speeds: Spe
         dropout = given if given is not None else dropout_for(epochs)
     model = {"num_layers": shape.num_layers, "hidden_size": shape.hidden_size, "embed_size": shape.embed,
              "dropout": dropout}
-    train = {"batch_size": shape.batch_size, "seq_len": shape.seq_len, "lr": situation.given("lr") or TrainConfig.lr}
+    train = {"batch_size": shape.batch_size, "seq_len": shape.seq_len, "lr": situation.given("lr") or TrainConfig.lr,
+             **evaluation_plan(shape, steps, situation)}
     budget = _budget_words(situation, steps)
     if not situation.budget.given:
         train["max_steps"] = steps
         if situation.train.get("patience") is None:
             train["patience"] = DEFAULT_PATIENCE
     seconds = expected_seconds(shape, steps, situation, speeds) if speeds is not None else None
+    speed = speeds.chars_per_sec(shape) if speeds is not None else None
     reason = (f"{why}, for {_count(situation.train_chars)} training characters and {budget}; "
               f"dropout {dropout:g} for {epochs:.1f} epochs")
     return Plan(size=size, model={k: v for k, v in model.items() if k not in situation.model},
                 train={k: v for k, v in train.items() if k not in situation.train}, shape=shape,
                 parameters=shape.parameters(situation.vocab_size), steps=steps, chars=chars, epochs=epochs,
-                seconds=seconds, budget=budget, reason=reason)
+                seconds=seconds, budget=budget, reason=reason, chars_per_sec=speed)
 
 
 def expected_seconds(shape: Shape, steps: int, situation: Situation, speeds: Speeds) -> float:

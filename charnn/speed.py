@@ -20,6 +20,7 @@ from .config import TrainConfig
 from .evaluate import evaluate
 from .model import CharRNN, detach_hidden
 from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
+from .threads import ThreadChoice, resolve_threads
 from .train import make_optimizer
 
 
@@ -42,26 +43,37 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training(shape: Shape, vocab_size: int, device: torch.device, seconds: float = 1.0,
-                  warmup: int = 2, max_steps: int = 50) -> Timing:
+                  warmup: int = 2, max_steps: int = 50, threads: int | None = None,
+                  give_up: float | None = None) -> Timing:
     """The median training step of `shape`: `warmup` steps, then steps for about `seconds`, at least 3
-    unless a loaded machine makes that take three times as long."""
-    rng_state = torch.random.get_rng_state()
+    unless a loaded machine makes that take three times as long; on `threads` threads (None: as set).
+    A step that takes longer than `give_up` seconds ends the timing at once (a thread count that waits
+    for a busy neighbour can make a step take seconds: one such step is answer enough)."""
+    rng_state, before = torch.random.get_rng_state(), torch.get_num_threads()
     try:
         torch.manual_seed(0)
+        if threads is not None and device.type == "cpu":
+            torch.set_num_threads(threads)
         step = _training_step(shape, vocab_size, device)
-        for _ in range(warmup):
-            step()
         times, start = [], time.perf_counter()
         while len(times) < max_steps:
             started = time.perf_counter()
             step()
-            times.append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            if give_up is not None and took > give_up * (2 if warmup > 0 else 1):  # a first step allocates
+                return Timing(shape, took, 1)
+            if warmup > 0:
+                warmup -= 1
+                start = time.perf_counter()
+                continue
+            times.append(took)
             spent = time.perf_counter() - start
             if spent >= seconds and len(times) >= 3 or spent >= 3 * seconds:
                 break
         return Timing(shape, statistics.median(times), len(times))
     finally:
         torch.random.set_rng_state(rng_state)
+        torch.set_num_threads(before)
 
 
 def _training_step(shape: Shape, vocab_size: int, device: torch.device) -> Callable[[], None]:
@@ -98,15 +110,26 @@ def time_evaluation(shape: Shape, vocab_size: int, device: torch.device, chars: 
 
 
 class MeasuredSpeeds:
-    """`sizing.Speeds` for this device. On a CPU, where the shapes' relative speeds are those the study
-    measured (shapes.CPU_SPEEDS), one timing of the reference shape scales the whole table. Elsewhere
-    each shape is timed the first time it is needed, until `allowance` seconds have gone into timing;
-    after that, speeds are interpolated from the shapes already timed."""
+    """`sizing.Speeds` for this device, measured so that a busy moment cannot fool it.
 
-    def __init__(self, device: torch.device, vocab_size: int, allowance: float, seconds_per_shape: float = 0.3):
+    Each shape is timed at every thread count charnn's policy may choose (charnn.threads), in
+    `ROUNDS` rounds, and the best rate kept: sharing the machine only ever slows a timing, and the
+    training then runs at the best count too. On a CPU the shapes' relative speeds are those the study
+    measured (shapes.CPU_SPEEDS) and the timing of the reference shape scales them; `check` then times
+    the shapes a choice turns on, which are taken at their own timing from then on (a machine unlike
+    the study's, or bf16, keeps other relative speeds). Elsewhere each shape is timed the first time it
+    is needed. Timing stops once `allowance` seconds
+    have gone into it; after that, speeds are interpolated from the shapes already timed."""
+
+    ROUNDS = 2
+
+    def __init__(self, device: torch.device, vocab_size: int, allowance: float, seconds_per_shape: float = 0.25,
+                 threads: ThreadChoice | None = None):
         self.device, self.vocab_size = device, vocab_size
         self.allowance, self.seconds_per_shape = allowance, seconds_per_shape
+        self.threads = threads or resolve_threads()
         self.timed: dict[str, float] = {}
+        self.best_threads: dict[str, int] = {}
         self.spent = 0.0
         self._warm = False
 
@@ -115,12 +138,31 @@ class MeasuredSpeeds:
         return self.device.type
 
     def chars_per_sec(self, shape: Shape) -> float:
+        if shape.name in self.timed:
+            return self.timed[shape.name]
         if self.device.type == "cpu":
-            reference = self._time(parse_shape(CPU_REFERENCE))
-            return SpeedTable(CPU_SPEEDS, "cpu", reference / CPU_SPEEDS[CPU_REFERENCE]).chars_per_sec(shape)
-        if shape.name in self.timed or not self.timed or self.spent < self.allowance:
+            return self._cpu_table().chars_per_sec(shape)
+        if not self.timed or self.spent < self.allowance:
             return self._time(shape)
         return SpeedTable(self.timed, self.device.type).chars_per_sec(shape)
+
+    def _cpu_table(self) -> SpeedTable:
+        factor = self._time(parse_shape(CPU_REFERENCE)) / CPU_SPEEDS[CPU_REFERENCE]
+        return SpeedTable({**{name: speed * factor for name, speed in CPU_SPEEDS.items()}, **self.timed}, "cpu")
+
+    def check(self, shapes: list[Shape]) -> bool:
+        """Time those of `shapes` not timed yet (those a choice turns on) while the allowance lasts; True
+        if any was, so that the choice is made again with their speeds."""
+        new = [shape for shape in shapes if shape.name not in self.timed and self.spent < self.allowance]
+        for shape in new:
+            if self.spent < self.allowance:
+                self._time(shape)
+        return bool(new)
+
+    def record(self) -> dict:
+        """What was timed, for the run's config.json: each shape's best rate and the threads it came at."""
+        return {name: {"chars_per_sec": round(rate, 1), "threads": self.best_threads.get(name)}
+                for name, rate in self.timed.items()}
 
     def _time(self, shape: Shape) -> float:
         if shape.name not in self.timed:
@@ -128,7 +170,17 @@ class MeasuredSpeeds:
                 time_training(Shape(1, 8, 1, 2), self.vocab_size, self.device, seconds=0.0, warmup=1)
                 self._warm = True
             started = time.perf_counter()
-            timing = time_training(shape, self.vocab_size, self.device, self.seconds_per_shape)
-            self.timed[shape.name] = timing.chars_per_sec
+            counts = self.threads.candidates if self.device.type == "cpu" else (None,)
+            best, best_count = 0.0, None
+            for _ in range(self.ROUNDS):
+                for count in counts:
+                    give_up = 2 * shape.chars_per_step / best if best else None
+                    rate = time_training(shape, self.vocab_size, self.device, self.seconds_per_shape,
+                                         threads=count, give_up=give_up).chars_per_sec
+                    if rate > best:
+                        best, best_count = rate, count
+                if time.perf_counter() - started + self.spent >= self.allowance:
+                    break
+            self.timed[shape.name], self.best_threads[shape.name] = best, best_count
             self.spent += time.perf_counter() - started
         return self.timed[shape.name]

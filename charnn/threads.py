@@ -264,7 +264,7 @@ class TimedUnit:
     reports its time; the decision, if any, is left in `change`."""
 
     def __init__(self, policy: ThreadPolicy, work: float = 1.0):
-        self.policy, self.work, self.change = policy, work, None
+        self.policy, self.work, self.change, self.seconds = policy, work, None, 0.0
 
     def __enter__(self) -> TimedUnit:
         self.policy.start()
@@ -273,4 +273,5 @@ class TimedUnit:
 
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
-            self.change = self.policy.finish(time.perf_counter() - self._started, self.work)
+            self.seconds = time.perf_counter() - self._started
+            self.change = self.policy.finish(self.seconds, self.work)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,10 +32,12 @@ from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 from .sampling import preview_text
 from .threads import ThreadChange, ThreadChoice, TimedUnit
+from .train_log import LogClock, eval_record, plan_record, threads_record, train_record
 from .train_state import (RunWriter, TrainState, capture_rng_state, resume_payload, seed_everything,
                           weights_payload)
 
 MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
+SPEED_FROM_STEP = 20  # the first steps pay for allocation: the speed a re-plan compares starts after them
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -48,24 +51,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         return torch.optim.AdamW(groups, lr=config.lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
-
-
-class _Timing:
-    """The clock of one session of training, and of the current log interval."""
-
-    def __init__(self, elapsed_before: float, chars: int):
-        self.session_start = self.log_start = time.monotonic()
-        self.elapsed_before, self.log_chars, self.aside = elapsed_before, chars, 0.0
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.monotonic() - self.session_start
-
-    def chars_per_sec(self, chars: int) -> float:
-        """Training characters per second since the last log line, not counting evaluations and samples."""
-        now = time.monotonic()
-        rate = (chars - self.log_chars) / max(now - self.log_start - self.aside, 1e-9)
-        self.log_start, self.log_chars, self.aside = now, chars, 0.0
-        return rate
 
 
 class _BadSteps:
@@ -91,27 +76,6 @@ def build_model(model_config: ModelConfig, config: TrainConfig, device: torch.de
     seed_everything(config.seed)
     with out_of_memory_is_an_error(f"building the model on {device}", MEMORY_HINT):
         return CharRNN(model_config).to(device)
-
-
-def train_record(state: TrainState, epochs: float, loss: float, lr: float, chars_per_sec: float,
-                 elapsed: float, threads: int) -> dict:
-    """A log line of metrics.jsonl: the mean training loss since the previous one, the speed and the
-    threads it ran on."""
-    return {"kind": "train", "step": state.step, "epoch": round(epochs, 4), "loss": loss, "lr": lr,
-            "chars_per_sec": round(chars_per_sec, 1), "chars": state.chars, "elapsed": round(elapsed, 3),
-            "threads": threads}
-
-
-def eval_record(state: TrainState, epochs: float, result, seconds: float, threads: int) -> dict:
-    """An evaluation line of metrics.jsonl."""
-    return {"kind": "eval", "step": state.step, "epoch": round(epochs, 4), "val_loss": result.loss,
-            "val_bpc": result.bpc, "val_chars": result.chars, "best_val_loss": state.best_val_loss,
-            "elapsed": round(state.elapsed, 3), "eval_seconds": round(seconds, 3), "threads": threads}
-
-
-def threads_record(state: TrainState, work: str, change: ThreadChange) -> dict:
-    """A line of metrics.jsonl for a thread-count decision: for `work` ("training" or "evaluation")."""
-    return {"kind": "threads", "step": state.step, "work": work, **change.to_dict(), "elapsed": round(state.elapsed, 3)}
 
 
 class Trainer:
@@ -148,6 +112,9 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
         self.writer = RunWriter(self.rundir, config, writes=self.group.is_main)
         self._last_eval: dict | None = None
+        # a run planned for a time budget may be planned again after its first minute (charnn.planning)
+        self.replanner = None
+        self._seen = [0.0, 0]  # seconds and characters of the training steps from SPEED_FROM_STEP on
         # what should_stop said, and whether --save-every's clock says to save: agreed on by every process
         self._stop_request, self._clock_save_due = None, False
 
@@ -243,7 +210,7 @@ class Trainer:
         self.net = self.group.wrap(self.model) if self.net is self.model else self.net
         self.model.train()
         self.events.on_start(self.snapshot())
-        timing = _Timing(self.state.elapsed, self.state.chars)
+        timing = LogClock(self.state.elapsed, self.state.chars)
         while True:
             self._sync_clock_and_requests(timing.elapsed())
             reason = schedule.stop_reason(self.config, self.state, self.epoch_progress) or self._stop_request
@@ -278,6 +245,9 @@ class Trainer:
             loss = self.train_step(inputs, targets, resets)
         if unit.change is not None:
             self._threads_changed("training", unit.change)
+        if self.state.step >= SPEED_FROM_STEP:
+            self._seen[0] += unit.seconds
+            self._seen[1] += inputs.numel()
         self.state.window += 1
         if loss is None:
             return False
@@ -287,7 +257,7 @@ class Trainer:
         self.state.log_steps += 1
         return True
 
-    def _after_step(self, timing: _Timing) -> None:
+    def _after_step(self, timing: LogClock) -> None:
         """The cadence: log, sample, evaluate and save when their turn comes."""
         self.events.on_step(self.snapshot())
         step, config = self.state.step, self.config
@@ -303,6 +273,41 @@ class Trainer:
             timing.aside += time.monotonic() - started
         elif self._clock_save_due or self.writer.due_by_steps(step):
             self.save()
+        if self.replanner is not None and self.replanner.due(self.state.elapsed):
+            self._consider_replan(timing)
+
+    def _consider_replan(self, timing: LogClock) -> None:
+        """Once, after the first minute: the plan made again if the speed seen is far from the planned."""
+        seconds, chars = self._seen
+        if seconds <= 0:
+            return  # no step timed yet: ask again after the next
+        replanner, self.replanner = self.replanner, None
+        replan = replanner.decide(self.state.elapsed, chars / seconds)
+        if replan is None:
+            return
+        c = self.config
+        new_model = (replan.model_config, replan.config.batch_size, replan.config.seq_len) != (
+            self.model_config, c.batch_size, c.seq_len)
+        if new_model:
+            self._restart(replan.model_config, replan.config)
+            timing.log_start, timing.log_chars, timing.aside = time.monotonic(), 0, 0.0
+        else:  # the same model: only the steps the default budget gives it change
+            self.config = replace(c, max_steps=replan.config.max_steps)
+        sections = {"model": self.model_config.to_dict(), "train": self.config.to_dict(),
+                    "sizing": replan.plan.to_dict(), "parameters": self.parameters}
+        self.writer.replanned(sections, plan_record(self.state, replan.plan), new_model)
+        self.events.on_replan(self.snapshot(), replan.plan)
+
+    def _restart(self, model_config: ModelConfig, config: TrainConfig) -> None:
+        """Train a new model from its first step, the time spent on the old one counted as spent."""
+        self.model_config, self.config = model_config.validate(), config.validate()
+        self.model = self.net = build_model(model_config, config, self.device, self._streams)
+        self.parameters = self.model.num_parameters()
+        self.optimizer = make_optimizer(self.model, config)
+        self.state = TrainState(elapsed=self.state.elapsed)
+        self.hidden, self._last_eval = None, None
+        self._batches = self._epoch_batches(0)
+        self._loss_sum.zero_()
 
     def _sync_clock_and_requests(self, elapsed: float) -> None:
         """Time, a stop request (Ctrl-C, SIGTERM) and a save that is due by the clock, agreed by every process:

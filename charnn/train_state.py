@@ -163,6 +163,20 @@ class RunWriter:
         if self.writes:
             self.run.cut_metrics_after(step)
 
+    def replanned(self, sections: dict, record: dict, new_model: bool) -> None:
+        """The run's plan changed after its first minute (charnn.planning.Replanner): config.json gets the
+        new `sections` (model, train, sizing, parameters); with a `new_model` the first model's files go.
+        `record` begins the metrics anew."""
+        self.config = TrainConfig.from_dict(sections["train"])
+        if not self.writes:
+            return
+        if new_model:
+            self.run.forget_model()
+            self.last_step = None
+        config = self.run.read_config() or {}
+        self.run.write_config({k: v for k, v in {**config, **sections}.items() if k not in ("format", "format_version")})
+        self.run.append_metrics(record)
+
     def append_metrics(self, record: dict) -> None:
         if self.writes:
             self.run.append_metrics(record)

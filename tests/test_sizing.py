@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from charnn import sizing
 from charnn.config import ModelConfig, TrainConfig
 from charnn.sizing import Budget, Shape, Situation, SpeedTable, choose
+from charnn.threads import ThreadChoice
 from conftest import TINY, run_cli
 
 # this 2-core CI machine's speeds (chars/s, 2 threads, idle), as scripts/sizing-results.jsonl records them
@@ -119,7 +120,7 @@ def test_a_short_step_budget_gets_the_smallest_model():
 # --- the default budget ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("corpus,low,high", [(0.2 * MB, 120, 120), (1.1 * MB, 600, 800), (3.2 * MB, 1800, 2400),
+@pytest.mark.parametrize("corpus,low,high", [(0.2 * MB, 120, 125), (1.1 * MB, 600, 800), (3.2 * MB, 1800, 2400),
                                              (100 * MB, 3600, 3600)])
 def test_the_default_budget_follows_the_corpus(corpus, low, high):
     plan = choose(situation(corpus), CPU)
@@ -176,7 +177,9 @@ def test_size_small_is_exactly_the_fixed_defaults():
     model, train = ModelConfig(vocab_size=80), TrainConfig()
     assert plan.model == {"num_layers": model.num_layers, "hidden_size": model.hidden_size,
                           "embed_size": model.hidden_size, "dropout": model.dropout}
-    assert plan.train == {"batch_size": train.batch_size, "seq_len": train.seq_len, "lr": train.lr}
+    assert {k: plan.train[k] for k in ("batch_size", "seq_len", "lr")} == {
+        "batch_size": train.batch_size, "seq_len": train.seq_len, "lr": train.lr}
+    assert set(plan.train) == {"batch_size", "seq_len", "lr", "eval_every", "eval_chars"}  # these follow the budget
     assert (model.num_layers, model.hidden_size, model.dropout, train.batch_size, train.seq_len, train.lr) == (
         2, 256, 0.1, 8, 128, 2e-3)  # today's defaults, as the README's measurement was made with
 
@@ -264,34 +267,69 @@ def test_a_run_stopped_by_its_patience_is_finished(tmp_path, monkeypatch):
 
 
 class FakeClock:
-    """speed.py's clock and timings, faked: each timing of a shape takes `cost` seconds of this clock."""
+    """speed.py's clock and timings, faked: each timing of a shape takes `cost` seconds of this clock, and
+    runs at `speeds` scaled by `load(threads, timing number)` (1: idle)."""
 
-    def __init__(self, monkeypatch, speeds, cost: float):
+    def __init__(self, monkeypatch, speeds, cost: float, load=lambda threads, n: 1.0):
         from charnn import speed  # noqa: PLC0415
 
-        self.now, self.timed, self.speeds, self.cost = 0.0, [], speeds, cost
+        self.now, self.timed, self.speeds, self.cost, self.load = 0.0, [], speeds, cost, load
         monkeypatch.setattr(speed.time, "perf_counter", lambda: self.now)
         monkeypatch.setattr(speed, "time_training", self.time_training)
 
-    def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2):
+    def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2, threads=None, give_up=None):
         from charnn.speed import Timing  # noqa: PLC0415
 
         self.now += self.cost
-        self.timed.append(shape.name)
-        return Timing(shape, shape.chars_per_step / self.speeds.chars_per_sec(shape), 3)
+        self.timed.append((shape.name, threads))
+        rate = self.speeds.chars_per_sec(shape) * self.load(threads, len(self.timed))
+        return Timing(shape, shape.chars_per_step / rate, 3)
 
 
-def test_on_a_cpu_one_timing_scales_the_measured_table(monkeypatch):
+TWO_CORES = ThreadChoice(None, "auto", 2)
+
+
+def test_on_a_cpu_the_reference_timing_scales_the_measured_table(monkeypatch):
     import torch  # noqa: PLC0415
 
     from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
 
-    clock = FakeClock(monkeypatch, replace(CPU, factor=0.5), cost=0.5)
-    speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=2.4)
+    clock = FakeClock(monkeypatch, replace(CPU, factor=0.5), cost=0.1)
+    speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=2.4, threads=TWO_CORES)
     plan = choose(situation(1.1 * MB, 600), speeds)
-    assert clock.timed[1:] == ["2x256 b8 s128"]  # a warm-up step, then the reference shape only
+    # a warm-up step, then the reference shape at each thread count, twice
+    assert clock.timed[1:5] == [("2x256 b8 s128", 1), ("2x256 b8 s128", 2)] * 2
     assert speeds.chars_per_sec(Shape(2, 384, 8, 128)) == pytest.approx(CPU.chars_per_sec(Shape(2, 384, 8, 128)) / 2)
     assert width(plan) < width(choose(situation(1.1 * MB, 600), CPU))  # a machine half as fast: a smaller model
+
+
+def test_a_busy_neighbour_or_a_busy_moment_does_not_change_the_plan(monkeypatch):
+    import torch  # noqa: PLC0415
+
+    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+
+    idle = choose(situation(1.1 * MB, 600), CPU)
+    # two threads beside a spinning neighbour: a tenth of the speed; and the first timings of all at a third
+    busy = FakeClock(monkeypatch, CPU, cost=0.1, load=lambda threads, n: (0.1 if threads == 2 else 1.0) / (3 if n < 4 else 1))
+    speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=12.0, threads=TWO_CORES)
+    plan = choose(situation(1.1 * MB, 600), speeds)
+    assert plan.shape == idle.shape and plan.steps == pytest.approx(idle.steps, rel=0.01)
+    assert speeds.record()["2x256 b8 s128"] == {"chars_per_sec": pytest.approx(CPU.table["2x256 b8 s128"]), "threads": 1}
+
+
+def test_a_checked_shape_is_taken_at_its_own_timing(monkeypatch):
+    import torch  # noqa: PLC0415
+
+    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+
+    # a machine whose 2x384 is twice as fast as the table says, relative to its 2x256 (bf16, say)
+    machine = SpeedTable({**CPU.table, "2x384 b8 s128": 2 * CPU.table["2x384 b8 s128"]})
+    FakeClock(monkeypatch, machine, cost=0.1)
+    speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=60.0, threads=TWO_CORES)
+    assert speeds.chars_per_sec(Shape(2, 384, 8, 128)) == pytest.approx(CPU.table["2x384 b8 s128"])  # the table
+    assert speeds.check([Shape(2, 384, 8, 128)])
+    assert not speeds.check([Shape(2, 384, 8, 128), Shape(2, 256, 8, 128)])  # timed already
+    assert speeds.chars_per_sec(Shape(2, 384, 8, 128)) == pytest.approx(machine.table["2x384 b8 s128"])
 
 
 def test_on_a_gpu_the_shapes_are_timed_within_the_allowance(monkeypatch):
@@ -300,7 +338,98 @@ def test_on_a_gpu_the_shapes_are_timed_within_the_allowance(monkeypatch):
     from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
 
     clock = FakeClock(monkeypatch, FakeGPU(), cost=1.0)
-    speeds = MeasuredSpeeds(torch.device("cuda"), 80, allowance=12.0)  # 2% of ten minutes
+    speeds = MeasuredSpeeds(torch.device("cuda"), 80, allowance=12.0, threads=TWO_CORES)  # 2% of ten minutes
     plan = choose(situation(24 * MB, 600), speeds)
     assert len(clock.timed) <= 1 + 12 + 1  # the warm-up, then timings until the allowance is spent
     assert plan.shape.batch_size > 8 and width(plan) > width(choose(situation(24 * MB, 600), CPU))
+
+
+# --- evaluation follows the budget ----------------------------------------------------------------
+
+
+def _eval_seconds(plan, speeds=CPU) -> float:
+    """The time a plan's evaluations take, at the evaluation speed the rule assumes."""
+    evaluations = plan.steps // plan.train["eval_every"] + 1  # and once at the end
+    return evaluations * plan.train["eval_chars"] / (sizing.EVAL_SPEEDUP * speeds.chars_per_sec(plan.shape))
+
+
+@pytest.mark.parametrize("corpus", [0.2 * MB, 1.1 * MB, 24 * MB, 1000 * MB])
+@pytest.mark.parametrize("seconds", [120, 600, 3600])
+def test_evaluation_takes_at_most_its_share_of_a_time_budget_whatever_the_corpus(corpus, seconds):
+    plan = choose(situation(corpus, seconds), CPU)
+    val = int(corpus) - int(corpus * 0.9)
+    assert _eval_seconds(plan) <= sizing.EVAL_SHARE * seconds * 1.02  # the last evaluation may add a little
+    assert min(100_000, val) <= plan.train["eval_chars"] <= 1_000_000
+    assert plan.train["eval_every"] >= sizing.MIN_EVAL_EVERY
+
+
+def test_a_long_run_on_a_big_corpus_evaluates_often_enough_to_choose_a_best():
+    plan = choose(situation(24 * MB, 3600), CPU)
+    assert plan.steps // plan.train["eval_every"] >= 15
+
+
+def test_evaluation_given_by_the_user_is_kept_and_the_rest_fits_around_it():
+    every = choose(situation(24 * MB, 600, train={"eval_every": 200}), CPU)
+    assert "eval_every" not in every.train
+    assert every.train["eval_chars"] == sizing.EVAL_CHARS_RANGE[0]  # as few as still make a steady figure
+    whole = choose(situation(1.1 * MB, 600, train={"eval_chars": None}), CPU)  # --eval-chars 0: all of it
+    assert "eval_chars" not in whole.train and whole.train["eval_every"] >= 500
+    both = choose(situation(24 * MB, 600, train={"eval_every": 100, "eval_chars": 5000}), CPU)
+    assert "eval_every" not in both.train and "eval_chars" not in both.train
+
+
+def test_a_step_budget_evaluates_alike_on_any_device():
+    fast, slow = (choose(situation(3.2 * MB, budget=Budget(steps=20_000)), speeds)
+                  for speeds in (CPU, replace(CPU, factor=0.3)))
+    assert fast.train == slow.train
+
+
+# --- planning again after the first minute ---------------------------------------------------------
+
+
+class Sized:
+    """What planning.Replanner reads of a planning.Sizing: the situation, the speeds, the --size."""
+
+    def __init__(self, situation, speeds, size="auto"):
+        self.situation, self.speeds, self.size = situation, speeds, size
+
+
+def replanner(corpus: float, seconds: float | None):
+    from charnn.planning import Replanner  # noqa: PLC0415
+
+    sized = Sized(situation(corpus, seconds), SpeedTable(CPU.table))
+    plan = choose(sized.situation, sized.speeds)
+    return Replanner(sized, plan, lambda new: ("model", "config")), plan
+
+
+def test_a_run_that_sees_another_speed_than_it_planned_is_planned_again_for_the_rest_of_its_budget():
+    replan, plan = replanner(24 * MB, 3600)
+    assert not replan.due(59.0) and replan.due(60.0)
+    new = replan.decide(60.0, seen=plan.chars_per_sec / 3)  # a third of the speed: a busy neighbour came
+    assert width(new.plan) < width(plan)
+    again = choose(situation(24 * MB, 3540), replace(CPU, factor=1 / 3))  # the rest of the hour, at the speed seen
+    assert (new.plan.shape, new.plan.model, new.plan.steps) == (again.shape, again.model, again.steps)
+    assert new.plan.replanned["ratio"] == pytest.approx(1 / 3, abs=1e-3)
+    assert new.plan.replanned["first"] == plan.describe() and (new.model_config, new.config) == ("model", "config")
+    faster = replanner(24 * MB, 3600)[0].decide(60.0, seen=plan.chars_per_sec * 2)
+    assert width(faster.plan) > width(plan)
+
+
+@pytest.mark.parametrize("corpus, seconds, elapsed, ratio", [
+    (24 * MB, 3600, 60.0, 1.4),  # within 1.5x of the plan
+    (24 * MB, 3600, 60.0, 1 / 1.4),
+    (24 * MB, 3600, 181.0, 3.0),  # more than 5% of the budget spent
+    (1.1 * MB, 600, 60.0, 3.0),  # a ten-minute budget: the first minute is 10% of it
+])
+def test_no_new_plan_near_the_planned_speed_or_late_in_the_budget(corpus, seconds, elapsed, ratio):
+    replan, plan = replanner(corpus, seconds)
+    assert replan.decide(elapsed, seen=plan.chars_per_sec * ratio) is None
+
+
+def test_the_default_budget_is_planned_again_too():
+    replan, plan = replanner(3.2 * MB, None)  # War and Peace: the default budget, over 20 minutes here
+    assert plan.seconds > 1200
+    new = replan.decide(60.0, seen=plan.chars_per_sec / 2)
+    # at half the speed the 2x256 reads its ten epochs in twice the time: the hour's cap, less the minute spent
+    assert width(new.plan) < width(plan) and new.plan.seconds == pytest.approx(3540, rel=0.01)
+    assert new.plan.train["max_steps"] == new.plan.steps

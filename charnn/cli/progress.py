@@ -133,6 +133,16 @@ class ConsoleTrainEvents(TrainEvents):
         console.print(f"sample at step {snapshot.step:,}:", style="bold", markup=False, highlight=False)
         console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
 
+    def on_replan(self, snapshot: TrainSnapshot, plan) -> None:
+        why = plan.replanned
+        lines = [f"planned again after {format_duration(why['elapsed'])}: training ran at "
+                 f"{format_rate(why['seen_chars_per_sec'])} chars/s, not the {format_rate(why['planned_chars_per_sec'])} "
+                 f"planned ({why['ratio']:.2f}x); the first plan was {why['first']}", *plan_lines(plan)]
+        console = self.progress.console if self.progress is not None else self.console
+        for line in lines:
+            if not self.quiet:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def on_threads(self, snapshot: TrainSnapshot, record: dict) -> None:
         rates = ", ".join(f"{n}: {format_rate(rate)}" for n, rate in record["rates"].items())
         unit = "chars/s"
