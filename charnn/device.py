@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable
 
@@ -38,13 +39,26 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def torch_trial(threads: int) -> float:
+    """Seconds for a small piece of PyTorch's parallel work (8 elementwise passes and 8 products, about a
+    millisecond on an idle machine) on `threads` threads: what charnn.threads.viable compares."""
+    set_torch_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    x, a, b = (torch.rand(shape, generator=generator) for shape in ((1 << 18,), (256, 256), (256, 64)))
+    started = time.perf_counter()
+    for _ in range(8):
+        torch.tanh(x)
+        torch.mm(a, b)
+    return time.perf_counter() - started
+
+
 def torch_thread_policy(device: torch.device, choice: ThreadChoice | None = None) -> ThreadPolicy:
     """The thread policy for PyTorch's work on `device`: charnn.threads' choice on the CPU; elsewhere the
     threads only feed the accelerator, so they stay as PyTorch set them."""
     if device.type != "cpu":
         return ThreadPolicy(ThreadChoice(torch.get_num_threads(), "the accelerator", torch.get_num_threads()),
                             lambda n: None)
-    return ThreadPolicy(choice or resolve_threads(), set_torch_threads)
+    return ThreadPolicy(choice or resolve_threads(), set_torch_threads, trial=torch_trial)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -20,7 +20,8 @@ from .config import TrainConfig
 from .evaluate import evaluate
 from .model import CharRNN, detach_hidden
 from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
-from .threads import ThreadChoice, resolve_threads
+from .device import torch_trial
+from .threads import ThreadChoice, resolve_threads, viable
 from .train import make_optimizer
 
 
@@ -170,7 +171,7 @@ class MeasuredSpeeds:
                 time_training(Shape(1, 8, 1, 2), self.vocab_size, self.device, seconds=0.0, warmup=1)
                 self._warm = True
             started = time.perf_counter()
-            counts = self.threads.candidates if self.device.type == "cpu" else (None,)
+            counts = viable(list(self.threads.candidates), torch_trial, 2.0) if self.device.type == "cpu" else [None]
             best, best_count = 0.0, None
             for _ in range(self.ROUNDS):
                 for count in counts:

@@ -276,6 +276,7 @@ class FakeClock:
         self.now, self.timed, self.speeds, self.cost, self.load = 0.0, [], speeds, cost, load
         monkeypatch.setattr(speed.time, "perf_counter", lambda: self.now)
         monkeypatch.setattr(speed, "time_training", self.time_training)
+        monkeypatch.setattr(speed, "torch_trial", lambda threads: 0.001)  # every count worth timing
 
     def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2, threads=None, give_up=None):
         from charnn.speed import Timing  # noqa: PLC0415

@@ -4,7 +4,7 @@ timings (a fake machine whose speed at each count and load we set; no test here 
 import pytest
 
 from charnn.errors import CharnnError
-from charnn.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads
+from charnn.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads, viable
 
 
 class FakeMachine:
@@ -132,3 +132,24 @@ def test_a_bad_count_names_where_it_came_from(option, environ, words):
 def test_parse_threads_takes_spaces_and_case():
     assert parse_threads(" AUTO ", "--threads", cores=2) is None
     assert parse_threads("2 ", "--threads", cores=2) == 2
+
+
+def test_a_count_whose_small_trial_is_slow_is_not_given_a_whole_unit():
+    """Two threads beside a busy neighbour: a step of seconds; the trial (a millisecond when idle) shows it."""
+    machine = FakeMachine({1: 0.07, 2: 7.0})
+    trials = []
+
+    def trial(threads):
+        trials.append(threads)
+        return {1: 0.001, 2: 0.1}[threads]
+
+    policy = ThreadPolicy(ThreadChoice(None, "auto", 2), machine.apply, clock=machine.clock, trial=trial)
+    counts = machine.run(policy, 500)
+    assert 2 not in counts and policy.threads == 1
+    assert trials[:2] == [1, 1] and trials.count(2) >= 1  # each probe asks again (a neighbour may leave)
+
+
+def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():
+    times = {1: 0.0010, 2: 0.0006, 4: 0.0030, 8: 0.0011}
+    assert viable([2, 1, 4, 8], times.get, 2.0) == [2, 1, 8]
+    assert viable([1, 2], None, 2.0) == [1, 2]
