@@ -85,6 +85,15 @@ def plan_shape(corpus: Path, budget: str = "10m", before: Path | None = None) ->
     return f"{shape.group(1)} d{dropout.group(1) if dropout else '?'}"
 
 
+def synthetic_corpus(path: Path, chars: int = 1_115_394, vocab: int = 65) -> Path:
+    """Random text of Tiny Shakespeare's size and alphabet size, for plans (which see only the sizes)."""
+    import numpy as np  # noqa: PLC0415
+
+    letters = np.frombuffer(bytes(range(32, 32 + vocab - 1)) + b"\n", dtype=np.uint8)
+    path.write_bytes(letters[np.random.default_rng(0).integers(0, vocab, chars)].tobytes())
+    return path
+
+
 @dataclass
 class BusyReport:
     """Characters a second by workload, load and thread mode; the plans chosen under each load."""

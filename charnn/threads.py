@@ -135,10 +135,10 @@ class ThreadPolicy:
     keeps the count with the least time per unit of work; the current count stays unless another is
     `MARGIN` faster. A count whose unit takes `GIVE_UP` times as long as the best one's is dropped from
     the probe at once, so a pathological count costs a unit or two, not a round. Between probes it
-    watches the last units: a move of their median by more than `DRIFT` either way, or two units in a
-    row `GIVE_UP` times as slow, starts a probe once `GAP` times the last probe's length has passed (so
-    probes take a sixth of the time at most); the clock starts one every `RECHECK` seconds too
-    (doubling, to `MAX_RECHECK`, each time a re-check confirms the count).
+    watches the last units: two in a row `GIVE_UP` times as slow start a probe at once; a move of their
+    median by more than `DRIFT` either way starts one once `GAP` times the last probe's length (and
+    `MIN_GAP` seconds) have passed, so that probes take 2% of the time at most; the clock starts one
+    every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a re-check confirms the count).
     """
 
     PROBE_ROUNDS = 2
@@ -147,7 +147,8 @@ class ThreadPolicy:
     DRIFT = 0.25
     MARGIN = 0.03
     GIVE_UP = 2.0  # a unit this many times slower than the best count's ends its count's part of a probe
-    GAP = 5.0  # a probe started by a moved speed waits this many times as long as the last probe took
+    GAP = 50.0  # a probe for a drifting speed waits this many times as long as the last probe took,
+    MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
     RECHECK = 30.0  # seconds
     MAX_RECHECK = 240.0
 
@@ -202,29 +203,34 @@ class ThreadPolicy:
             return None if self._schedule else self._decide()
         self._recent.append(per_work)
         now = self.clock()
-        moved = self._moved() and now >= self._last_probe + self.GAP * self._probe_took
-        if moved or now >= self._next_check:
-            self._begin_probe("the speed moved" if moved else "re-check")
+        moved = self._moved()
+        waited = now >= self._last_probe + max(self.GAP * self._probe_took, self.MIN_GAP)
+        if moved == "at once" or moved and waited:
+            self._begin_probe("the speed moved")
+        elif now >= self._next_check:
+            self._begin_probe("re-check")
         return None
 
     def _clearly_slower(self, count: int, per_work: float, factor: float) -> bool:
         others = [statistics.median(s) for c, s in self._samples.items() if c != count and s]
         return bool(others) and per_work > factor * min(others)
 
-    def _moved(self) -> bool:
-        """The speed moved: the median of the last WINDOW units by more than DRIFT, or the last two units
-        are both GIVE_UP times as slow (a neighbour that makes a unit take seconds is not waited for)."""
+    def _moved(self) -> str | None:
+        """"at once" if the last two units are both GIVE_UP times as slow as the reference (a neighbour that
+        makes a unit take seconds is not waited for); "drift" if the median of the last WINDOW units moved
+        by more than DRIFT either way; else None."""
         if self._reference is None or len(self._recent) < 2:
-            return False
+            return None
         if min(self._recent[-1], self._recent[-2]) > self.GIVE_UP * self._reference:
-            return True
+            return "at once"
         if len(self._recent) < self.WINDOW:
-            return False
-        ratio = statistics.median(self._recent) / self._reference
-        return ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT)
+            return None
+        ratio = sorted(self._recent)[len(self._recent) // 2] / self._reference
+        return "drift" if ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT) else None
 
     def _begin_probe(self, reason: str) -> None:
         self._reason, self._samples = reason, {}
+        self._probe_started = self.clock()
         # one thread first at the start: it never waits for a partner, so it is the safe yardstick
         first = min(self.choice.candidates) if reason == "start" else self.threads
         order = viable([first] + [c for c in self.choice.candidates if c != first], self.trial, self.GIVE_UP)
@@ -236,7 +242,6 @@ class ThreadPolicy:
                 schedule += [(count, True)] * self.PER_ROUND
         self._schedule = schedule
         self._recent.clear()
-        self._probe_started = self.clock()
 
     def _decide(self) -> ThreadChange | None:
         times = {count: statistics.median(samples) for count, samples in self._samples.items()}
@@ -266,9 +271,7 @@ def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: flo
         return counts
     times: dict[int, float] = {}
     for count in sorted(counts):  # one thread first: the yardstick
-        times[count] = trial(count)
-        if times[count] <= give_up * min(times.values()):
-            times[count] = min(times[count], trial(count))  # a second try, the better kept
+        times[count] = min(trial(count), trial(count))  # the first try may pay for starting threads
     best = min(times.values())
     return [count for count in counts if times[count] <= give_up * best]
 

@@ -146,7 +146,7 @@ def test_a_count_whose_small_trial_is_slow_is_not_given_a_whole_unit():
     policy = ThreadPolicy(ThreadChoice(None, "auto", 2), machine.apply, clock=machine.clock, trial=trial)
     counts = machine.run(policy, 500)
     assert 2 not in counts and policy.threads == 1
-    assert trials[:2] == [1, 1] and trials.count(2) >= 1  # each probe asks again (a neighbour may leave)
+    assert trials[:2] == [1, 1] and trials.count(2) >= 2  # each probe asks again (a neighbour may leave)
 
 
 def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():

@@ -35,6 +35,10 @@ def bench(
     startup_rounds: Annotated[Optional[int], typer.Option(
         help=f"Times each startup command runs (the median is shown); 0 skips them. "
              f"{default(BenchOptions, 'startup_rounds')}", show_default=False)] = None,
+    busy: Annotated[bool, typer.Option(
+        "--busy", help="Instead: training, evaluation and sampling beside busy neighbours (processes spinning half "
+        "a core, one core, two), at one thread, all threads and charnn's policy, and the --size auto plan for a "
+        "Tiny Shakespeare-sized corpus at ten minutes under each load (about 5 minutes; 15 without --quick).")] = False,
 ) -> None:
     """Measure training and sampling speed against this machine's own ceilings and a plain PyTorch loop.
 
@@ -57,8 +61,9 @@ def bench(
     options.device = str(resolve_device(device.value if device else options.device))
     console = stderr()
     with console.status("benchmarking") as status:
-        report = run_benchmark(options, log=lambda message: status.update(f"benchmarking: {message}"))
-    for table in bench_tables(report.to_dict()):
+        log = lambda message: status.update(f"benchmarking: {message}")  # noqa: E731
+        report = _busy(options, log) if busy else run_benchmark(options, log=log)
+    for table in busy_tables(report.to_dict()) if busy else bench_tables(report.to_dict()):
         console.print(table)
     if json_file is not None:
         text = json.dumps(report.to_dict(), indent=2) + "\n"
@@ -66,6 +71,36 @@ def bench(
             write_stdout(text.encode("ascii"))
         else:
             Path(json_file).write_text(text, encoding="utf-8")
+
+
+def _busy(options: BenchOptions, log):
+    import tempfile  # noqa: PLC0415
+
+    from ..bench_busy import run_busy, synthetic_corpus  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
+        corpus = synthetic_corpus(Path(tmp) / "corpus.txt")
+        seconds = options.seconds or (4.0 if options.quick else 8.0)
+        return run_busy(seconds, plan_tries=2 if options.quick else 5, corpus=corpus, log=log)
+
+
+def busy_tables(report: dict) -> list[Table]:
+    """Speeds beside busy neighbours, by thread mode; the plans chosen under each load."""
+    table = _table("beside busy neighbours (chars/s; each a fresh process, its probes counted)",
+                   ("work", "beside", "1 thread", "all threads", "charnn's policy", "policy / better fixed"),
+                   left=("work", "beside"))
+    for work, loads in report["rates"].items():
+        for load, r in loads.items():
+            table.add_row(work, load, f"{r['1 thread']:,.0f}", f"{r['all threads']:,.0f}", f"{r['policy']:,.0f}",
+                          f"{r['policy'] / max(r['1 thread'], r['all threads']):.2f}x")
+    tables = [table]
+    if report["plans"]:
+        plans = _table("--size auto plans (a 1.1 MB corpus, --max-time 10m)", ("beside", "shapes chosen"),
+                       left=("beside", "shapes chosen"))
+        for load, shapes in report["plans"].items():
+            plans.add_row(load, ", ".join(f"{shape} x{shapes.count(shape)}" for shape in dict.fromkeys(shapes)))
+        tables.append(plans)
+    return tables
 
 
 def _check_writable(path: Path) -> None:

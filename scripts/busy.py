@@ -1,0 +1,124 @@
+"""charnn on a busy machine: speeds beside busy neighbours, the stability of the --size auto plan, and the
+share of a time budget evaluation takes.
+
+    python scripts/busy.py                          # the speed matrix and 10 plans under each load (~25 min)
+    python scripts/busy.py --before ../charnn-old   # the plans of another checkout too, under the same loads
+    python scripts/busy.py --whole-run              # + a ten-minute run beside two spinning processes
+    python scripts/busy.py --eval-share big.txt     # + the evaluation's share of a --max-time 10m run on it
+
+The competitors (processes spinning half a core, one core, two) are started and stopped here, each in a
+session of its own, as another user's work would be (charnn.bench_busy). Run it on an otherwise idle
+machine: the "idle" row assumes one. Prints Markdown tables; --json FILE keeps the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from charnn import sizing  # noqa: E402
+from charnn.bench_busy import LOADS, _environment, competitors, run_busy  # noqa: E402
+from charnn.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
+
+
+def speed_table(report) -> str:
+    lines = ["| work | beside | 1 thread | all threads | charnn's policy | policy / better fixed |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for work, loads in report.rates.items():
+        for load, r in loads.items():
+            lines.append(f"| {work} | {load} | {r['1 thread']:,.0f} | {r['all threads']:,.0f} | {r['policy']:,.0f} "
+                         f"| {report.policy_share(work, load):.2f}x |")
+    return "\n".join(lines)
+
+
+def plan_table(report) -> str:
+    lines = ["| beside | shapes chosen | same as idle | before: shapes chosen |", "| --- | --- | ---: | --- |"]
+    idle = report.plans.get("idle", [])
+    for load, shapes in report.plans.items():
+        same = sum(shape.split()[0] == (idle[0].split()[0] if idle else None) for shape in shapes)
+        before = report.plans_before.get(load, [])
+        lines.append(f"| {load} | {_counted(shapes)} | {same} of {len(shapes)} | {_counted(before)} |")
+    return "\n".join(lines)
+
+
+def _counted(shapes: list[str]) -> str:
+    return ", ".join(f"{shape} x{shapes.count(shape)}" for shape in dict.fromkeys(shapes))
+
+
+def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: str = "10m") -> dict:
+    """`charnn train CORPUS --max-time BUDGET` beside `kinds` of competitors: its plan, the speed it saw over
+    the whole run (training characters over training seconds), and the time its evaluations took."""
+    run = workdir / f"run-{len(kinds)}-{corpus.stem}"
+    env = {**_environment(), "CHARNN_RUNS_DIR": str(workdir / "runs")}
+    with competitors(kinds):
+        subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus), "--max-time", budget, "--out", str(run),
+                        "--quiet"], env=env, check=True, stdin=subprocess.DEVNULL)
+    config = json.loads((run / "config.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    # each log line's speed is over the characters since the one before, evaluations left out
+    seconds = sum((r["chars"] - before) / r["chars_per_sec"]
+                  for before, r in zip([0] + [r["chars"] for r in train], train) if r["chars_per_sec"] > 0)
+    seen = train[-1]["chars"] / seconds
+    return {"config": config, "seen": seen, "elapsed": evals[-1]["elapsed"],
+            "eval_seconds": sum(r["eval_seconds"] for r in evals), "evaluations": len(evals)}
+
+
+def plan_at_seen_speed(result: dict) -> str:
+    """The shape the rule would have chosen had it known the speed the run saw over its whole budget."""
+    sized, corpus = result["config"]["sizing"], result["config"]["corpus"]
+    factor = sized["timings"][CPU_REFERENCE]["chars_per_sec"] / CPU_SPEEDS[CPU_REFERENCE]
+    table = {**{k: v * factor for k, v in CPU_SPEEDS.items()},
+             **{k: v["chars_per_sec"] for k, v in sized["timings"].items()}}
+    speeds = sizing.ScaledSpeeds(SpeedTable(table), result["seen"] / sized["chars_per_sec"])
+    situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=result["config"]["vocab"]["size"],
+                                 budget=sizing.Budget(seconds=600.0), val_chars=corpus["val_tokens"])
+    plan = sizing.choose(situation, speeds)
+    return f"{plan.shape.num_layers}x{plan.shape.hidden_size} d{plan.model['dropout']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement (default 8)")
+    parser.add_argument("--plans", type=int, default=10, help="--dry-run plans under each load (default 10)")
+    parser.add_argument("--corpus", type=Path, default=REPO / "corpora" / "tinyshakespeare.txt")
+    parser.add_argument("--before", type=Path, help="a checkout of charnn whose plans to take too")
+    parser.add_argument("--whole-run", action="store_true", help="a ten-minute run beside two spinning processes")
+    parser.add_argument("--eval-share", type=Path, metavar="CORPUS", help="a ten-minute run on CORPUS, idle")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, log=lambda m: print(m, file=sys.stderr))
+    figures = report.to_dict()
+    print(speed_table(report), "", plan_table(report), sep="\n")
+    with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
+        if args.whole_run:
+            result = train_beside(args.corpus, LOADS["two cores"], Path(tmp))
+            chosen = f"{result['config']['model']['num_layers']}x{result['config']['model']['hidden_size']} " \
+                     f"d{result['config']['model']['dropout']}"
+            figures["whole_run"] = {"chosen": chosen, "at_seen_speed": plan_at_seen_speed(result),
+                                    "seen_chars_per_sec": round(result["seen"], 1),
+                                    "planned_chars_per_sec": result["config"]["sizing"]["chars_per_sec"]}
+            print(f"\nbeside two cores: chose {chosen} at {figures['whole_run']['planned_chars_per_sec']:,.0f} chars/s "
+                  f"planned; the run saw {result['seen']:,.0f}, at which the rule chooses "
+                  f"{figures['whole_run']['at_seen_speed']}")
+        if args.eval_share:
+            result = train_beside(args.eval_share, (), Path(tmp))
+            share = result["eval_seconds"] / result["elapsed"]
+            figures["eval_share"] = {"corpus": str(args.eval_share), "share": round(share, 4),
+                                     "evaluations": result["evaluations"], "eval_seconds": result["eval_seconds"]}
+            print(f"\nevaluation on {args.eval_share.name}: {result['evaluations']} evaluations, "
+                  f"{result['eval_seconds']:.1f} s of {result['elapsed']:.0f} s ({share:.1%})")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
