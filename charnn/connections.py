@@ -16,6 +16,7 @@ waits a second and the log says so once a minute, never a traceback per connecti
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import json
 import os
@@ -37,6 +38,7 @@ from .errors import CharnnError
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
 NOTE_EVERY = 60.0  # seconds between two log lines of one kind
 CONNECTION = "charnn.connection"  # the scope key of a request's connection (see `Connection.when_lost`)
+M_MMAP_THRESHOLD, MAP_FROM = -3, 128 * 1024  # glibc's mallopt parameter, and its usual starting value
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,17 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, notes: Notes) -> None:
     loop.set_exception_handler(handler)
 
 
+def map_large_blocks() -> None:
+    """Keep glibc's malloc mapping blocks of 128 KiB and more (a big batch's arrays) from the system and
+    giving them back when freed. Left alone, it raises that threshold after the first such free, and
+    every later batch's arrays come from a heap it rarely returns: a storm of 64 requests of 16 choices
+    left the server 20-33 MiB larger for good, 8 MiB this way. Elsewhere: nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MAP_FROM)
+    except (OSError, AttributeError):
+        pass
+
+
 def run(app, sock: socket.socket, config: ServeConfig) -> None:
     """uvicorn serving `app` on `sock` with these connections, until SIGTERM or Ctrl-C: then it stops
     accepting, requests in flight have `grace_seconds` to finish, and what is still open is closed (its
@@ -226,6 +239,7 @@ def run(app, sock: socket.socket, config: ServeConfig) -> None:
             for connection in list(self.server_state.connections):
                 connection.transport.abort()
 
+    map_large_blocks()
     notes = Notes()
     limits = ConnectionLimits.of(config)
     settings = uvicorn.Config(app, lifespan="on", log_level="error", access_log=False, ws="none", loop="asyncio",
