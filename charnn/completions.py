@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .config import SamplingConfig, ServeConfig
+from .config import PENALTY_RANGE, SamplingConfig, ServeConfig
 from .serving import CompletionRequest, Piece
 
 MAX_STOPS = 16  # OpenAI allows 4; characters are cheap to check
@@ -173,8 +173,9 @@ def _sampling(data: dict) -> SamplingConfig:
         top_k=top_k or None,  # 0 turns it off, as in transformers
         top_p=_number(data, "top_p", defaults.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
         min_p=_number(data, "min_p", defaults.min_p, lambda v: 0 <= v <= 1, "in [0, 1]"),
-        repetition_penalty=_number(data, "repetition_penalty", defaults.repetition_penalty, lambda v: v > 0,
-                                   "positive (1: off)"))
+        repetition_penalty=_number(data, "repetition_penalty", defaults.repetition_penalty,
+                                   lambda v: PENALTY_RANGE[0] <= v <= PENALTY_RANGE[1],
+                                   f"in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}] (1: off)"))
 
 
 def _stop(data: dict) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ SCHEDULES = ("cosine", "plateau", "constant")
 # others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
 SIZES = ("auto", "tiny", "small", "medium", "large")
 DEFAULT_SIZE = "auto"
+PENALTY_RANGE = (1e-4, 1e4)  # a float32 logit divided or multiplied by these stays finite (a denormal: inf, NaN)
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case
@@ -221,8 +222,9 @@ class SamplingConfig:
             raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
         if self.min_p is not None and not (0 <= self.min_p <= 1):
             raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise CharnnError(f"--repetition-penalty must be positive, not {self.repetition_penalty}",
+        if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:  # NaN fails too
+            raise CharnnError(f"--repetition-penalty must be in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}], "
+                              f"not {self.repetition_penalty}",
                               hint="1 turns it off; 1.1-1.5 discourages repeats")
         if self.repetition_window is not None and self.repetition_window < 1:
             raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
