@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "plateau", "constant")
 # others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
 SIZES = ("auto", "tiny", "small", "medium", "large")
 DEFAULT_SIZE = "auto"
-PENALTY_RANGE = (1e-4, 1e4)  # a float32 logit divided or multiplied by these stays finite (a denormal: inf, NaN)
+PENALTY_RANGE = (1e-6, 1e6)  # a float32 logit divided or multiplied by these stays finite (a denormal: inf, NaN)
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case

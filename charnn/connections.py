@@ -36,6 +36,9 @@ from .config import ServeConfig
 from .errors import CharnnError
 
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
+# the kernel's send buffer per connection: without a size it grows to megabytes for a client that does
+# not read, and the write deadline starts only once it is full; text at a reader's pace needs far less
+SEND_BUFFER = 128 * 1024
 NOTE_EVERY = 60.0  # seconds between two log lines of one kind
 CONNECTION = "charnn.connection"  # the scope key of a request's connection (see `Connection.when_lost`)
 M_MMAP_THRESHOLD, MAP_FROM = -3, 128 * 1024  # glibc's mallopt parameter, and its usual starting value
@@ -101,6 +104,7 @@ class Connection(H11Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each chunk leaves as it is written
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         if len(self.connections) > self.limits.max_connections:
             self.notes.say("connections", f"{self.limits.max_connections} connections are open, the limit "
                                           "(--max-connections, or the file limit): refusing more")

@@ -138,13 +138,15 @@ def test_out_of_file_descriptors_refuses_quietly_and_recovers(model):
 
 def test_a_client_that_stops_reading_is_paused_then_dropped(server):
     sock = connect(server, rcvbuf=4096)  # small buffers: the server's writes back up at once
-    sock.sendall(request_bytes({"prompt": "ROMEO:", "max_tokens": 10_000_000, "n": 4, "stream": True}))
-    wait_for(lambda: health(server)["paused"] == 1, 10)  # nothing is drawn while nobody reads
-    streams = health(server)["streams"]
-    assert streams == 4
-    wait_for(lambda: health(server)["slots"] == 0 and health(server)["requests"] == 0, 6)  # --write-timeout 1
-    cut = read_to_close(sock)  # dropped: what it had been sent, then the end, without [DONE]
-    assert cut.startswith(b"HTTP/1.1 200") and b"data: [DONE]" not in cut
+    try:
+        sock.sendall(request_bytes({"prompt": "ROMEO:", "max_tokens": 10_000_000, "n": 4, "stream": True}))
+        wait_for(lambda: health(server)["paused"] == 1, 10)  # nothing is drawn while nobody reads
+        assert health(server)["streams"] == 4
+        wait_for(lambda: health(server)["slots"] == 0 and health(server)["requests"] == 0, 6)  # --write-timeout 1
+        cut = read_to_close(sock)  # dropped: what it had been sent, then the end, without [DONE]
+        assert cut.startswith(b"HTTP/1.1 200") and b"data: [DONE]" not in cut
+    finally:
+        sock.close()
 
 
 def test_a_slow_reader_gets_all_of_its_text(server):

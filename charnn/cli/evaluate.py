@@ -30,8 +30,8 @@ def eval_command(
         help="[RUN_DIR_OR_CHECKPOINT] FILE...: text to score (- for stdin). With no file, the run's own "
              "validation text. With no model, the newest run.", show_default=False, metavar="[MODEL] [FILE]...")] = None,
     as_json: JsonFlag = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
-                                                 show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Run directory, checkpoint or .safetensors file to evaluate.", show_default=False)] = None,
     device: DeviceOption = None,
     show: Annotated[bool, typer.Option(
         "--show", help="Draw the text on stderr, each character coloured by how surprised the model was (bits).",
