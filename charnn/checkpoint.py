@@ -141,11 +141,16 @@ class LoadedModel:
 
 
 def open_model(path: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
-    """The model of a checkpoint file or run directory (its best.pt, else last.pt; default: the newest run)."""
+    """The model of a checkpoint file, .safetensors file or run directory (its best.pt, else last.pt;
+    default: the newest run)."""
     from .device import resolve_device  # noqa: PLC0415
     from .rundir import resolve_checkpoint  # noqa: PLC0415
+    from .weights import is_weights_file, read_weights  # noqa: PLC0415
 
     checkpoint = resolve_checkpoint(path)
+    if checkpoint.is_file() and is_weights_file(checkpoint):
+        weights = read_weights(checkpoint)
+        return LoadedModel(checkpoint, model_from_weights(weights, device), weights.vocab, weights.payload())
     payload = load_checkpoint(checkpoint)
     model, vocab = model_from_checkpoint(payload, checkpoint)
     return LoadedModel(checkpoint, model.to(resolve_device(device)), vocab, payload)

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .config import SamplingConfig, ServeConfig
+from .config import PENALTY_RANGE, SamplingConfig, ServeConfig
 from .serving import CompletionRequest, Piece
 
 MAX_STOPS = 16  # OpenAI allows 4; characters are cheap to check
@@ -51,10 +51,13 @@ def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> Par
     """A POST /v1/completions body, checked against the served models and the limits."""
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "the body nests arrays or objects too deeply", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the body is not valid JSON ({err})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, not {_json_type(data)}", code="invalid_json")
+    _require_unicode(data)
     for name in data:
         if name not in _FIELDS:
             raise ApiError(400, f"unrecognized request argument: {name}", param=name, code="unknown_parameter")
@@ -72,6 +75,30 @@ def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> Par
         raise ApiError(400, "stream_options must be an object, and only with stream: true", param="stream_options")
     include_usage = bool(options and _bool(options, "include_usage"))
     return ParsedRequest(model, completion, stream, include_usage)
+
+
+def _require_unicode(data: dict) -> None:
+    """Every string in the body, keys included, is text: JSON's \\ud800 escapes can name half of a
+    surrogate pair, which no UTF-8 answer could repeat back."""
+    pending = [(name, name, value) for name, value in data.items()]
+    while pending:
+        field, key, value = pending.pop()
+        for text in (key, value):
+            if isinstance(text, str) and not _encodable(text):
+                raise ApiError(400, f"{ascii(field)[1:-1]} holds a lone surrogate (\\ud800-\\udfff): not text",
+                               param=ascii(field)[1:-1], code="invalid_unicode")
+        if isinstance(value, dict):
+            pending += [(field, inner, item) for inner, item in value.items()]
+        elif isinstance(value, list):
+            pending += [(field, None, item) for item in value]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value) -> str:
@@ -146,8 +173,9 @@ def _sampling(data: dict) -> SamplingConfig:
         top_k=top_k or None,  # 0 turns it off, as in transformers
         top_p=_number(data, "top_p", defaults.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
         min_p=_number(data, "min_p", defaults.min_p, lambda v: 0 <= v <= 1, "in [0, 1]"),
-        repetition_penalty=_number(data, "repetition_penalty", defaults.repetition_penalty, lambda v: v > 0,
-                                   "positive (1: off)"))
+        repetition_penalty=_number(data, "repetition_penalty", defaults.repetition_penalty,
+                                   lambda v: PENALTY_RANGE[0] <= v <= PENALTY_RANGE[1],
+                                   f"in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}] (1: off)"))
 
 
 def _stop(data: dict) -> tuple[str, ...]:

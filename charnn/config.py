@@ -25,6 +25,7 @@ SCHEDULES = ("cosine", "plateau", "constant")
 # others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
 SIZES = ("auto", "tiny", "small", "medium", "large")
 DEFAULT_SIZE = "auto"
+PENALTY_RANGE = (1e-6, 1e6)  # a float32 logit divided or multiplied by these stays finite (a denormal: inf, NaN)
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case
@@ -222,8 +223,9 @@ class SamplingConfig:
             raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
         if self.min_p is not None and not (0 <= self.min_p <= 1):
             raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise CharnnError(f"--repetition-penalty must be positive, not {self.repetition_penalty}",
+        if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:  # NaN fails too
+            raise CharnnError(f"--repetition-penalty must be in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}], "
+                              f"not {self.repetition_penalty}",
                               hint="1 turns it off; 1.1-1.5 discourages repeats")
         if self.repetition_window is not None and self.repetition_window < 1:
             raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
@@ -282,21 +284,35 @@ class ServeConfig:
     max_concurrent: int = 64  # requests in flight; more get 429 with Retry-After
     max_body_bytes: int = 65536  # a 4096-character prompt escaped as JSON fits with room to spare
     grace_seconds: float = 10.0  # on SIGTERM or Ctrl-C, how long streams in flight may take to finish
+    allow_hosts: tuple[str, ...] = ()  # Host names besides loopback's ("*": any); DNS rebinding needs another
+    cors_origins: tuple[str, ...] = ()  # web origins whose pages may call the API; others are refused
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive, from its first byte
+    body_timeout: float = 30.0  # seconds for its body, once the headers are in
+    write_timeout: float = 30.0  # a client that reads nothing for this long is dropped (its text waits paused)
+    max_connections: int = 1024  # open at once (fewer if the file limit is lower); more are refused at once
     threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
 
     def validate(self) -> ServeConfig:
         _require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535] (0: any free port), not {self.port}")
         for name in ("max_prompt_chars", "max_tokens", "default_max_tokens", "max_n", "max_concurrent",
-                     "max_body_bytes"):
+                     "max_body_bytes", "max_connections"):
             value = getattr(self, name)
             _require(value >= 1, flag(name), f"must be at least 1, not {value}")
         _require(self.default_max_tokens <= self.max_tokens, "--default-max-tokens",
                  f"must be at most --max-tokens ({self.max_tokens}), not {self.default_max_tokens}")
         _require(math.isfinite(self.grace_seconds) and self.grace_seconds >= 0, "--grace-seconds",
                  f"must be >= 0, not {self.grace_seconds}")
+        for name in ("header_timeout", "body_timeout", "write_timeout"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, flag(name), f"must be a positive number of seconds, not {value}")
+        for origin in self.cors_origins:
+            _require(re.fullmatch(r"https?://[^/\s]+", origin) is not None, "--cors-origin",
+                     f"must be a web origin like http://localhost:3000 (scheme and host, no path), not {origin!r}")
         resolve_threads(self.threads)
         if self.api_key is not None:
             _require(len(self.api_key) >= 1, "--api-key", "must not be empty")
+            _require(self.api_key == self.api_key.strip(), "--api-key", "must not begin or end with white space "
+                     "(HTTP drops it from a header, so no client could send that key)")
         elif self.host not in LOOPBACK_HOSTS:
             raise CharnnError(f"--host {self.host} lets other machines in: it needs an API key",
                               hint="give --api-key or set CHARNN_API_KEY; clients send it as 'Authorization: Bearer KEY'")

@@ -209,10 +209,13 @@ def _spool(stream: BinaryIO, directory: str | Path | None, source: str = "stdin"
 
 
 def _copy_with_room(stream: BinaryIO, out, directory: Path, source: str) -> None:
+    """Copy, stopping an endless stream before the disk fills: it may leave no less than the reserve
+    free, or half of what was free, on a disk that had less (a small input still fits there)."""
     copied = 0
+    reserve = min(_DISK_RESERVE, shutil.disk_usage(directory).free // 2)
     while chunk := stream.read(_READ_BYTES):
         free = shutil.disk_usage(directory).free
-        if free - len(chunk) < _DISK_RESERVE:
+        if free - len(chunk) < reserve:
             raise CharnnError(f"{source}: still going after {copied / 1e9:,.1f} GB, and the disk is nearly full "
                               f"({free / 1e9:,.1f} GB free in {directory})", hint="is the input endless (yes, /dev/zero)?")
         out.write(chunk)

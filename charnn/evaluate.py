@@ -153,7 +153,8 @@ def text_to_score(paths: Sequence[str], vocab: Vocab, checkpoint: Path, payload:
         text = EvalText(tokens, unknown, list(corpus.sources), "files")
     else:
         run = RunDir(checkpoint.parent)
-        tokens = run.validation_tokens((payload.get("train_config") or {}).get("val_frac"))
+        train_config = payload.get("train_config")  # a file may hold anything here
+        tokens = run.validation_tokens(train_config.get("val_frac") if isinstance(train_config, dict) else None)
         if tokens is None:
             raise CharnnError(f"{checkpoint}: no text given and no run validation text beside the checkpoint",
                               hint="name a file to evaluate")

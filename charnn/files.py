@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +15,7 @@ from typing import Any, Callable
 from .errors import CharnnError
 
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+MAX_JSON_BYTES = 16 << 20  # a run's config.json is a few kB; a larger one is not charnn's
 
 
 def fsync_dir(directory: Path) -> None:
@@ -85,11 +87,22 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any | None:
-    """The JSON in `path`, or None if it is missing, unreadable or not JSON."""
+    """The JSON in `path`, or None if it is missing, unreadable, not JSON, nested past what Python's
+    parser takes, or not a regular file of at most MAX_JSON_BYTES (a FIFO would wait for a writer)."""
     try:
+        if not is_regular(path) or os.stat(path).st_size > MAX_JSON_BYTES:
+            return None
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file (after symbolic links): what may be opened without waiting."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def require_file(path: Path, kind: str) -> None:

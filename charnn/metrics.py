@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import CharnnError
+from .files import is_regular
 from .units import bits
 
 TAIL_BYTES = 1 << 16  # a summary needs only the last records; long runs have megabytes of metrics
@@ -80,6 +81,9 @@ def read_metrics(path: str | os.PathLike, tail_bytes: int | None = None) -> Metr
     file reads as no records.
     """
     metrics = Metrics()
+    if os.path.lexists(path) and not is_regular(path):  # a FIFO or a device: never opened (it could wait forever)
+        metrics.damaged_lines = 1
+        return metrics
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)

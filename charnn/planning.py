@@ -16,6 +16,8 @@ from .corpus import corpus_files
 from .data import check_split_sizes
 from .device import resolve_device
 from .errors import CharnnError
+from .memory import TRAIN_HINT, require_memory, training_bytes
+from .request import check_request
 from .speed import MeasuredSpeeds
 from .threads import ThreadChoice, resolve_threads
 from .vocab import Vocab
@@ -109,19 +111,22 @@ class Replanner:
         return Replan(plan, *self.build(plan))
 
 
-def plan_training(request, stdin: BinaryIO | None = None) -> sizing.Plan:
-    """`charnn train --dry-run`: the plan a new run would follow. The corpus is read (stdin into a
+def plan_training(request, stdin: BinaryIO | None = None, processes: int = 1) -> sizing.Plan:
+    """`charnn train --dry-run`: the plan a new run would follow, after the checks that run would make
+    (its options, paths and --nproc, the corpus, the memory). The corpus is read (stdin into a
     temporary file that is removed), nothing is written and nothing trained."""
     if request.resume is not None:
         raise CharnnError("--dry-run plans a new run; a resumed run keeps its own configuration")
-    if not request.corpus:
-        raise CharnnError("no corpus given", hint="pass text files, a directory or - for stdin")
-    config = TrainConfig(**request.train).validate()
+    config = check_request(request, processes)
     with corpus_files(request.corpus, stdin=stdin) as corpus:
         vocab, count = Vocab.scan(corpus.chunks(), request.vocab_mode or Vocab.mode, corpus.describe_offset)
     n_train = int(round(count * (1.0 - config.val_frac)))  # as data.split_train_val cuts it
-    plan = choose_size(request, config, vocab.size, (n_train, count - n_train), estimate_time=True,
+    plan = choose_size(request, config, vocab.size, (n_train, count - n_train), processes, estimate_time=True,
                        threads=resolve_threads(request.threads))
     batch, seq_len = plan.shape.batch_size, plan.shape.seq_len
     check_split_sizes(range(n_train), range(count - n_train), batch, seq_len)
+    shape = {name: value for name, value in request.model.items() if name != "reset_on"}  # no size of its own
+    model = ModelConfig(vocab_size=vocab.size, **plan.model, **shape).validate()
+    require_memory(training_bytes(model, batch // processes, seq_len), "building the model and training it",
+                   str(resolve_device(config.device)), TRAIN_HINT)
     return plan

@@ -34,7 +34,9 @@ from .train import Trainer
 from .vocab import Vocab
 
 # options that may change when resuming; every other one is fixed by the run
-RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "eval_chars", "save_every_steps",
+# what a resume may change: when it stops, how often it reports and saves, where it runs; not what its
+# losses are measured on (--eval-chars, --val-frac: best.pt is the lowest of losses that must compare)
+RESUMABLE_OPTIONS = ("epochs", "max_steps", "max_time", "eval_every", "save_every_steps",
                      "save_every_seconds", "keep", "log_every", "device", "patience", "sample_every", "sample_chars")
 
 
@@ -238,6 +240,10 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
     trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group,
                       hooks.threads)
     trainer.restore(payload)
+    limit = overrides.get("max_steps")
+    if limit is not None and trainer.state.step >= limit:
+        raise CharnnError(f"--resume {run.path}: the run is at step {trainer.state.step:,}, already at --max-steps "
+                          f"{limit:,}: nothing to train", hint="give a larger --max-steps to train further")
     return trainer
 
 

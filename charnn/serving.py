@@ -4,7 +4,9 @@ A `Batcher` owns one model's engine and one worker thread. Every step of the thr
 request in flight at once, one multi-stream step of a single `Streams` batch (each of a request's
 `n` choices is a stream). A new request first reads its prompt, a slice per step so that a long
 prompt never stalls the others, then joins the batch at the next step; a request that finished,
-or whose client went away, leaves at once and frees its columns.
+or whose client went away, leaves at once and frees its columns. A request whose client has not
+taken its last `MAX_BACKLOG` steps of text is set aside (its streams kept, nothing drawn) until the
+client catches up: a client that stops reading costs memory for a few steps, never for its answer.
 
 Each request's streams draw from generators seeded by the request (`stream_rng(seed, i)`, as
 `charnn sample --seed`), so its text does not depend on its batch-mates, up to floating-point
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ PROMPT_SLICE = 256  # prompt characters joining requests read per step: the othe
 # is 5 ms, which a waiting event loop adds to every request's first character; handing over after every
 # step instead costs the loop a wake-up, and the clients a chunk, per character.
 HAND_OVER = 0.002
+MAX_BACKLOG = 32  # steps of text handed out and not yet taken by the client, before its request pauses
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class Job:
     """A request in flight: its streams until it joins the batch, its choices, and where text goes."""
 
     def __init__(self, request: CompletionRequest, prompt_ids: np.ndarray, engine: Engine, vocab: Vocab,
-                 deliver: Callable[[list[Piece] | BaseException], None]):
+                 deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False):
         config = request.sampling.validate(engine.vocab_size)
         seed = fresh_seed() if request.seed is None else request.seed
         rngs = [stream_rng(seed, i) for i in range(request.n)]
@@ -112,6 +116,17 @@ class Job:
         self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
         self.deliver = deliver
         self.cancelled = False
+        self.paced = paced  # whether its reader counts what it takes: only then can it fall behind
+        self.delivered = 0  # steps of text handed out (the worker counts)
+        self.taken = 0  # of those, taken by the client (its reader counts)
+
+    @property
+    def behind(self) -> bool:
+        return self.paced and self.delivered - self.taken > MAX_BACKLOG
+
+    @property
+    def caught_up(self) -> bool:
+        return self.delivered - self.taken <= MAX_BACKLOG // 2
 
     @property
     def finished(self) -> bool:
@@ -127,6 +142,7 @@ class Batcher:
         self._arrivals: list[Job] = []
         self._reading: list[Job] = []
         self._rows: list[tuple[Job, int]] = []  # the batch's streams: (job, choice index), in order
+        self._paused: list[Job] = []  # out of the batch until their clients read (`Job.streams` holds them)
         self._batch: Streams | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"charnn-serve-{name}", daemon=True)
@@ -150,10 +166,13 @@ class Batcher:
             return np.asarray(default_prime(self.vocab, self.engine.config.reset_ids), dtype=np.int64)
         return np.asarray(self.vocab.encode(prompt), dtype=np.int64)
 
-    def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None]) -> Job:
+    def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None],
+               paced: bool = False) -> Job:
         """Start a request; `deliver` is called from the worker thread with each step's new text (a list
-        of `Piece`, the last one of each choice with its finish reason), or an exception if it failed."""
-        job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver)
+        of `Piece`, the last one of each choice with its finish reason), or an exception if it failed.
+        `paced`: the caller adds to `job.taken` what its client takes (and calls `wake`), and the job
+        pauses while more than MAX_BACKLOG steps wait for its client."""
+        job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver, paced)
         with self._wake:
             if self._stopping:
                 raise CharnnError("the server is shutting down")
@@ -164,13 +183,21 @@ class Batcher:
     def cancel(self, job: Job) -> None:
         """The client went away: the job leaves the batch at the next step."""
         job.cancelled = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Look again at the paused requests (a client read, or left)."""
+        with self._wake:
+            self._wake.notify()
 
     def load(self) -> dict:
-        """Requests and streams in flight (a snapshot, for /health)."""
+        """Requests and streams in flight, and the requests paused for their clients (a snapshot, for /health)."""
         with self._wake:
-            jobs = {id(job) for job, _ in self._rows} | {id(job) for job in self._reading + self._arrivals}
-            reading = sum(len(job.choices) for job in self._reading + self._arrivals)
-            return {"requests": len(jobs), "streams": len(self._rows) + reading}
+            waiting = self._reading + self._arrivals + self._paused
+            jobs = {id(job) for job, _ in self._rows} | {id(job) for job in waiting}
+            others = sum(len(job.choices) for job in self._reading + self._arrivals) + sum(
+                len(job.streams) for job in self._paused)
+            return {"requests": len(jobs), "streams": len(self._rows) + others, "paused": len(self._paused)}
 
     # --- the worker ----------------------------------------------------------------------------
 
@@ -188,10 +215,11 @@ class Batcher:
 
     def _wait_for_work(self) -> bool:
         with self._wake:
-            while not (self._arrivals or self._reading or self._rows or self._stopping):
+            while not (self._arrivals or self._reading or self._rows or self._stopping
+                       or any(job.cancelled or job.caught_up for job in self._paused)):
                 self._wake.wait()
             if self._stopping:
-                for job in self._arrivals + self._reading + [job for job, _ in self._rows]:
+                for job in self._arrivals + self._reading + self._paused + [job for job, _ in self._rows]:
                     job.deliver(CharnnError("the server shut down"))
                 return False
             self._reading += self._arrivals
@@ -213,6 +241,7 @@ class Batcher:
         """Drop the cancelled, read a slice of each new prompt, join the ready, advance every stream."""
         self._reading = [job for job in self._reading if not job.cancelled]
         self._keep([row for row, (job, _) in enumerate(self._rows) if not job.cancelled])
+        self._resume()
         ready = self._read_prompts()
         if ready:
             with self._wake:
@@ -241,8 +270,28 @@ class Batcher:
         else:
             self._batch.join(job.streams)
         job.streams = None  # its columns now live in the batch
+        with self._wake:  # the unfinished choices, in order (a paused job's finished ones left before)
+            self._rows += [(job, index) for index, choice in enumerate(job.choices) if not choice.finish_reason]
+
+    def _resume(self) -> None:
+        """Paused jobs whose clients caught up join the batch again; those whose clients left are dropped."""
         with self._wake:
-            self._rows += [(job, index) for index in range(len(job.choices))]
+            back = [job for job in self._paused if job.caught_up and not job.cancelled]
+            self._paused = [job for job in self._paused if not (job.cancelled or job.caught_up)]
+        for job in back:
+            self._join(job)
+
+    def _pause_behind(self, rows: list[int]) -> list[int]:
+        """Of the rows to keep, set aside those of jobs whose clients are behind (each job's streams
+        copied out of the batch, in order); the rest are returned."""
+        behind = {id(job): job for job, _ in (self._rows[row] for row in rows) if job.behind}
+        for job in behind.values():
+            part = copy.copy(self._batch)  # `keep` replaces what it selects, so the copy shares nothing it changes
+            part.keep(np.asarray([row for row in rows if self._rows[row][0] is job], dtype=np.int64))
+            job.streams = part
+        with self._wake:
+            self._paused += behind.values()
+        return [row for row in rows if id(self._rows[row][0]) not in behind]
 
     def _hand_out(self, ids: list[int]) -> None:
         """Each stream's new character to its choice; each job's new text to its client; the finished leave."""
@@ -256,8 +305,9 @@ class Batcher:
             if not choice.finish_reason:
                 keep.append(row)
         for job, job_pieces in pieces.values():
+            job.delivered += 1
             job.deliver(job_pieces)
-        self._keep(keep)
+        self._keep(self._pause_behind(keep))
 
     def _keep(self, rows: list[int]) -> None:
         if len(rows) == len(self._rows):
@@ -271,8 +321,8 @@ class Batcher:
 
     def _fail_all(self, err: Exception) -> None:
         with self._wake:
-            jobs = {id(job): job for job in self._reading + [job for job, _ in self._rows]}
-            self._reading, self._rows, self._batch = [], [], None
+            jobs = {id(job): job for job in self._reading + self._paused + [job for job, _ in self._rows]}
+            self._reading, self._paused, self._rows, self._batch = [], [], [], None
         for job in jobs.values():
             job.deliver(err)
 
@@ -315,7 +365,7 @@ class CompletionStream:
         self._batcher, self.request = batcher, request
         self._open = request.n  # choices not yet finished
         self.generated = 0  # characters drawn over every choice
-        self.job = batcher.submit(request, lambda item: mailbox.post(self._queue, item))
+        self.job = batcher.submit(request, lambda item: mailbox.post(self._queue, item), paced=True)
 
     def __aiter__(self) -> CompletionStream:
         return self
@@ -326,6 +376,9 @@ class CompletionStream:
         items = [await self._queue.get()]
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
+        self.job.taken += len(items)
+        if self.job.streams is not None and self.job.caught_up:  # perhaps paused: it may go on now
+            self._batcher.wake()
         for item in items:
             if isinstance(item, BaseException):
                 self._open = 0

@@ -220,7 +220,20 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
+        """A saved vocabulary, checked (a file may hold anything): ValueError says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the vocabulary must be an object, not {type(data).__name__}")
         mode = data.get("mode")
         if mode not in ("char", "byte"):
-            raise ValueError(f"unknown vocabulary mode {mode!r}")
-        return cls(mode=mode, chars=str(data.get("chars", "")) if mode == "char" else "")
+            raise ValueError(f"unknown vocabulary mode {str(mode)[:40]!r}")
+        if mode == "byte":
+            return cls.byte_level()
+        chars = data.get("chars", "")
+        if not isinstance(chars, str):
+            raise ValueError(f"the vocabulary's characters must be a string, not {type(chars).__name__}")
+        points = np.frombuffer(chars.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        if ((points >= 0xD800) & (points <= 0xDFFF)).any():
+            raise ValueError("the vocabulary holds a lone surrogate (U+D800-U+DFFF), which is no character")
+        if (np.diff(points.astype(np.int64)) <= 0).any():
+            raise ValueError("the vocabulary's characters are not distinct and sorted by code point")
+        return cls(mode="char", chars=chars)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,11 @@ def weights_for(model: str | os.PathLike | None = None) -> tuple[Path, str | Non
     beside = weights_beside(checkpoint)
     if not beside.is_file():
         return checkpoint, None
-    mismatch = _mismatch(read_records(beside), checkpoint)
+    try:
+        mismatch = _mismatch(read_records(beside), checkpoint)
+    except CharnnError as err:  # damaged: the checkpoint holds the same weights
+        return checkpoint, (f"{err.message}; sampling from {checkpoint.name} (`charnn export {checkpoint}` "
+                            "writes it again)")
     if mismatch:
         return checkpoint, (f"{beside} does not hold {checkpoint.name}'s weights ({mismatch}); sampling from "
                             f"{checkpoint.name} (`charnn export {checkpoint}` writes it again)")
@@ -285,11 +290,40 @@ def export_weights(model: str | os.PathLike | None = None, out: str | os.PathLik
     target = Path(out) if out is not None else weights_beside(source)
     if target.resolve() == source.resolve():
         raise CharnnError(f"{target}: is the file being exported", hint="name another file with -o")
-    if target.is_dir():
+    check_export_target(target)
+    write_weights(target, weights)
+    return str(target), weights
+
+
+def check_export_target(target: Path) -> None:
+    """`export` writes a new regular file, or replaces one charnn wrote (weights with charnn's metadata):
+    never a device, FIFO, socket or symbolic link (the rename would put a file in its place), never
+    another file of a run directory, never a file of someone else's."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise CharnnError(f"-o {target}: cannot look at it ({err.strerror})") from None
+    if mode is not None and stat.S_ISDIR(mode):
         raise CharnnError(f"-o {target}: is a directory", hint=f"name a file, e.g. {target / 'model.safetensors'}")
     if not target.parent.is_dir():
         raise CharnnError(f"-o {target}: no such directory {target.parent}")
-    if target.is_file() and is_torch_archive(target):
-        raise CharnnError(f"-o {target}: is a PyTorch checkpoint; refusing to overwrite it")
-    write_weights(target, weights)
-    return str(target), weights
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a device, FIFO or socket)"
+        raise CharnnError(f"-o {target}: is {kind}; refusing to replace it", hint="name a new file, or - for stdout")
+    if RunDir.is_run(target.parent) and target.name in RunDir.FILES and target.name != RunDir.WEIGHTS:
+        raise CharnnError(f"-o {target}: is the run's own {target.name}; refusing to replace it",
+                          hint=f"name another file, e.g. {target.parent / RunDir.WEIGHTS}")
+    if mode is not None and not _charnn_weights(target):
+        what = "a PyTorch checkpoint" if is_torch_archive(target) else "a file charnn did not write"
+        raise CharnnError(f"-o {target}: is {what}; refusing to overwrite it", hint="name a new file, or remove it first")
+
+
+def _charnn_weights(path: Path) -> bool:
+    """Whether a file is a safetensors file with charnn's metadata (its header alone is read)."""
+    try:
+        with _open(path) as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except CharnnError:
+        return False

@@ -7,11 +7,15 @@ concurrent streaming clients, each sending `--requests` requests one after anoth
 - characters per second over all clients, and as a multiple of one client's;
 - time to first character (the first streamed chunk with text), median and 90th percentile;
 - with `--soak SECONDS`, repeated clients for that long, a third of them hanging up halfway, and the
-  server's resident memory every few seconds (flat: no leak from finished or abandoned requests).
+  server's resident memory every few seconds (flat: no leak from finished or abandoned requests);
+- with `--slow-readers K`, instead of the above: rounds of K connections that ask for a streamed
+  answer (`--chars` characters, `--n` choices) and never read a byte, and the server's resident memory
+  against the idle server's (the server pauses such a stream and drops it after --write-timeout).
 
 Usage:
     python scripts/serve_load.py runs/my-run --clients 1,32 --chars 500 --prompt-chars 100
     python scripts/serve_load.py runs/my-run --clients 32 --soak 600
+    python scripts/serve_load.py runs/my-run --slow-readers 64 --chars 4096 --n 16 --rounds 3
 
 The clients run in this process, on the same machine as the server: on a small machine they take
 some of its CPU, so the figures are a floor for what the server does alone.
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -64,8 +69,8 @@ async def one_request(address: tuple[str, int], body: dict, hang_up_after: int |
     payload = json.dumps(body).encode()
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(*address)
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: load\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(payload), payload))
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (address[0].encode(), len(payload), payload))
     first, chars, buffer = None, 0, b""
     try:
         while b"data: [DONE]" not in buffer:
@@ -154,6 +159,44 @@ def determinism(url: str, count: int, prompt: str, chars: int) -> None:
           + (f" (first difference at character {', '.join(map(str, sorted(differ)))})" if differ else ""))
 
 
+def reader_socket(host: str, port: int) -> socket.socket:
+    """A connection with a small receive buffer, as a client behind a slow link has: on loopback the
+    kernel would otherwise take megabytes of each answer off the server's hands."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host.strip("[]"), port))
+    return sock
+
+
+def slow_readers(url: str, pid: int, clients: int, rounds: int, seconds: float, body: dict) -> None:
+    """Rounds of `clients` connections that send a streamed request and never read; the server's RSS
+    every half second, against the idle server's."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    payload = json.dumps({**body, "stream": True}).encode()
+    request = (b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(payload), payload))
+    idle = rss_mib(pid)
+    print(f"idle server RSS {idle:.1f} MiB; {rounds} rounds of {clients} connections asking for "
+          f"{body['max_tokens']} characters x {body['n']} choices, never reading, {seconds:.0f} s each")
+    peaks = []
+    for number in range(rounds):
+        socks = [reader_socket(host, int(port)) for _ in range(clients)]
+        for sock in socks:
+            sock.sendall(request)
+        peak, paused, stop_at = idle, 0, time.monotonic() + seconds
+        while time.monotonic() < stop_at:
+            time.sleep(0.5)
+            peak = max(peak, rss_mib(pid))
+            paused = max(paused, httpx.get(url + "/health", timeout=30).json().get("paused", 0))
+        for sock in socks:
+            sock.close()
+        time.sleep(1)
+        peaks.append(peak)
+        print(f"  round {number + 1}: peak RSS {peak:.1f} MiB (+{peak - idle:.1f} over idle), at most {paused} "
+              f"requests paused; {rss_mib(pid):.1f} MiB after the clients left", flush=True)
+    print(f"largest rise over the idle server: {max(peaks) - idle:.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="run directory, checkpoint or .safetensors file")
@@ -164,9 +207,14 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0, help="then run repeated clients for this many seconds")
     parser.add_argument("--determinism", type=int, default=0, metavar="K",
                         help="then compare K seeded requests batched together with each alone")
+    parser.add_argument("--slow-readers", type=int, default=0, metavar="K",
+                        help="only this: rounds of K connections that never read, and the server's memory")
+    parser.add_argument("--n", type=int, default=16, help="choices per request with --slow-readers")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --slow-readers")
+    parser.add_argument("--round-seconds", type=float, default=10, help="how long each round's clients stay")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
-    process, url = start_server(args.model, max(counts))
+    process, url = start_server(args.model, max(counts + [args.slow_readers]))
     host, port = url.removeprefix("http://").rsplit(":", 1)
     address = (host, int(port))
     try:
@@ -174,6 +222,10 @@ def main() -> None:
             "max_tokens": args.prompt_chars, "seed": 0, "temperature": 0.8}).json()["choices"][0]["text"]
         print(f"server pid {process.pid} at {url}; {os.cpu_count()} CPUs; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.slow_readers:
+            slow_readers(url, process.pid, args.slow_readers, args.rounds, args.round_seconds,
+                         {"prompt": seed_text, "max_tokens": args.chars, "n": args.n})
+            return
         print(f"{'clients':>7} {'requests':>8} {'chars/s':>9} {'x one':>6} {'TTFC median':>12} {'TTFC p90':>9}")
         base = None
         for count in counts:

@@ -23,10 +23,10 @@ openai = pytest.importorskip("openai")
 class Server:
     """`charnn serve ARGS --port 0` in a subprocess; `url` once it says where it listens."""
 
-    def __init__(self, *args, env=None):
+    def __init__(self, *args, env=None, **popen):
         self.process = subprocess.Popen([sys.executable, "-m", "charnn", "serve", *map(str, args), "--port", "0"],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env={**os.environ, **(env or {})})
+                                        env={**os.environ, **(env or {})}, **popen)
         self.lines: list[str] = []
         found = threading.Event()
 
@@ -195,7 +195,8 @@ def test_every_bad_request_is_a_4xx_naming_the_field(server, body, status, param
 @pytest.mark.parametrize("content,status", [(b"{not json", 400), (b"[1, 2]", 400), (b"\xff\xfe", 400),
                                             (b'{"prompt": "' + b"a" * 5000 + b'"}', 413)])
 def test_bodies_that_are_not_a_request_object(server, content, status):
-    error_of(httpx.post(server.url + "/v1/completions", content=content, timeout=30), status)
+    error_of(httpx.post(server.url + "/v1/completions", content=content, timeout=30,
+                        headers={"Content-Type": "application/json"}), status)
 
 
 def test_unknown_paths_and_methods_answer_in_the_same_shape(server):
@@ -368,7 +369,7 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
         time.sleep(0.002)
     for _ in requests:
         assert done.acquire(timeout=30)
-    wait_for(lambda: batcher.load() == {"requests": 0, "streams": 0})
+    wait_for(lambda: batcher.load() == {"requests": 0, "streams": 0, "paused": 0})
     batcher.stop()
     for index, request in enumerate(requests):
         prompt = vocab.encode(request.prompt)

@@ -37,7 +37,7 @@ def weights():
     torch.manual_seed(0)
     model = CharRNN(tiny_model_config(6, num_layers=2, reset_ids=(5,)))
     arrays = {name: tensor.numpy().copy() for name, tensor in model.state_dict().items()}
-    return Weights(model.config, Vocab(chars="abcd\n "), arrays, {"step": 7, "val_loss": 1.25, "train_config": None,
+    return Weights(model.config, Vocab(chars="\n abcd"), arrays, {"step": 7, "val_loss": 1.25, "train_config": None,
                                                                      "corpus": {"sources": ["x.txt"]}})
 
 
@@ -59,7 +59,7 @@ def test_the_header_is_the_documented_json(weights, tmp_path):
     metadata = found.pop("__metadata__")
     assert metadata["format"] == "charnn-weights" and metadata["format_version"] == "1"
     assert json.loads(metadata["model_config"])["reset_ids"] == [5] and json.loads(metadata["step"]) == 7
-    assert json.loads(metadata["vocab"]) == {"mode": "char", "chars": "abcd\n "} and len(metadata["weights_sha256"]) == 64
+    assert json.loads(metadata["vocab"]) == {"mode": "char", "chars": "\n abcd"} and len(metadata["weights_sha256"]) == 64
     assert found["rnn.weight_ih_l0"] == {"dtype": "F32", "shape": [128, 16],
                                          "data_offsets": found["rnn.weight_ih_l0"]["data_offsets"]}
     back = read_weights(tmp_path / "w.safetensors")

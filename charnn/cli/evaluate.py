@@ -31,8 +31,8 @@ def eval_command(
         help="[RUN_DIR_OR_CHECKPOINT] FILE...: text to score (- for stdin). With no file, the run's own "
              "validation text. With no model, the newest run.", show_default=False, metavar="[MODEL] [FILE]...")] = None,
     as_json: JsonFlag = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Run directory or checkpoint to evaluate.",
-                                                 show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Run directory, checkpoint or .safetensors file to evaluate.", show_default=False)] = None,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
     show: Annotated[bool, typer.Option(
@@ -69,11 +69,14 @@ def eval_command(
     if html_file == "-" and as_json:
         raise CharnnError("--html - and --json both want stdout", hint="write the page to a file")
     paths = [nonempty(path, "FILE") for path in paths or []]
-    if model is None and paths and paths[0] != "-" and looks_like_checkpoint(Path(paths[0])):
+    if model is None and paths and paths[0] != "-" and _is_model(Path(paths[0])):
         model = paths.pop(0)
     for path in paths:
         if path != "-" and RunDir.is_run(path):
             raise CharnnError(f"{path}: a run directory, not text to score",
+                              hint="name one model: first, or with --model; then the files to score")
+        if path != "-" and Path(path).is_file() and _is_model(Path(path)):
+            raise CharnnError(f"{path}: a model (checkpoint or weights file), not text to score",
                               hint="name one model: first, or with --model; then the files to score")
     choice = resolve_threads(threads)
     loaded = open_model(nonempty(model, "--model"), device.value if device else "auto")
@@ -142,3 +145,10 @@ class _Picture:
         except OSError as err:
             raise CharnnError(f"--html {html_file}: cannot write ({err.strerror or err})") from None
         say(console, f"wrote {html_file}")
+
+
+def _is_model(path: Path) -> bool:
+    """A run directory, a checkpoint or a .safetensors weights file: what eval loads, never what it scores."""
+    from ..weights import is_weights_file  # noqa: PLC0415
+
+    return looks_like_checkpoint(path) or (path.is_file() and is_weights_file(path))

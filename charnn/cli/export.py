@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..units import bits
-from .app import command, say, stderr
+from .app import command, say, stderr, stdout_bytes
 from .options import EXIT_CODES_HELP, ModelArgument, QuietFlag
 
 
@@ -26,6 +26,8 @@ def export_command(
     """
     from ..weights import export_weights  # noqa: PLC0415 (numpy, and PyTorch for a checkpoint)
 
+    if out == "-":
+        stdout_bytes()  # a closed stdout is an error before anything is loaded
     where, weights = export_weights(model, out)
     loss = weights.records.get("val_loss")
     what = f"step {weights.step:,}" if weights.step is not None else "no step recorded"

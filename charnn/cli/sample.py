@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it,
     from ..streaming import BufferedOutput, Conversation
 
 SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
+MAX_PRIME_BYTES = 16 << 20  # a prime past this is no prompt: an endless source (/dev/zero, `yes`), or the wrong file
 _SEPARATOR = SampleRequest.separator.decode().encode("unicode_escape").decode()  # shown as typed: \n\n
 
 
@@ -154,14 +155,21 @@ def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactiv
 
 
 def _read_prime_file(path: str) -> bytes:
-    if path == "-":
-        return _stdin().read()
+    """The prime's bytes, read no further than MAX_PRIME_BYTES (a device or a pipe may never end)."""
     try:
-        return Path(path).read_bytes()
+        if path == "-":
+            data = _stdin().read(MAX_PRIME_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PRIME_BYTES + 1)
     except FileNotFoundError:
         raise CharnnError(f"--prime-file {path}: no such file") from None
     except OSError as err:
         raise CharnnError(f"--prime-file {path}: cannot read ({err.strerror or err})") from None
+    if len(data) > MAX_PRIME_BYTES:
+        raise CharnnError(f"--prime-file {path}: longer than {MAX_PRIME_BYTES >> 20} MiB; a prime is the start of "
+                          "a text, not a corpus", hint="give a shorter file (is the input endless, like yes or /dev/zero?)")
+    return data
 
 
 def _stdin():

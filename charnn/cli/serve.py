@@ -11,6 +11,7 @@ from .app import command, say, stderr
 from .options import EXIT_CODES_HELP, QuietFlag, ThreadsOption, default, given
 
 LIMITS = "Limits"
+NETWORK = "Network"
 
 
 def _option(text: str, name: str, panel: str | None = None, **extra):
@@ -43,6 +44,25 @@ def serve(
                                                      LIMITS)] = None,
     grace_seconds: Annotated[Optional[float], _option(
         "On SIGTERM or Ctrl-C, how long streams in flight may take to finish.", "grace_seconds", LIMITS)] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        help="Also take requests whose Host header names NAME (repeatable; * for any): loopback names and "
+             "--host are taken; any other is refused, which keeps DNS-rebinding pages out.",
+        metavar="NAME", rich_help_panel=NETWORK, show_default=False)] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the API, answering their CORS "
+             "preflights (repeatable); requests from other pages are refused.", metavar="ORIGIN",
+        rich_help_panel=NETWORK, show_default=False)] = None,
+    header_timeout: Annotated[Optional[float], _option(
+        "Seconds for a request's headers to arrive; then 408 and the connection closes.", "header_timeout",
+        NETWORK)] = None,
+    body_timeout: Annotated[Optional[float], _option(
+        "Seconds for a request's body to arrive once its headers are in.", "body_timeout", NETWORK)] = None,
+    write_timeout: Annotated[Optional[float], _option(
+        "A client that reads nothing for this many seconds is dropped; its stream pauses meanwhile.",
+        "write_timeout", NETWORK)] = None,
+    max_connections: Annotated[Optional[int], _option(
+        "Connections open at once (held under the open-file limit); more are answered 503 and closed.",
+        "max_connections", NETWORK)] = None,
     threads: ThreadsOption = None,
     quiet: QuietFlag = False,
 ) -> None:
@@ -54,7 +74,10 @@ def serve(
     config = ServeConfig(**given(host=host, port=port, api_key=api_key or None, max_prompt_chars=max_prompt_chars,
                                  max_tokens=max_tokens, default_max_tokens=default_max_tokens, max_n=max_n,
                                  max_concurrent=max_concurrent, max_body_bytes=max_body_bytes,
-                                 grace_seconds=grace_seconds, threads=threads)).validate()
+                                 grace_seconds=grace_seconds, header_timeout=header_timeout,
+                                 body_timeout=body_timeout, write_timeout=write_timeout,
+                                 max_connections=max_connections, allow_hosts=tuple(allow_host or ()) or None,
+                                 cors_origins=tuple(cors_origin or ()) or None, threads=threads)).validate()
     from ..server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 
     console = stderr()

@@ -155,10 +155,13 @@ def train(
     request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
                            vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
                            resume=_path(resume, "--resume"), **given(size=size, threads=threads))
+    if resume is not None and size is not None:
+        raise CharnnError("--resume: --size chooses a new run's shape and schedule; a resumed run keeps its own",
+                          hint="leave --size out")
     if dry_run:
         from ..planning import plan_training  # noqa: PLC0415
 
-        for line in plan_lines(plan_training(request)):
+        for line in plan_lines(plan_training(request, processes=nproc or 1)):
             say(stderr(), line)
         return
     if nproc is not None and nproc > 1 and not ranks.active:
