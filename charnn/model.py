@@ -187,6 +187,13 @@ def detach_hidden(hidden: Hidden | None) -> Hidden | None:
     return tuple(h.detach() for h in hidden)
 
 
+def as_float32(hidden: Hidden | None) -> Hidden | None:
+    """The state in float32 (a mixed-precision forward pass returns it in bf16 or fp16)."""
+    if hidden is None or isinstance(hidden, torch.Tensor):
+        return None if hidden is None else hidden.float()
+    return tuple(h.float() for h in hidden)
+
+
 def hidden_to_list(hidden: Hidden | None) -> list[torch.Tensor]:
     """A plain list of tensors, for checkpoints."""
     if hidden is None:

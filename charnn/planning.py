@@ -7,6 +7,7 @@ and options the user gave, the device's speed, timed here within TIMING_SHARE of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
@@ -18,12 +19,14 @@ from .device import resolve_device
 from .errors import CharnnError
 from .memory import TRAIN_HINT, require_memory, training_bytes
 from .request import check_request
+from .precision import MIN_GAIN, check_precision, mixed_candidate
 from .speed import MeasuredSpeeds
 from .threads import ThreadChoice, resolve_threads
 from .vocab import Vocab
 
 TIMING_SHARE = 0.02  # of the budget, at most, goes into timing shapes before choosing
 CHECKS = 2  # rounds of timing the shapes a choice turns on and choosing again
+CLOSE_CALLS = 2  # more timings when the mixed precision's gain is within 10% of MIN_GAIN
 
 
 REPLAN_AFTER = 60.0  # seconds of training before the speed seen is compared with the planned
@@ -33,7 +36,8 @@ REPLAN_SHARE = 0.05  # of the budget, at most, may be spent for a new plan to be
 
 class Sizing:
     """What --size needs to plan a run: the situation (the corpus, the limits and options given) and this
-    device's speeds, timed within TIMING_SHARE of the budget at the threads charnn's policy may use."""
+    device's speeds, timed within TIMING_SHARE of the budget at the threads charnn's policy may use and in
+    the precision the run will use (with --precision auto on a device with a mixed precision, in both)."""
 
     def __init__(self, request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
                  threads: ThreadChoice | None = None):
@@ -44,13 +48,49 @@ class Sizing:
         model = {k: v for k, v in request.model.items() if k in sizing.MODEL_OPTIONS}
         self.situation = sizing.Situation(train_chars=split[0], vocab_size=vocab_size, budget=budget, model=model,
                                           train=dict(request.train), val_chars=split[1], streams_multiple=world_size)
-        allowance = TIMING_SHARE * (config.max_time or sizing.DEFAULT_BUDGET_RANGE[0])
-        self.speeds = MeasuredSpeeds(resolve_device(config.device), vocab_size, allowance, threads=threads)
+        device = resolve_device(config.device)
+        self.requested = config.precision
+        self.mixed = mixed_candidate(device) if config.precision == "auto" else None
+        precisions = ["fp32", self.mixed] if self.mixed else [
+            check_precision(config.precision, device) if config.precision != "auto" else "fp32"]
+        allowance = TIMING_SHARE * (config.max_time or sizing.DEFAULT_BUDGET_RANGE[0]) / len(precisions)
+        self.speeds_in = {p: MeasuredSpeeds(device, vocab_size, allowance, threads=threads, precision=p)
+                          for p in precisions}
+        self.precision = precisions[-1]
+
+    @property
+    def speeds(self) -> MeasuredSpeeds:
+        """The speeds of the precision chosen (the last planned)."""
+        return self.speeds_in[self.precision]
 
     def plan(self, estimate_time: bool = False) -> sizing.Plan:
-        """The plan: the device is timed only when the choice needs it (a time budget, the default budget, a
-        GPU's streams) or with `estimate_time`; then the shapes the choice turns on are timed and the choice
-        made again with their speeds."""
+        """The plan, in the precision the run will use. With --precision auto and a mixed precision on the
+        device, the plan is made in it, and kept if a timing of the chosen model shows it MIN_GAIN times as
+        fast as float32; else the plan is made again in float32."""
+        if self.mixed is None:
+            why = "asked for" if self.requested != "auto" else f"{self.speeds.device_type}: no native bf16 here"
+            return self._plan_in(self.precision, estimate_time, why)
+        plan = self._plan_in(self.mixed, estimate_time, "")
+        low, fp32 = (self.speeds_in[p] for p in (self.mixed, "fp32"))
+        for speeds in (low, fp32):
+            speeds.check([plan.shape], force=True)
+        gain = low.chars_per_sec(plan.shape) / fp32.chars_per_sec(plan.shape)
+        for _ in range(CLOSE_CALLS):  # near the threshold a busy moment decides: time both again, keep the best
+            if abs(math.log(gain / MIN_GAIN)) > math.log(1.1):
+                break
+            gain = low.retime(plan.shape) / fp32.retime(plan.shape)
+        why = (f"{self.mixed} trains {plan.shape.num_layers}x{plan.shape.hidden_size} at {gain:.2f}x float32's "
+               f"speed here ({MIN_GAIN:g}x needed)")
+        if gain >= MIN_GAIN:
+            return replace(plan, precision={"chosen": self.mixed, "why": why, "gain": round(gain, 3)})
+        self.precision = "fp32"
+        return self._plan_in("fp32", estimate_time, why, gain)
+
+    def _plan_in(self, precision: str, estimate_time: bool, why: str, gain: float | None = None) -> sizing.Plan:
+        """The plan at this precision's speeds: the device is timed only when the choice needs it (a time
+        budget, the default budget, a GPU's streams) or with `estimate_time`; then the shapes the choice
+        turns on are timed and the choice made again with their speeds."""
+        self.precision = precision
         situation, speeds = self.situation, self.speeds
         plan = sizing.choose(situation, speeds, self.size)
         timed = plan.seconds is not None or estimate_time
@@ -61,7 +101,8 @@ class Sizing:
         if timed and plan.seconds is None:
             plan = replace(plan, seconds=sizing.expected_seconds(plan.shape, plan.steps, situation, speeds),
                            chars_per_sec=speeds.chars_per_sec(plan.shape))
-        return replace(plan, timings=speeds.record())
+        chosen = {"chosen": precision, "why": why, **({"gain": round(gain, 3)} if gain is not None else {})}
+        return replace(plan, train={**plan.train, "precision": precision}, timings=speeds.record(), precision=chosen)
 
 
 def choose_size(request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
@@ -107,7 +148,8 @@ class Replanner:
         plan = sizing.choose(situation, sizing.ScaledSpeeds(self.sized.speeds, ratio), self.sized.size)
         why = {"elapsed": round(elapsed, 1), "seen_chars_per_sec": round(seen, 1), "planned_chars_per_sec":
                round(planned, 1), "ratio": round(ratio, 3), "first": self.plan.describe()}
-        plan = replace(plan, timings=self.plan.timings, replanned=why)
+        plan = replace(plan, train={**plan.train, "precision": self.sized.precision}, timings=self.plan.timings,
+                       precision=self.plan.precision, replanned=why)
         return Replan(plan, *self.build(plan))
 
 

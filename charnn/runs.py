@@ -30,7 +30,7 @@ from .request import TrainRequest, check_request
 from .rundir import RunDir, remember_latest, runs_root
 from .threads import ThreadChoice, resolve_threads
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
-from .train import Trainer
+from .train import Trainer, resolve_precision
 from .vocab import Vocab
 
 # options that may change when resuming; every other one is fixed by the run
@@ -120,6 +120,10 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         plan = sized.plan()
     asked = config
     model_config, config = _configs(plan, asked, vocab, request)
+    precision = plan.precision if plan is not None else None
+    if config.precision == "auto":  # no plan (the library's start_training): timed for this model
+        chosen, why = resolve_precision(model_config, config, resolve_device(config.device))
+        config, precision = replace(config, precision=chosen), {"chosen": chosen, "why": why}
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
     corpus_info = {
         "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
@@ -146,6 +150,7 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         place_tokens(encoded, run.tokens_path)
         run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
                           "corpus": corpus_info, "parameters": trainer.parameters,
+                          **({"precision": precision} if precision else {}),
                           **({"sizing": plan.to_dict()} if plan else {})})
         remember_latest(run.path)
     except BaseException:
@@ -232,7 +237,9 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
         raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
     model_config = ModelConfig.from_dict(payload["model_config"])
     vocab = Vocab.from_dict(payload["vocab"])
-    config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides)
+    # a run from before --precision trained in float32
+    saved = TrainConfig.from_dict({"precision": "fp32", **payload["train_config"]})
+    config = _resumed_config(saved, model_config, vocab, overrides)
     corpus_info = payload.get("corpus", {})
     tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
@@ -251,6 +258,11 @@ def _resumed_config(saved: TrainConfig, model_config: ModelConfig, vocab: Vocab,
     """The run's configuration with the overrides a resume allows; any other difference is an error."""
     overrides = dict(overrides)
     model, vocab_mode = overrides.pop("model", None) or {}, overrides.pop("vocab_mode", None)
+    if overrides.get("precision") not in (None, "auto", saved.precision):
+        raise CharnnError(f"--resume: the run trains in {saved.precision}; --precision {overrides['precision']} "
+                          "would change what its remaining steps compute, and an exact resume with it",
+                          hint="leave --precision out to keep the run's")
+    overrides.pop("precision", None)
     for key, value in overrides.items():
         if key not in RESUMABLE_OPTIONS and value != getattr(saved, key):
             raise CharnnError(f"--resume: {flag(key)} {value} contradicts the run's {getattr(saved, key)}",

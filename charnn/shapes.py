@@ -25,6 +25,12 @@ class Shape:
     cell: str = "lstm"
     embed_size: int | None = None  # None: the hidden size
 
+    @classmethod
+    def of(cls, model: ModelConfig, train: TrainConfig) -> Shape:
+        """The shape of a run's configurations."""
+        embed = None if model.embed_size == model.hidden_size else model.embed_size
+        return cls(model.num_layers, model.hidden_size, train.batch_size, train.seq_len, model.cell, embed)
+
     @property
     def embed(self) -> int:
         return self.embed_size or self.hidden_size

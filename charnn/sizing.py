@@ -119,6 +119,7 @@ class Plan:
     chars_per_sec: float | None = None  # the training speed the plan expects (None: not timed)
     timings: dict = field(default_factory=dict)  # what was timed: shape -> chars/s and threads
     replanned: dict | None = None  # a run that saw another speed than planned: when, and the first plan
+    precision: dict | None = None  # the precision chosen, and why (charnn.planning)
 
     def describe(self) -> str:
         """'2x512 LSTM, 32 streams x 128: 6.3M params for 48M characters in ~1h'."""

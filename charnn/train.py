@@ -28,7 +28,10 @@ from .evaluate import evaluate
 from .events import TrainEvents, TrainResult, TrainSnapshot
 from .memory import TRAIN_HINT as MEMORY_HINT
 from .memory import require_memory, training_bytes
-from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
+from .model import CharRNN, as_float32, detach_hidden, hidden_from_list, hidden_to_list
+from .precision import Precision
+from .shapes import Shape
+from .step import clip_gradients, forward_backward, make_optimizer, optimizer_step
 from .rundir import RunDir
 from .sampling import preview_text
 from .threads import ThreadChange, ThreadChoice, TimedUnit
@@ -40,17 +43,11 @@ MAX_BAD_STEPS = 5  # non-finite steps in a row before giving up
 SPEED_FROM_STEP = 20  # the first steps pay for allocation: the speed a re-plan compares starts after them
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only, fused where this torch and device support it."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
+def resolve_precision(model_config: ModelConfig, config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The precision `config.precision` means for this model on `device` (auto: timed), and why."""
+    from .speed import choose_precision  # noqa: PLC0415 (timing: only for auto)
+
+    return choose_precision(config.precision, Shape.of(model_config, config), model_config.vocab_size, device)
 
 
 class _BadSteps:
@@ -97,12 +94,16 @@ class Trainer:
         # training steps and evaluation windows differ in what they gain from threads: a policy each
         self.threads = torch_thread_policy(self.device, threads)
         self.eval_threads = torch_thread_policy(self.device, threads)
+        if config.precision == "auto":  # a library caller's config; a run resolves it before (charnn.runs)
+            self.config = config = replace(config, precision=resolve_precision(model_config, config, self.device)[0])
+        self.precision = Precision(config.precision)
 
         self.model = build_model(model_config, config, self.device, self._streams)
         self.parameters = self.model.num_parameters()
         self.group.reseed(config.seed)
         self.net = self.model  # what the training step calls: DDP's wrapper once `run` starts on several processes
         self.optimizer = make_optimizer(self.model, config)
+        self.scaler = self.precision.scaler(self.device)  # fp16 only
         self.state = TrainState()
         self.hidden = None
         self.train_data = as_tensor(data.train, self.device)
@@ -125,6 +126,8 @@ class Trainer:
             raise CharnnError("checkpoint has no training state to resume from (it is a best.pt or weights-only file)")
         self.model.load_state_dict(payload["model_state"])
         self.optimizer.load_state_dict(train["optimizer"])
+        if self.scaler is not None and train.get("scaler"):
+            self.scaler.load_state_dict(train["scaler"])
         self.state = TrainState.from_dict(train["progress"])
         self._loss_sum = torch.tensor(self.state.log_loss_sum, device=self.device)
         hidden = hidden_from_list(train.get("hidden", []), self.model_config.cell, self.device)
@@ -159,23 +162,29 @@ class Trainer:
         """One optimiser step on one window; returns the loss, or None if the step was skipped."""
         config = self.config
         hidden = self.hidden if config.carry_state else None
-        logits, hidden = self.net(inputs, hidden, resets)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss, hidden = forward_backward(self.net, inputs, targets, hidden, resets, self.precision, self.scaler)
+        norm = clip_gradients(self.model, self.optimizer, config.grad_clip, self.scaler)
         if not bool(torch.isfinite(norm)):
-            self.hidden = None
-            self.state.lr_scale *= 0.5
-            self.events.on_warning(self.snapshot(), f"step {self.state.step + 1}: non-finite loss or gradient; "
-                                                    "step skipped, learning rate halved")
-            self._bad_steps.add()
-            return None
+            return self._skip_step()
         self._bad_steps.count = 0
-        self.optimizer.step()
+        optimizer_step(self.optimizer, self.scaler)
         self.hidden = detach_hidden(hidden)
         return loss.detach()
+
+    def _skip_step(self) -> None:
+        """A non-finite loss or gradient: the step is skipped. In fp16 that is the gradient scaler's
+        business (it lowers its scale) until the scale falls below 1; otherwise the learning rate halves."""
+        self.hidden = None
+        if self.scaler is not None:
+            self.scaler.update()
+            if self.scaler.get_scale() >= 1.0:
+                return None
+        self.state.lr_scale *= 0.5
+        self.events.on_warning(self.snapshot(), f"step {self.state.step + 1}: non-finite loss or gradient; "
+                                                "step skipped, learning rate halved")
+        self._bad_steps.add()
+        return None
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -304,6 +313,7 @@ class Trainer:
         self.model = self.net = build_model(model_config, config, self.device, self._streams)
         self.parameters = self.model.num_parameters()
         self.optimizer = make_optimizer(self.model, config)
+        self.scaler = self.precision.scaler(self.device)
         self.state = TrainState(elapsed=self.state.elapsed)
         self.hidden, self._last_eval = None, None
         self._batches = self._epoch_batches(0)
@@ -374,6 +384,8 @@ class Trainer:
             rng = capture_rng_state(self.device)
             gathered = self.group.gather_state(hidden_to_list(self.hidden), rng, self.device)
             payload["train_state"] = resume_payload(self.state, self.optimizer, rng, gathered)
+            if self.scaler is not None:
+                payload["train_state"]["scaler"] = self.scaler.state_dict()
         return payload
 
     def save(self, best: bool = False) -> Path:

@@ -43,7 +43,7 @@ def tiny_model_config(vocab_size: int, cell: str = "lstm", **overrides) -> Model
 
 def tiny_train_config(**overrides) -> TrainConfig:
     options = dict(batch_size=8, seq_len=16, lr=1e-2, warmup_steps=10, eval_every=10_000, log_every=10,
-                   save_every_seconds=None, device="cpu", seed=0)
+                   save_every_seconds=None, device="cpu", seed=0, precision="fp32")
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -64,7 +64,7 @@ def run_cli(*args, input: bytes | None = None, cwd=None, env=None, timeout=120) 
 
 
 TINY = ["--max-steps", "30", "--layers", "1", "--hidden-size", "32", "--batch-size", "4", "--seq-len", "16",
-        "--eval-every", "15", "--log-every", "10", "--device", "cpu"]
+        "--eval-every", "15", "--log-every", "10", "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="session")

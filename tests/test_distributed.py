@@ -19,7 +19,7 @@ from conftest import SHAKESPEARE, run_cli
 # no dropout: the masks are the one thing that differs between one process and two
 SMALL = ["--layers", "2", "--hidden-size", "32", "--batch-size", "4", "--seq-len", "16", "--dropout", "0",
          "--lr", "1e-2", "--warmup-steps", "0", "--schedule", "constant", "--eval-every", "10", "--log-every", "5",
-         "--device", "cpu", "-q"]
+         "--device", "cpu", "--precision", "fp32", "-q"]
 
 
 def torchrun(*args, nproc=2, cwd=None, env=None, timeout=180) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import SHAKESPEARE, run_cli
@@ -43,14 +44,16 @@ def kill_after_step(command, step: int) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def test_sigkill_then_resume_is_bit_for_bit_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: mixed precision (emulated where not native)
+def test_sigkill_then_resume_is_bit_for_bit_the_uninterrupted_run(tmp_path, precision):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(SHAKESPEARE.read_bytes()[:30_000])
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    result = run_cli("train", corpus, *ARGS, "--out", reference)
+    args = [*ARGS, "--precision", precision]  # auto times the model, and a close call may go either way
+    result = run_cli("train", corpus, *args, "--out", reference)
     assert result.returncode == 0, result.stderr.decode()
 
-    kill_after_step([sys.executable, "-m", "charnn", "train", str(corpus), *ARGS, "--out", str(crashed)], 65)
+    kill_after_step([sys.executable, "-m", "charnn", "train", str(corpus), *args, "--out", str(crashed)], 65)
     saved_step = torch.load(crashed / "last.pt", weights_only=True)["step"]
     assert 50 <= saved_step < STEPS  # after an evaluation (best.pt), and work left to redo
     (crashed / ".last.pt.x1y2z3.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")  # as a kill mid-save leaves
@@ -58,6 +61,7 @@ def test_sigkill_then_resume_is_bit_for_bit_the_uninterrupted_run(tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     assert not list(crashed.glob(".*.tmp"))
 
+    assert json.loads((crashed / "config.json").read_text())["train"]["precision"] == precision
     for name in ("last.pt", "best.pt"):
         ours = torch.load(crashed / name, weights_only=True)["model_state"]
         theirs = torch.load(reference / name, weights_only=True)["model_state"]

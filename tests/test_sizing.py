@@ -278,7 +278,8 @@ class FakeClock:
         monkeypatch.setattr(speed, "time_training", self.time_training)
         monkeypatch.setattr(speed, "torch_trial", lambda threads: 0.001)  # every count worth timing
 
-    def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2, threads=None, give_up=None):
+    def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2, threads=None, give_up=None,
+                      precision="fp32"):
         from charnn.speed import Timing  # noqa: PLC0415
 
         self.now += self.cost
@@ -391,8 +392,8 @@ def test_a_step_budget_evaluates_alike_on_any_device():
 class Sized:
     """What planning.Replanner reads of a planning.Sizing: the situation, the speeds, the --size."""
 
-    def __init__(self, situation, speeds, size="auto"):
-        self.situation, self.speeds, self.size = situation, speeds, size
+    def __init__(self, situation, speeds, size="auto", precision="fp32"):
+        self.situation, self.speeds, self.size, self.precision = situation, speeds, size, precision
 
 
 def replanner(corpus: float, seconds: float | None):
@@ -412,6 +413,7 @@ def test_a_run_that_sees_another_speed_than_it_planned_is_planned_again_for_the_
     assert (new.plan.shape, new.plan.model, new.plan.steps) == (again.shape, again.model, again.steps)
     assert new.plan.replanned["ratio"] == pytest.approx(1 / 3, abs=1e-3)
     assert new.plan.replanned["first"] == plan.describe() and (new.model_config, new.config) == ("model", "config")
+    assert new.plan.train["precision"] == "fp32"  # the run keeps the precision it chose
     faster = replanner(24 * MB, 3600)[0].decide(60.0, seen=plan.chars_per_sec * 2)
     assert width(faster.plan) > width(plan)
 

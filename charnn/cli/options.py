@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import CELLS, DEVICES, SCHEDULES, SIZES, TrainConfig
+from ..config import CELLS, DEVICES, PRECISIONS, SCHEDULES, SIZES, TrainConfig
 
 EXIT_CODES_HELP = ("Exit codes: 0 success, 1 error (one line on stderr), 2 bad usage, 130 interrupted (Ctrl-C), "
                    "143 terminated.")
@@ -28,6 +28,7 @@ Cell = _choices("Cell", CELLS)
 Device = _choices("Device", DEVICES)
 Schedule = _choices("Schedule", SCHEDULES)
 Size = _choices("Size", SIZES)
+Precision = _choices("Precision", PRECISIONS)
 XAxis = _choices("XAxis", ("step", "time"))
 
 

@@ -78,7 +78,7 @@ class ConsoleTrainEvents(TrainEvents):
         what = "resuming" if snapshot.step else "training"
         self._print(
             f"{what} {m.num_layers}x{m.hidden_size} {m.cell.upper()} ({snapshot.parameters:,} parameters, "
-            f"vocabulary {m.vocab_size}) on {snapshot.device}: {snapshot.train_chars:,} training and "
+            f"vocabulary {m.vocab_size}) on {snapshot.device} in {c.precision}: {snapshot.train_chars:,} training and "
             f"{snapshot.val_chars:,} validation characters, batch {c.batch_size} x seq {c.seq_len}"
         )
         self._print(f"run directory: {snapshot.run_dir}")

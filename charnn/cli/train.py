@@ -17,8 +17,8 @@ from ..request import TrainRequest, check_request
 from ..rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
-from .options import (EXIT_CODES_HELP, Cell, Device, Schedule, Size, default, device_option, given, threads_option,
-                      unescape)
+from .options import (EXIT_CODES_HELP, Cell, Device, Precision, Schedule, Size, default, device_option, given,
+                      threads_option, unescape)
 from .progress import ConsoleTrainEvents, plan_lines
 
 
@@ -124,6 +124,10 @@ def train(
         "(it does not change the training).", panel=RUN)] = None,
     seed: Annotated[Optional[int], _train("Random seed.", "seed", RUN)] = None,
     device: Annotated[Optional[Device], device_option(RUN)] = None,
+    precision: Annotated[Optional[Precision], _train(
+        "Arithmetic of the forward pass: bf16 or fp16 (CUDA only, with a gradient scaler) as mixed precision, the "
+        "weights, optimiser and checkpoints staying float32; auto takes bf16 where the device has it natively and "
+        "it trains this model 1.15x as fast as fp32. A resumed run keeps its own.", "precision", RUN)] = None,
     threads: Annotated[Optional[str], threads_option(RUN)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors only.",
                                         rich_help_panel=RUN)] = False,
@@ -143,7 +147,8 @@ def train(
     options = given(val_frac=val_frac, batch_size=batch_size, seq_len=seq_len, carry_state=carry_state, lr=lr,
                     weight_decay=weight_decay, grad_clip=grad_clip, schedule=schedule, warmup_steps=warmup_steps,
                     min_lr_ratio=min_lr_ratio, epochs=epochs, max_steps=max_steps, eval_every=eval_every, keep=keep,
-                    log_every=log_every, seed=seed, patience=patience, sample_every=sample_every, device=device)
+                    log_every=log_every, seed=seed, patience=patience, sample_every=sample_every, device=device,
+                    precision=precision)
     if max_time is not None:
         options["max_time"] = parse_duration(max_time)
     if eval_chars is not None:
