@@ -436,3 +436,29 @@ def test_the_default_budget_is_planned_again_too():
     # at half the speed the 2x256 reads its ten epochs in twice the time: the hour's cap, less the minute spent
     assert width(new.plan) < width(plan) and new.plan.seconds == pytest.approx(3540, rel=0.01)
     assert new.plan.train["max_steps"] == new.plan.steps
+
+
+# --- the precision the plan is made in -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gain, chosen", [(1.4, "bf16"), (1.05, "fp32")])
+def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gain, chosen):
+    import torch  # noqa: PLC0415
+
+    from charnn import planning  # noqa: PLC0415
+    from charnn.request import TrainRequest  # noqa: PLC0415
+
+    clock = FakeClock(monkeypatch, CPU, cost=0.1)
+    speeds = {"fp32": CPU, "bf16": replace(CPU, factor=gain)}
+    clock.time_training = lambda shape, *a, precision="fp32", **k: __import__("charnn.speed").speed.Timing(
+        shape, shape.chars_per_step / speeds[precision].chars_per_sec(shape), 3)
+    monkeypatch.setattr("charnn.speed.time_training", clock.time_training)
+    monkeypatch.setattr(planning, "mixed_candidate", lambda device: "bf16")
+    config = TrainConfig(max_time=600.0, device="cpu")
+    sized = planning.Sizing(TrainRequest(corpus=("x",)), config, 80, (1_000_000, 110_000))
+    plan = sized.plan()
+    assert plan.train["precision"] == chosen and plan.precision["chosen"] == chosen
+    assert plan.precision["gain"] == pytest.approx(gain, rel=0.01)
+    in_fp32 = choose(situation(1.11 * MB, 600), CPU)
+    assert (plan.chars > 1.3 * in_fp32.chars) == (chosen == "bf16")  # planned at bf16's speed: more text read
+    assert sized.speeds.precision == chosen and torch.device("cpu").type == sized.speeds.device_type
