@@ -1,6 +1,9 @@
 """The benchmark runs end to end and reports every figure it promises (tiny sizes: speed is not tested)."""
 
 import json
+import sys
+
+import pytest
 
 import charnn.bench as bench
 import charnn.bench_startup as bench_startup
@@ -56,3 +59,31 @@ def test_bench_command_writes_json(monkeypatch, tmp_path, capsys):
     assert set(data) == {"machine", "ceilings", "training", "sampling", "corpora", "startup"}
     assert data["corpora"] == [] and data["startup"] == []
     assert main(["bench", "--seconds", "-1"]) == 1 and main(["bench", "--startup-rounds", "-1"]) == 1
+
+
+def test_bench_shows_the_mixed_precision_beside_fp32_where_the_device_has_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "mixed_candidate", lambda device: "bf16")  # bf16 runs (emulated) on any CPU
+    rows = bench.bench_training((TrainCase(1, 16, 4, 8),), "cpu", 0.05, log=lambda message: None)
+    assert rows[0]["mixed_precision"] == "bf16" and rows[0]["mixed_chars_per_sec"] > 0
+    assert rows[0]["mixed_gain"] == pytest.approx(rows[0]["mixed_chars_per_sec"] / rows[0]["chars_per_sec"], rel=1e-2)
+    from charnn.cli.bench import _training_table  # noqa: PLC0415
+
+    rows[0]["ceiling_share"] = 0.5  # run_benchmark adds it
+    assert "charnn bf16" in [column.header for column in _training_table(rows).columns]
+
+
+def test_the_busy_benchmark_measures_every_mode_beside_every_load_and_stops_its_competitors(tmp_path):
+    import os  # noqa: PLC0415
+
+    from charnn.bench_busy import run_busy, synthetic_corpus  # noqa: PLC0415
+
+    corpus = synthetic_corpus(tmp_path / "corpus.txt", chars=200_000)
+    report = run_busy(0.3, plan_tries=1, corpus=corpus, loads={"one core": ("full",)}, workloads=("sample 1",))
+    rates = report.rates["sample 1"]
+    assert set(rates) == {"one core"}
+    assert all(set(r) == {"1 thread", "all threads", "policy"} and min(r.values()) > 0 for r in rates.values())
+    assert report.policy_share("sample 1", "one core") > 0
+    assert set(report.plans) == {"one core"} and report.plans["one core"][0].startswith("2x")
+    spinning = [line for line in os.popen("ps -eo args").read().splitlines() if line.startswith(sys.executable)
+                and "while True" in line]
+    assert spinning == []  # the competitors are gone

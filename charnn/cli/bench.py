@@ -144,11 +144,17 @@ def _ceilings_table(m: dict, c: dict) -> Table:
 
 
 def _training_table(rows: list[dict]) -> Table:
-    table = _table("training (chars/s; reference: pytorch/examples word_language_model loop)",
-                   ("config", "charnn", "GFLOP/s", "of GEMM ceiling", "reference", "ratio"), left=("config",))
+    mixed = next((r["mixed_precision"] for r in rows if "mixed_precision" in r), None)
+    columns = ("config", "charnn fp32", "GFLOP/s", "of GEMM ceiling", "reference", "ratio",
+               *((f"charnn {mixed}", f"{mixed} / fp32") if mixed else ()))
+    table = _table("training (chars/s; reference: pytorch/examples word_language_model loop, fp32)", columns,
+                   left=("config",))
     for r in rows:
-        table.add_row(r["config"], f"{r['chars_per_sec']:,.0f}", f"{r['gflops']:.1f}", f"{r['ceiling_share']:.0%}",
-                      f"{r['reference_chars_per_sec']:,.0f}", f"{r['ratio']:.2f}x")
+        cells = [r["config"], f"{r['chars_per_sec']:,.0f}", f"{r['gflops']:.1f}", f"{r['ceiling_share']:.0%}",
+                 f"{r['reference_chars_per_sec']:,.0f}", f"{r['ratio']:.2f}x"]
+        if mixed:
+            cells += [f"{r['mixed_chars_per_sec']:,.0f}", f"{r['mixed_gain']:.2f}x"] if "mixed_gain" in r else ["", ""]
+        table.add_row(*cells)
     return table
 
 
