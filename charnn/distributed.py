@@ -13,7 +13,6 @@ The trainer talks to a process group object and never asks how many processes th
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Callable, TypeVar
 

@@ -43,6 +43,9 @@ class TrainEvents:
     def on_plan(self, plan) -> None:
         """Before the run is created: what --size chose (a charnn.sizing.Plan), and why."""
 
+    def on_note(self, message: str) -> None:
+        """Before the run starts: advice worth a line (a small corpus could start from a base model)."""
+
     def on_start(self, snapshot: TrainSnapshot) -> None: ...
 
     def on_step(self, snapshot: TrainSnapshot) -> None: ...

@@ -20,6 +20,7 @@ from .errors import CharnnError
 from .memory import TRAIN_HINT, require_memory, training_bytes
 from .request import check_request
 from .precision import MIN_GAIN, check_precision, mixed_candidate
+from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab
 from .speed import MeasuredSpeeds
 from .threads import ThreadChoice, resolve_threads
 from .vocab import Vocab
@@ -153,15 +154,29 @@ class Replanner:
         return Replan(plan, *self.build(plan))
 
 
-def plan_training(request, stdin: BinaryIO | None = None, processes: int = 1) -> sizing.Plan:
+def plan_training(request, stdin: BinaryIO | None = None, processes: int = 1) -> list[tuple[str, sizing.Plan]]:
     """`charnn train --dry-run`: the plan a new run would follow, after the checks that run would make
-    (its options, paths and --nproc, the corpus, the memory). The corpus is read (stdin into a
-    temporary file that is removed), nothing is written and nothing trained."""
+    (its options, paths and --nproc, the corpus, the memory), titled. For a small corpus started from
+    nothing, the plan from the English base model too. The corpus is read (stdin into a temporary file
+    that is removed), nothing is written and nothing trained."""
     if request.resume is not None:
         raise CharnnError("--dry-run plans a new run; a resumed run keeps its own configuration")
     config = check_request(request, processes)
+    init = open_init(request.init_from, request.out) if request.init_from is not None else None
+    mode = init.weights.vocab.mode if init is not None and request.vocab_mode is None else request.vocab_mode
     with corpus_files(request.corpus, stdin=stdin) as corpus:
-        vocab, count = Vocab.scan(corpus.chunks(), request.vocab_mode or Vocab.mode, corpus.describe_offset)
+        vocab, count = Vocab.scan(corpus.chunks(), mode or Vocab.mode, corpus.describe_offset)
+    plans = [("", _dry_plan(request, config, vocab, count, processes, init))]
+    if init is None and suggests_base(vocab, count):
+        base = open_init(SUGGESTED_BASE)
+        plans.append((f"with --init-from {SUGGESTED_BASE}", _dry_plan(request, config, vocab, count, processes, base)))
+    return plans
+
+
+def _dry_plan(request, config: TrainConfig, vocab: Vocab, count: int, processes: int, init) -> sizing.Plan:
+    if init is not None:
+        request, config = fine_tuning_request(init, request)
+        vocab = union_vocab(init.weights.vocab, vocab)
     n_train = int(round(count * (1.0 - config.val_frac)))  # as data.split_train_val cuts it
     plan = choose_size(request, config, vocab.size, (n_train, count - n_train), processes, estimate_time=True,
                        threads=resolve_threads(request.threads))

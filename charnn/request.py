@@ -30,6 +30,7 @@ class TrainRequest:
     # the configs' defaults and their 10 epochs (the library's start_training)
     size: str | None = DEFAULT_SIZE
     threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
+    init_from: str | None = None  # --init-from: a run, checkpoint, weights file or base model to start from
 
 
 def check_request(request: TrainRequest, processes: int = 1) -> TrainConfig:

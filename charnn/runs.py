@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, flag
@@ -26,12 +27,15 @@ from .events import TrainEvents
 from .memory import TRAIN_HINT, require_memory, training_bytes
 from .claim import claim_for_resume, claim_new_run
 from .planning import Replanner, Sizing
+from .pretrained import (SUGGESTED_BASE, InitFrom, added_chars, fine_tuning_request, open_init, remap_tokens,
+                         starting_state, suggests_base, union_vocab)
 from .request import TrainRequest, check_request
 from .rundir import RunDir, remember_latest, runs_root
 from .threads import ThreadChoice, resolve_threads
 from .tokens import EncodedCorpus, cache_dir, encode_cached, place_tokens
 from .train import Trainer, resolve_precision
 from .vocab import Vocab
+from .weights import arrays_from_state
 
 # options that may change when resuming; every other one is fixed by the run
 # what a resume may change: when it stops, how often it reports and saves, where it runs; not what its
@@ -98,18 +102,38 @@ def _start(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin)
 
 def _new_run(request: TrainRequest, config: TrainConfig, hooks: TrainHooks, stdin) -> Trainer:
     root = runs_root()
+    init = open_init(request.init_from, request.out) if request.init_from is not None else None
+    mode = init.weights.vocab.mode if init is not None and request.vocab_mode is None else request.vocab_mode
     with corpus_files(request.corpus, stdin=stdin, spool_dir=cache_dir(root)) as corpus:
-        encoded = encode_cached(corpus, request.vocab_mode or Vocab.mode, root)
+        encoded = encode_cached(corpus, mode or Vocab.mode, root)
         name, sources = corpus.name, corpus.sources
+    made = [encoded]
     try:
-        return _create_run(encoded, name, sources, request, config, hooks)
+        if init is not None:
+            encoded, request, config = _fine_tuning(init, encoded, request, config, cache_dir(root))
+            made.append(encoded)
+        return _create_run(encoded, name, sources, request, config, hooks, init)
     finally:
-        if encoded.temporary:  # stdin's encoding, not moved into a run
-            encoded.path.unlink(missing_ok=True)
+        for each in made:
+            if each.temporary:  # stdin's encoding, or one for a base's vocabulary, not moved into a run
+                each.path.unlink(missing_ok=True)
+
+
+def _fine_tuning(init: InitFrom, encoded: EncodedCorpus, request: TrainRequest, config: TrainConfig,
+                 directory: Path) -> tuple[EncodedCorpus, TrainRequest, TrainConfig]:
+    """A run that starts from `init`: the corpus in the union of the two vocabularies, the base's shape as
+    the model's options, and the fine-tuning learning rate and warm-up unless given."""
+    request, _ = fine_tuning_request(init, request)
+    vocab = union_vocab(init.weights.vocab, encoded.vocab)
+    if vocab != encoded.vocab:
+        path = directory / f".init-{os.getpid()}.npy.tmp"
+        remap_tokens(encoded.tokens(), encoded.vocab, vocab, path)
+        encoded = replace(encoded, path=path, vocab=vocab, cached=False)
+    return encoded, request, replace(config, **request.train).validate()
 
 
 def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainRequest, config: TrainConfig,
-                hooks: TrainHooks) -> Trainer:
+                hooks: TrainHooks, init: InitFrom | None = None) -> Trainer:
     """The Trainer first (building the model may fail), then the run directory and its files."""
     vocab, tokens = encoded.vocab, encoded.tokens()
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)
@@ -125,14 +149,7 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         chosen, why = resolve_precision(model_config, config, resolve_device(config.device))
         config, precision = replace(config, precision=chosen), {"chosen": chosen, "why": why}
     check_split_sizes(train_tokens, val_tokens, config.batch_size, config.seq_len)
-    corpus_info = {
-        "sources": [os.path.abspath(s) if s != "-" else "-" for s in sources],
-        "fingerprint": encoded.fingerprint,
-        "bytes": encoded.bytes,
-        "tokens": int(len(tokens)),
-        "train_tokens": int(len(train_tokens)),
-        "val_tokens": int(len(val_tokens)),
-    }
+    corpus_info = _corpus_info(encoded, sources, len(train_tokens), len(val_tokens))
     data = TrainData(vocab, train_tokens, val_tokens, corpus_info)
     share = config.batch_size // hooks.group.world_size
     require_memory(training_bytes(model_config, share, config.seq_len), "building the model and training it",
@@ -143,20 +160,39 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         trainer = Trainer(model_config, config, data, run.path, hooks.events, hooks.should_stop, hooks.group,
                           hooks.threads)
         trainer.writer.hold(claim)
+        started = _start_from(trainer, init) if init is not None else None
         if plan is not None and plan.seconds is not None and hooks.group.world_size == 1:
             trainer.replanner = Replanner(sized, plan, lambda new: _configs(new, asked, vocab, request))
         if plan is not None and hooks.events is not None:
             hooks.events.on_plan(plan)  # once the model could be built: an error stays one line
+        if init is None and hooks.events is not None and suggests_base(vocab, len(tokens)):
+            hooks.events.on_note(f"a corpus this small would likely train better from charnn's English model: "
+                                 f"--init-from {SUGGESTED_BASE} (--dry-run shows both plans)")
         place_tokens(encoded, run.tokens_path)
         run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
                           "corpus": corpus_info, "parameters": trainer.parameters,
                           **({"precision": precision} if precision else {}),
+                          **({"init_from": started} if started else {}),
                           **({"sizing": plan.to_dict()} if plan else {})})
         remember_latest(run.path)
     except BaseException:
         claim.abandon()  # nothing of the new run stays; a run it was to replace is back in place
         raise
     return trainer
+
+
+def _corpus_info(encoded: EncodedCorpus, sources, train: int, val: int) -> dict:
+    return {"sources": [os.path.abspath(s) if s != "-" else "-" for s in sources], "fingerprint": encoded.fingerprint,
+            "bytes": encoded.bytes, "tokens": train + val, "train_tokens": train, "val_tokens": val}
+
+
+def _start_from(trainer: Trainer, init: InitFrom) -> dict:
+    """The trainer's model takes the weights of the model it starts from (new characters' rows as they
+    were initialised); what config.json says of it."""
+    fresh = arrays_from_state(trainer.model.state_dict())
+    state = starting_state(init.weights, trainer.vocab, fresh)
+    trainer.model.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()})
+    return init.record(added_chars(init.weights.vocab, trainer.vocab))
 
 
 def _configs(plan, config: TrainConfig, vocab: Vocab, request: TrainRequest) -> tuple[ModelConfig, TrainConfig]:

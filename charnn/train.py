@@ -9,14 +9,12 @@ a `TrainSnapshot` of where training is: the loop itself stays free of any UI.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import schedule
 from .config import ModelConfig, TrainConfig
@@ -28,7 +26,7 @@ from .evaluate import evaluate
 from .events import TrainEvents, TrainResult, TrainSnapshot
 from .memory import TRAIN_HINT as MEMORY_HINT
 from .memory import require_memory, training_bytes
-from .model import CharRNN, as_float32, detach_hidden, hidden_from_list, hidden_to_list
+from .model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from .precision import Precision
 from .shapes import Shape
 from .step import clip_gradients, forward_backward, make_optimizer, optimizer_step

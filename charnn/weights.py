@@ -27,6 +27,7 @@ from .engine import weight_shapes
 from .errors import CharnnError
 from .files import atomic_write, is_torch_archive, require_file
 from .rundir import WEIGHTS_SUFFIX, RunDir, latest_run, resolve_checkpoint, weights_beside
+from .base import resolve_model
 from .vocab import Vocab
 
 FORMAT = "charnn-weights"
@@ -227,7 +228,7 @@ def weights_for(model: str | os.PathLike | None = None) -> tuple[Path, str | Non
     safetensors file beside its checkpoint (best.safetensors beside best.pt) when it holds the same
     weights, else the checkpoint itself, which needs PyTorch to load.
     """
-    path = latest_run() if model is None else Path(model)
+    path = latest_run() if model is None else resolve_model(model)
     if path.is_file() and is_weights_file(path):
         return path, None
     run = RunDir(path)

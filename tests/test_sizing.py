@@ -312,7 +312,7 @@ def test_a_busy_neighbour_or_a_busy_moment_does_not_change_the_plan(monkeypatch)
 
     idle = choose(situation(1.1 * MB, 600), CPU)
     # two threads beside a spinning neighbour: a tenth of the speed; and the first timings of all at a third
-    busy = FakeClock(monkeypatch, CPU, cost=0.1, load=lambda threads, n: (0.1 if threads == 2 else 1.0) / (3 if n < 4 else 1))
+    FakeClock(monkeypatch, CPU, cost=0.1, load=lambda threads, n: (0.1 if threads == 2 else 1.0) / (3 if n < 4 else 1))
     speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=12.0, threads=TWO_CORES)
     plan = choose(situation(1.1 * MB, 600), speeds)
     assert plan.shape == idle.shape and plan.steps == pytest.approx(idle.steps, rel=0.01)

@@ -91,6 +91,9 @@ class ConsoleTrainEvents(TrainEvents):
             self.task = self.progress.add_task("train", total=1.0, completed=snapshot.budget,
                                                **self._fields(snapshot))
 
+    def on_note(self, message: str) -> None:
+        self._print(f"note: {message}")
+
     def on_plan(self, plan) -> None:
         for line in plan_lines(plan):
             self._print(line)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import select
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer

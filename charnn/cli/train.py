@@ -53,6 +53,11 @@ def train(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (configuration, budget, expected characters and epochs) and exit "
         "without training or writing anything.", rich_help_panel=MODEL)] = False,
+    init_from: Annotated[Optional[str], typer.Option(
+        "--init-from", help="Start from this model's weights: a run directory, a checkpoint, a .safetensors file, or "
+        "english (a small English model shipped with charnn). Its shape is kept (--size does not apply); characters "
+        "it has never seen get fresh rows; a fine-tuning learning rate and warm-up apply unless given.",
+        metavar="RUN_OR_WEIGHTS", rich_help_panel=MODEL, show_default=False)] = None,
     cell: Annotated[Optional[Cell], _model("Recurrent cell.", "cell")] = None,
     layers: Annotated[Optional[int], _sized("Stacked recurrent layers.", ModelConfig, "num_layers")] = None,
     hidden_size: Annotated[Optional[int], _sized("Units per layer.", ModelConfig, "hidden_size")] = None,
@@ -159,15 +164,23 @@ def train(
                   tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
     request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
                            vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
-                           resume=_path(resume, "--resume"), **given(size=size, threads=threads))
+                           resume=_path(resume, "--resume"), **given(size=size, threads=threads, init_from=init_from))
+    if init_from is not None and size is not None:
+        raise CharnnError("--init-from keeps the shape of the model it starts from: --size does not apply",
+                          hint="leave --size out")
+    if init_from == "":
+        raise typer.BadParameter("an empty path; name a run, a file or a base model", param_hint="--init-from")
+    if init_from is not None and resume is not None:
+        raise CharnnError("--resume continues a run from its own last.pt: --init-from does not apply")
     if resume is not None and size is not None:
         raise CharnnError("--resume: --size chooses a new run's shape and schedule; a resumed run keeps its own",
                           hint="leave --size out")
     if dry_run:
         from ..planning import plan_training  # noqa: PLC0415
 
-        for line in plan_lines(plan_training(request, processes=nproc or 1)):
-            say(stderr(), line)
+        for title, plan in plan_training(request, processes=nproc or 1):
+            for line in ([title + ":"] if title else []) + plan_lines(plan):
+                say(stderr(), line if not title else "  " + line)
         return
     if nproc is not None and nproc > 1 and not ranks.active:
         if request.resume is None:  # a resumed run was checked when it started; its ranks load it
