@@ -11,7 +11,6 @@ is wrong with it. Nothing here fails on a half-written run: what cannot be read 
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from .config import TrainConfig
 from .corpus import corpus_name
 from .errors import CharnnError
 from .metrics import TAIL_BYTES, LossCurves, Progress, finite, loss_curves, read_metrics
+from .printable import printable_chars
 from .rundir import RunDir, latest_run, run_dirs, runs_root
 from .schedule import limit_reached
 from .units import bits
@@ -260,23 +260,6 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     for path in run.kept_checkpoints():
         found.append(_checkpoint_info(path, str(path.relative_to(run.path)), "kept"))
     return found
-
-
-def printable_chars(chars: str, space: str = " ") -> str:
-    """The vocabulary as one readable line: control and other invisible characters as escapes
-    (`\\n`, `\\x1b`, `\\u200b`), a backslash as `\\\\`, and the space as `space`."""
-    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "\0": "\\0", " ": space}
-    out = []
-    for char in chars:
-        if char in named:
-            out.append(named[char])
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (
-                char.isspace() and char != " "):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 @dataclass

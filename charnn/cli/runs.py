@@ -13,10 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CharnnError
-from ..history import RunInfo, RunSummary, list_runs, printable_chars, run_info, run_loss_curves
+from ..history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
+from ..printable import printable_chars
 from ..rundir import runs_root
 from ..units import bits, format_duration
-from .app import command, print_json, say, stderr
+from .app import command, print_json, say, shown, stderr
 from .options import EXIT_CODES_HELP, JsonFlag, WeightsArgument, XAxis, nonempty
 from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
@@ -58,11 +59,11 @@ def _runs_table(where: Path, summaries: list[RunSummary]) -> Table:
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name not in ("run", "corpus"))
     now = datetime.now().astimezone()
     for s in summaries:
-        name = Text("* " + s.name, style="bold") if s.latest else Text("  " + s.name)
+        name = shown("* " + s.name, style="bold") if s.latest else shown("  " + s.name)
         status = Text(s.status, style="green" if s.status == "finished" else "")
         if s.problems:
             status.append(" !", style="yellow")
-        table.add_row(name, Text(s.corpus or "-"), s.size or "-", _short_count(s.parameters), f"{s.steps:,}",
+        table.add_row(name, shown(s.corpus or "-"), s.size or "-", _short_count(s.parameters), f"{s.steps:,}",
                       _or_dash(s.best_val_bpc, ".3f"), _ago(s.updated, now), status)
     return table
 
@@ -120,7 +121,7 @@ class _InfoTable:
         self.table.add_row(Text(name, style="bold cyan"), "")
 
     def _row(self, name: str, value) -> None:
-        self.table.add_row(name, value if isinstance(value, Text) else Text(str(value)))
+        self.table.add_row(name, value if isinstance(value, Text) else shown(value))
 
     def _run(self) -> None:
         info = self.info
@@ -131,7 +132,7 @@ class _InfoTable:
             self._row("status", s.status + (" (the newest run)" if s.latest else ""))
             self._row("updated", s.updated.strftime("%Y-%m-%d %H:%M:%S %Z") if s.updated else "-")
             if s.problems:
-                self._row("problems", Text("; ".join(s.problems), style="yellow"))
+                self._row("problems", shown("; ".join(s.problems), style="yellow"))
 
     def _model(self) -> None:
         m = self.info.model
@@ -160,11 +161,11 @@ class _InfoTable:
         if not c:
             return
         self._section("corpus")
-        self._row("sources", "\n".join(map(str, c.get("sources", []))) or "-")
+        self._row("sources", Text("\n").join(map(shown, c.get("sources", []))) or "-")
         self._row("size", f"{_or_dash(c.get('bytes'), ',')} bytes, {_or_dash(c.get('tokens'), ',')} tokens "
                           f"({_or_dash(c.get('train_tokens'), ',')} training, "
                           f"{_or_dash(c.get('val_tokens'), ',')} validation)")
-        self._row("fingerprint", Text(f"sha256:{c.get('fingerprint', '-')}", overflow="fold"))
+        self._row("fingerprint", shown(f"sha256:{c.get('fingerprint', '-')}", overflow="fold"))
 
     def _metrics(self) -> None:
         info, p = self.info, self.info.progress
@@ -187,7 +188,7 @@ class _InfoTable:
         self._section("checkpoints")
         weights = [self.info.weights] if self.info.weights else []
         for c in self.info.checkpoints + weights:
-            what = (Text(f"unreadable: {c.error}", style="yellow") if c.error else
+            what = (shown(f"unreadable: {c.error}", style="yellow") if c.error else
                     Text(f"step {_or_dash(c.step, ',')}, validation loss {_or_dash(c.val_loss, '.4f')}"
                          f"{', resumable' if c.resumable else ''}{', without pickle' if c.role == 'weights' else ''}"))
             self._row(c.file, Text(f"{c.bytes / 1e6:,.1f} MB, ") + what)
