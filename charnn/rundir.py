@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CharnnError
-from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
+from .files import append_line, atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
 
 if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
     import numpy as np
@@ -175,8 +175,7 @@ class RunDir:
     # --- metrics.jsonl -----------------------------------------------------------------------
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, (json.dumps(record) + "\n").encode("utf-8"))
 
     def cut_metrics_after(self, step: int) -> None:
         """Drop log lines written after `step` (the checkpoint a resume starts from): that stretch is

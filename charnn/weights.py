@@ -284,8 +284,13 @@ def export_weights(model: str | os.PathLike | None = None, out: str | os.PathLik
     source = resolve_checkpoint(model)
     weights = load_weights(source)
     if out is not None and str(out) == "-":
-        sys.stdout.buffer.write(encode_weights(weights))
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(encode_weights(weights))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:  # a full disk behind a redirection, /dev/full
+            raise CharnnError(f"cannot write to stdout ({err.strerror or err})") from None
         return "-", weights
     target = Path(out) if out is not None else weights_beside(source)
     if target.resolve() == source.resolve():
