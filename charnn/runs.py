@@ -218,7 +218,7 @@ def resume_training(run_dir: str | Path, overrides: dict | None = None, *, corpu
     except BaseException as err:
         if claim is not None:
             claim.release()
-        if isinstance(err, (KeyError, ValueError, RuntimeError, TypeError, AttributeError)):
+        if isinstance(err, (LookupError, ValueError, RuntimeError, TypeError, AttributeError, ArithmeticError)):
             raise CharnnError(f"{run.last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
         raise
     return trainer
@@ -230,7 +230,10 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
     payload = load_checkpoint(run.last)
     if "train_state" not in payload or "train_config" not in payload:
         raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
-    model_config = ModelConfig.from_dict(payload["model_config"])
+    try:
+        model_config = ModelConfig.from_dict(payload["model_config"]).validate()
+    except CharnnError as err:
+        raise CharnnError(f"{run.last}: its model is not one charnn builds ({err})") from None
     vocab = Vocab.from_dict(payload["vocab"])
     config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides)
     corpus_info = payload.get("corpus", {})

@@ -102,7 +102,7 @@ def _from_cache(meta_path: Path, token_path: Path, signature: list) -> EncodedCo
         if len(encoded.tokens()) != encoded.num_tokens:
             return None
         return encoded
-    except (OSError, ValueError, KeyError, TypeError, CharnnError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError, CharnnError):
         return None  # a missing, stale or damaged entry is simply rebuilt
 
 

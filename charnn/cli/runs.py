@@ -14,7 +14,8 @@ from rich.text import Text
 
 from ..errors import CharnnError
 from ..history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
-from ..printable import printable_chars
+from ..checked import texts, whole
+from ..printable import brief, printable_chars
 from ..rundir import runs_root
 from ..units import bits, format_duration
 from .app import command, print_json, say, shown, stderr
@@ -135,17 +136,17 @@ class _InfoTable:
                 self._row("problems", shown("; ".join(s.problems), style="yellow"))
 
     def _model(self) -> None:
-        m = self.info.model
+        m = {key: _value(value) for key, value in self.info.model.items()}
         self._section("model")
         self._row("architecture", f"{m.get('num_layers')}x{m.get('hidden_size')} {str(m.get('cell')).upper()}, "
                                   f"embedding {m.get('embed_size')}, dropout {m.get('dropout')}"
-                                  f"{', tied weights' if m.get('tie_weights') else ''}")
+                                  f"{', tied weights' if self.info.model.get('tie_weights') is True else ''}")
         self._row("parameters", _or_dash(self.info.parameters, ","))
 
     def _training(self) -> None:
         if self.info.train:
             self._section("training")
-            self._row("config", "  ".join(f"{k}={v}" for k, v in self.info.train.items()))
+            self._row("config", "  ".join(f"{k}={_value(v)}" for k, v in self.info.train.items()))
 
     def _vocabulary(self) -> None:
         info, chars = self.info, self.info.vocab_chars
@@ -161,11 +162,11 @@ class _InfoTable:
         if not c:
             return
         self._section("corpus")
-        self._row("sources", Text("\n").join(map(shown, c.get("sources", []))) or "-")
-        self._row("size", f"{_or_dash(c.get('bytes'), ',')} bytes, {_or_dash(c.get('tokens'), ',')} tokens "
-                          f"({_or_dash(c.get('train_tokens'), ',')} training, "
-                          f"{_or_dash(c.get('val_tokens'), ',')} validation)")
-        self._row("fingerprint", shown(f"sha256:{c.get('fingerprint', '-')}", overflow="fold"))
+        self._row("sources", Text("\n").join(map(shown, texts(c.get("sources")) or [])) or "-")
+        size = {key: _or_dash(whole(c.get(key)), ",") for key in ("bytes", "tokens", "train_tokens", "val_tokens")}
+        self._row("size", f"{size['bytes']} bytes, {size['tokens']} tokens ({size['train_tokens']} training, "
+                          f"{size['val_tokens']} validation)")
+        self._row("fingerprint", shown(f"sha256:{_value(c.get('fingerprint', '-'))}", overflow="fold"))
 
     def _metrics(self) -> None:
         info, p = self.info, self.info.progress
@@ -194,6 +195,11 @@ class _InfoTable:
             self._row(c.file, Text(f"{c.bytes / 1e6:,.1f} MB, ") + what)
         if not self.info.checkpoints:
             self._row("", "none yet")
+
+
+def _value(value) -> str:
+    """A value of a file's section as a table shows it: text as it is, anything else quoted briefly."""
+    return value if isinstance(value, str) else brief(value)
 
 
 def _loss_text(loss: float | None) -> str:
