@@ -72,7 +72,7 @@ def plain(value, depth: int = 0):
 # --- a run's config.json, a checkpoint's or weights file's model --------------------------------------
 
 
-def model_config(data) -> ModelConfig:
+def read_model_config(data) -> ModelConfig:
     """A ModelConfig from a file, validated, its sizes whole numbers charnn could have written (a file may
     say anything). Raises CharnnError, or TypeError, ValueError or OverflowError for data of another shape."""
     if not isinstance(data, dict):

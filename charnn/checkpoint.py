@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .archive import FORMAT, FORMAT_VERSION
-from .checked import model_config
+from .checked import read_model_config
 from .config import ModelConfig
 from .errors import CharnnError
 from .files import TORCH_ARCHIVE_MAGIC, atomic_write
@@ -111,7 +111,7 @@ def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint
     try:
         if not isinstance(payload.get("model_config"), dict) or not isinstance(payload.get("vocab"), dict):
             raise TypeError("model_config and vocab must be mappings")
-        config = model_config(payload["model_config"])
+        config = read_model_config(payload["model_config"])
         vocab = Vocab.from_dict(payload["vocab"])
     except CharnnError as err:
         raise CharnnError(f"{source}: checkpoint has an invalid model config: {err}") from None

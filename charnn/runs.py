@@ -15,6 +15,7 @@ from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
+from .checked import read_model_config
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, flag
 from .corpus import corpus_files
@@ -231,11 +232,14 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
     if "train_state" not in payload or "train_config" not in payload:
         raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
     try:
-        model_config = ModelConfig.from_dict(payload["model_config"]).validate()
+        model_config, vocab = read_model_config(payload["model_config"]), Vocab.from_dict(payload["vocab"])
     except CharnnError as err:
         raise CharnnError(f"{run.last}: its model is not one charnn builds ({err})") from None
-    vocab = Vocab.from_dict(payload["vocab"])
-    config = _resumed_config(TrainConfig.from_dict(payload["train_config"]), model_config, vocab, overrides)
+    try:
+        saved = TrainConfig.from_dict(payload["train_config"]).validate()
+    except CharnnError as err:
+        raise CharnnError(f"{run.last}: its training configuration is not valid ({err})") from None
+    config = _resumed_config(saved, model_config, vocab, overrides)
     corpus_info = payload.get("corpus", {})
     tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)
     train_tokens, val_tokens = split_train_val(tokens, config.val_frac)

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checked import whole
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .errors import CharnnError
 from .files import WriteFailed
+from .printable import brief
 from .rundir import RunDir
 from .vocab import Vocab
 from .weights import weights_from_payload, write_weights
@@ -45,8 +47,23 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainState:
+        """A checkpoint's progress; a field of another type (a file may hold anything) is a ValueError."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        state = cls(**{k: v for k, v in data.items() if k in names})
+        for f in fields(cls):
+            value = getattr(state, f.name)
+            if isinstance(f.default, int):  # steps, epochs, windows and counts
+                ok, kind = whole(value) is not None, "a whole number"
+            else:  # seconds, losses and scales; a loss not measured yet is None
+                ok = (value is None and f.default is None) or _number(value)
+                kind = "a number"
+            if not ok:
+                raise ValueError(f"progress.{f.name} is {brief(value)}, not {kind}")
+        return state
+
+
+def _number(value) -> bool:
+    return isinstance(value, float) or whole(value) is not None
 
 
 def seed_everything(seed: int) -> None:

@@ -22,7 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .checked import finite, model_config, plain, whole
+from .checked import finite, plain, read_model_config, whole
 from .config import ModelConfig
 from .engine import weight_shapes
 from .errors import CharnnError
@@ -137,7 +137,7 @@ def _header(path: Path, handle) -> tuple[ModelConfig, Vocab, dict]:
         except (ValueError, RecursionError):
             raise CharnnError(f"{path}: its metadata is damaged ({key} is not JSON, or nested too deep)") from None
     try:
-        config = model_config(values["model_config"])
+        config = read_model_config(values["model_config"])
         vocab = Vocab.from_dict(values["vocab"])
     except (CharnnError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise CharnnError(f"{path}: its metadata does not describe a valid model ({err})") from None

@@ -20,7 +20,7 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from charnn import CharnnError, list_runs, open_sampling_model, run_info, run_loss_curves
+from charnn import CharnnError, list_runs, open_sampling_model, resume_training, run_info, run_loss_curves
 from charnn.cli.plotting import render_chart
 from charnn.cli.runs import _InfoTable, _runs_table
 from charnn.printable import printable
@@ -193,3 +193,17 @@ def test_real_commands_on_a_hostile_value(run, tmp_path, file, place, value):
         assert result.returncode == 0 or len(err.splitlines()) == 1, (argv, err)
         if "--json" in argv:
             strict_json(result.stdout.decode())
+
+
+@pytest.mark.parametrize("place,value", [
+    (("train_state", "progress", "step"), "thirty"), (("train_state", "progress", "best_val_loss"), [1.0]),
+    (("train_state", "progress", "epoch"), 10**30), (("train_state", "progress"), None), (("train_state",), [1, 2]),
+    (("train_config", "lr"), "fast"), (("model_config", "hidden_size"), 10**30), (("corpus",), "x"),
+], ids=lambda v: str(v)[:30])
+def test_a_resume_from_a_last_pt_holding_anything_is_one_line(run, tmp_path, place, value):
+    shutil.copytree(run.path, tmp_path / "run")
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    torch.save(replaced(payload, place, value), tmp_path / "run" / "last.pt")
+    with pytest.raises(CharnnError, match="last.pt") as refused:
+        resume_training(tmp_path / "run", {"max_steps": 40})
+    assert len(str(refused.value)) < 300 and "\n" not in str(refused.value), refused.value
