@@ -178,20 +178,20 @@ def test_any_value_anywhere_is_listed_or_one_line(run, tmp_path_factory, data):
     list_info_plot_and_sample(root, root / "damaged")
 
 
-@pytest.mark.parametrize("file,place,value", [
-    ("config.json", ("corpus", "sources"), DEEP),
-    ("metrics.jsonl", (1, "val_loss"), {"nats": math.nan}),
-    ("best.safetensors", ("train_config",), HUGE),
+@pytest.mark.parametrize("file,place,value,commands", [
+    ("config.json", ("parameters",), "many", ["runs", "runs --json", "info damaged"]),
+    ("config.json", ("train",), HUGE, ["info damaged", "info damaged --json", "plot damaged"]),
+    ("metrics.jsonl", (0, "step"), 10**4000, ["runs", "plot damaged"]),
+    ("best.safetensors", ("format_version",), "²", ["info damaged/best.safetensors", "sample damaged -n 5"]),
 ], ids=lambda v: str(v)[:20])
-def test_real_commands_on_a_hostile_value(run, tmp_path, file, place, value):
+def test_real_commands_on_a_hostile_value(run, tmp_path, file, place, value, commands):
     run.write(tmp_path / "damaged", file, place, value)
-    env = {"CHARNN_RUNS_DIR": str(tmp_path)}
-    for argv in (["runs", "--json"], ["info", "damaged"], ["plot", "damaged"], ["sample", "damaged", "-n", "5"]):
-        result = run_cli(*argv, env=env, cwd=tmp_path)
+    for command in commands:
+        result = run_cli(*command.split(), env={"CHARNN_RUNS_DIR": str(tmp_path)}, cwd=tmp_path)
         err = result.stderr.decode()
-        assert result.returncode in (0, 1) and "internal error" not in err and "Traceback" not in err, (argv, err)
-        assert result.returncode == 0 or len(err.splitlines()) == 1, (argv, err)
-        if "--json" in argv:
+        assert result.returncode in (0, 1) and "internal error" not in err and "Traceback" not in err, (command, err)
+        assert result.returncode == 0 or len(err.splitlines()) == 1, (command, err)
+        if "--json" in command:
             strict_json(result.stdout.decode())
 
 
