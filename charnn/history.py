@@ -123,16 +123,24 @@ class RunSummary:
 
 
 def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[str]) -> dict | None:
-    config = run.read_config()
-    if config is not None:
-        return config
-    problems.append("config.json missing or unreadable" if run.config_path.exists() else "no config.json")
+    """config.json, else what a checkpoint says; values not as charnn writes them are a problem."""
+    config, source = run.read_config(), run.CONFIG
+    if config is None:
+        problems.append("config.json missing or unreadable" if run.config_path.exists() else "no config.json")
+        config, source = _config_from_checkpoints(run, checkpoints, problems)
+    odd = odd_values(config) if config is not None else []
+    if odd:
+        problems.append(f"{source}: {', '.join(odd)} not as charnn writes {'them' if len(odd) > 1 else 'it'}")
+    return config
+
+
+def _config_from_checkpoints(run: RunDir, checkpoints: list[str], problems: list[str]) -> tuple[dict | None, str]:
     for name in reversed(checkpoints):  # best.pt is smaller than last.pt: no optimiser state
         try:
-            return _config_from_checkpoint(_load_checkpoint(run.file(name)))
+            return _config_from_checkpoint(_load_checkpoint(run.file(name))), name
         except CharnnError:
             problems.append(f"{name} unreadable")
-    return None
+    return None, ""
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -160,9 +168,6 @@ def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummar
         summary.hidden_size, summary.vocab_size = whole(model.get("hidden_size")), whole(model.get("vocab_size"))
         summary.parameters = whole(config.get("parameters"))
         summary.corpus = _describe_corpus(config.get("corpus"))
-        odd = odd_values(config)
-        if odd:
-            problems.append(f"config.json: {', '.join(odd)} not as charnn writes {'them' if len(odd) > 1 else 'it'}")
     metrics = read_metrics(run.metrics_path, tail_bytes=TAIL_BYTES)
     if metrics.partial and metrics.last_eval is None:  # no evaluation in the tail: read it all
         metrics = read_metrics(run.metrics_path)

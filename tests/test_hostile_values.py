@@ -178,6 +178,15 @@ def test_any_value_anywhere_is_listed_or_one_line(run, tmp_path_factory, data):
     list_info_plot_and_sample(root, root / "damaged")
 
 
+def test_a_value_not_as_charnn_writes_it_lists_the_run_as_damaged(run, tmp_path):
+    run.write(tmp_path / "config", "config.json", ("model", "num_layers"), "two")
+    run.write(tmp_path / "metrics", "metrics.jsonl", (1, "val_loss"), ["a list"])
+    found = {s.name: s for s in list_runs(tmp_path)}
+    assert found["config"].problems == ["config.json: model.num_layers not as charnn writes it"]
+    assert found["config"].num_layers is None and found["config"].steps == 30
+    assert found["metrics"].problems == ["metrics.jsonl: 1 incomplete line skipped"]
+
+
 @pytest.mark.parametrize("file,place,value,commands", [
     ("config.json", ("parameters",), "many", ["runs", "runs --json", "info damaged"]),
     ("config.json", ("train",), HUGE, ["info damaged", "info damaged --json", "plot damaged"]),

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..checked import texts, whole
 from ..errors import CharnnError
 from ..history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
-from ..checked import texts, whole
 from ..printable import brief, printable_chars
 from ..rundir import runs_root
 from ..units import bits, format_duration
