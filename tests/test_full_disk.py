@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from charnn.files import WriteFailed
 from charnn.metrics import read_metrics
 from charnn.rundir import RunDir
 
@@ -126,16 +125,18 @@ def test_a_resume_says_how_to_go_on(table):
 
 
 def test_a_metrics_line_the_disk_cuts_short_goes_whole(tmp_path):
-    """A line the disk takes only part of is removed, so the file still ends with a whole record (a
-    file-size limit refuses the write part-way, as a full disk would: EFBIG, a no-room error too)."""
+    """A line the disk takes only part of is removed, so the file still ends with a whole record. A
+    file-size limit refuses the write part-way, as a full disk would (EFBIG, a no-room error too); it is
+    set in a process of its own, where nothing else writes."""
     run = RunDir(tmp_path)
     run.append_metrics({"kind": "train", "step": 1, "loss": 3.0})
     whole = run.metrics_path.read_bytes()
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 10, limit[1]))  # CPython ignores SIGXFSZ
-    try:
-        with pytest.raises(WriteFailed, match="metrics.jsonl: cannot write") as refused:
-            run.append_metrics({"kind": "train", "step": 2, "loss": 2.5})
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
-    assert refused.value.no_room and run.metrics_path.read_bytes() == whole
+    code = ("import sys; from charnn.files import WriteFailed; from charnn.rundir import RunDir\n"
+            "try:\n    RunDir(sys.argv[1]).append_metrics({'kind': 'train', 'step': 2, 'loss': 2.5})\n"
+            "except WriteFailed as err:\n    print(err.no_room, err)")
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole) + 10, hard))  # noqa: E731
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            preexec_fn=limit, timeout=60)  # CPython ignores SIGXFSZ: the write fails instead
+    assert result.stdout.startswith("True ") and "metrics.jsonl: cannot write (File too large)" in result.stdout, result
+    assert run.metrics_path.read_bytes() == whole
