@@ -82,7 +82,7 @@ def peek_checkpoint(path: str | os.PathLike) -> dict:
             with archive.open(entry) as f:
                 payload = _InertUnpickler(f).load()
     except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            KeyError, AttributeError) as err:
+            KeyError, AttributeError, OverflowError, RecursionError) as err:
         raise NotPeekable(str(err)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise NotPeekable("not a charnn checkpoint")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .archive import FORMAT, FORMAT_VERSION
+from .checked import read_model_config
 from .config import ModelConfig
 from .errors import CharnnError
 from .files import TORCH_ARCHIVE_MAGIC, atomic_write
@@ -110,11 +111,11 @@ def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint
     try:
         if not isinstance(payload.get("model_config"), dict) or not isinstance(payload.get("vocab"), dict):
             raise TypeError("model_config and vocab must be mappings")
-        config = ModelConfig.from_dict(payload["model_config"]).validate()
+        config = read_model_config(payload["model_config"])
         vocab = Vocab.from_dict(payload["vocab"])
     except CharnnError as err:
         raise CharnnError(f"{source}: checkpoint has an invalid model config: {err}") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CharnnError(f"{source}: checkpoint does not describe a valid model ({first})") from None
     if vocab.size != config.vocab_size:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import CharnnError
+from .printable import brief
 from .threads import resolve_threads
 
 CELLS = ("lstm", "gru", "rnn")
@@ -49,7 +50,7 @@ def _require_types(config, types: dict) -> None:
     for name, kind in types.items():
         value = getattr(config, name)
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-            raise CharnnError(f"{flag(name)} must be {_KIND_NAMES.get(kind, 'a number')}, not {value!r}")
+            raise CharnnError(f"{flag(name)} must be {_KIND_NAMES.get(kind, 'a number')}, not {brief(value)}")
 
 
 _KIND_NAMES = {int: "a whole number", bool: "true or false", str: "text", (int, type(None)): "a whole number"}

@@ -34,6 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .completions import ApiError
 from .config import ServeConfig
 from .errors import CharnnError
+from .printable import printable
 
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
 # the kernel's send buffer per connection: without a size it grows to megabytes for a client that does
@@ -74,7 +75,7 @@ class Notes:
         if now - self.last.get(kind, -self.every) < self.every:
             return
         self.last[kind] = now
-        print(f"charnn: serve: {text}", file=sys.stderr, flush=True)
+        print(f"charnn: serve: {printable(text)}", file=sys.stderr, flush=True)
 
 
 def error_bytes(status: int, message: str, code: str) -> bytes:

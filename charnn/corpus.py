@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 from .errors import CharnnError
+from .files import writing
 
 STDIN = "-"
 _SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary, as git and grep do
@@ -200,7 +201,7 @@ def _spool(stream: BinaryIO, directory: str | Path | None, source: str = "stdin"
     except OSError as err:
         raise CharnnError(f"{directory}: cannot write a copy of {source} there ({err.strerror})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with writing(Path(path).parent), os.fdopen(fd, "wb") as f:
             _copy_with_room(stream, f, Path(path).parent, source)
     except BaseException:
         Path(path).unlink(missing_ok=True)
@@ -213,13 +214,20 @@ def _copy_with_room(stream: BinaryIO, out, directory: Path, source: str) -> None
     free, or half of what was free, on a disk that had less (a small input still fits there)."""
     copied = 0
     reserve = min(_DISK_RESERVE, shutil.disk_usage(directory).free // 2)
-    while chunk := stream.read(_READ_BYTES):
+    while chunk := _read(stream, source):
         free = shutil.disk_usage(directory).free
         if free - len(chunk) < reserve:
             raise CharnnError(f"{source}: still going after {copied / 1e9:,.1f} GB, and the disk is nearly full "
                               f"({free / 1e9:,.1f} GB free in {directory})", hint="is the input endless (yes, /dev/zero)?")
         out.write(chunk)
         copied += len(chunk)
+
+
+def _read(stream: BinaryIO, source: str) -> bytes:
+    try:
+        return stream.read(_READ_BYTES)
+    except OSError as err:  # not a write: `writing` would call it one
+        raise CharnnError(f"{source}: cannot read ({err.strerror or err})") from None
 
 
 @contextmanager

@@ -1,21 +1,66 @@
-"""Writing files so that a crash never leaves half of one: temporary file, fsync, rename.
+"""Writing files so that a crash never leaves half of one: temporary file, fsync, rename; and a write
+the machine refuses (a full disk, a quota, a read-only file system) is one error naming the file.
 
 Plain Python, no PyTorch: the run directory, the token cache and checkpoints all write through here.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import CharnnError
 
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 MAX_JSON_BYTES = 16 << 20  # a run's config.json is a few kB; a larger one is not charnn's
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
+
+
+class WriteFailed(CharnnError):
+    """A file could not be written; whatever it held before is kept (see `atomic_write`)."""
+
+    def __init__(self, path: str | os.PathLike, err: OSError):
+        self.path, self.errno = Path(path), err.errno
+        super().__init__(f"{path}: cannot write ({err.strerror or err})",
+                         hint="free some space and run the command again" if self.no_room else None)
+
+    @property
+    def no_room(self) -> bool:
+        return self.errno in _NO_ROOM
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: itself, or one it was raised from or while handling (torch.save reports
+    a write the disk refused as a RuntimeError raised while handling the OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a write the machine refuses, however it is reported, into a WriteFailed naming `path`."""
+    try:
+        yield
+    except CharnnError:
+        raise
+    except Exception as err:
+        cause = os_error(err)
+        if cause is None:
+            raise
+        raise WriteFailed(path, cause) from None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -40,25 +85,41 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable) -> None:
     """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    Readers see the old file or the new one, never half of one; on any failure
-    the old file is untouched and the temporary file is removed.
+    Readers see the old file or the new one, never half of one; on any failure the old file is
+    untouched and the temporary file is removed. A write the machine refuses (a full disk) is a
+    WriteFailed naming `path`.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
     fsync_dir(path.parent)
+
+
+def append_line(path: str | os.PathLike, line: bytes) -> None:
+    """Add one line at the end of `path`; if the disk takes only part of it, the part goes too, so the
+    file ends with a whole line, as it did."""
+    with writing(path), open(path, "ab", buffering=0) as f:
+        size = f.seek(0, os.SEEK_END)
+        try:
+            rest = memoryview(line)
+            while rest:
+                rest = rest[f.write(rest):]
+        except OSError:
+            f.truncate(size)
+            raise
 
 
 def keep_copy(path: str | os.PathLike, copy: str | os.PathLike) -> None:

@@ -11,15 +11,15 @@ is wrong with it. Nothing here fails on a half-written run: what cannot be read 
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .config import TrainConfig
+from .checked import finite, odd_values, plain, section, text, texts, train_config, whole
 from .corpus import corpus_name
 from .errors import CharnnError
-from .metrics import TAIL_BYTES, LossCurves, Progress, finite, loss_curves, read_metrics
+from .metrics import TAIL_BYTES, LossCurves, Progress, loss_curves, read_metrics
+from .printable import printable_chars
 from .rundir import RunDir, latest_run, run_dirs, runs_root
 from .schedule import limit_reached
 from .units import bits
@@ -30,7 +30,7 @@ from .units import bits
 
 def _config_from_checkpoint(payload: dict) -> dict:
     """The config.json a run would have, rebuilt from a checkpoint."""
-    state = payload["model_state"]
+    state = section(payload.get("model_state"))
     unique = {t.data_ptr(): t.numel() for t in state.values() if hasattr(t, "data_ptr")}  # tied weights once
     return {
         "model": payload.get("model_config"),
@@ -41,11 +41,11 @@ def _config_from_checkpoint(payload: dict) -> dict:
     }
 
 
-def _describe_corpus(corpus: dict | None) -> str | None:
-    sources = (corpus or {}).get("sources")
-    if not isinstance(sources, list) or not sources:
+def _describe_corpus(corpus) -> str | None:
+    sources = texts(section(corpus).get("sources"))
+    if not sources:
         return None
-    name = corpus_name([str(s) for s in sources])
+    name = corpus_name(sources)
     return name if len(sources) == 1 else f"{name} +{len(sources) - 1}"
 
 
@@ -56,17 +56,23 @@ def _finished(config: dict | None, last: dict | None, evals: list[dict] = ()) ->
     A run that reaches its limit evaluates one last time at that step; one interrupted, killed or
     still training has not reached it (or its last record is a log line).
     """
-    if not config or not isinstance(config.get("train"), dict) or not last or last["kind"] != "eval":
-        return False
-    try:
-        train = TrainConfig.from_dict(config["train"])
-    except TypeError:
+    train = train_config(config) if config else None
+    if train is None or not last or last["kind"] != "eval":
         return False
     epochs, elapsed = finite(last.get("epoch")), finite(last.get("elapsed"))
-    if limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None:
-        return True
+    try:
+        if limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None:
+            return True
+    except OverflowError:  # a limit of 400 digits: float arithmetic refuses it, and no run reached it
+        return False
     recent = list(evals)[-train.patience:] if train.patience else []
-    return len(recent) == train.patience and all(r.get("val_loss", 0) > r.get("best_val_loss", 0) for r in recent)
+    return len(recent) == train.patience and all(_worse(r) for r in recent)
+
+
+def _worse(evaluation: dict) -> bool:
+    """Whether an evaluation missed the best loss so far (--patience counts these)."""
+    loss, best = finite(evaluation.get("val_loss")), finite(evaluation.get("best_val_loss"))
+    return loss is not None and best is not None and loss > best
 
 
 @dataclass
@@ -117,16 +123,24 @@ class RunSummary:
 
 
 def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[str]) -> dict | None:
-    config = run.read_config()
-    if config is not None:
-        return config
-    problems.append("config.json missing or unreadable" if run.config_path.exists() else "no config.json")
+    """config.json, else what a checkpoint says; values not as charnn writes them are a problem."""
+    config, source = run.read_config(), run.CONFIG
+    if config is None:
+        problems.append("config.json missing or unreadable" if run.config_path.exists() else "no config.json")
+        config, source = _config_from_checkpoints(run, checkpoints, problems)
+    odd = odd_values(config) if config is not None else []
+    if odd:
+        problems.append(f"{source}: {', '.join(odd)} not as charnn writes {'them' if len(odd) > 1 else 'it'}")
+    return config
+
+
+def _config_from_checkpoints(run: RunDir, checkpoints: list[str], problems: list[str]) -> tuple[dict | None, str]:
     for name in reversed(checkpoints):  # best.pt is smaller than last.pt: no optimiser state
         try:
-            return _config_from_checkpoint(_load_checkpoint(run.file(name)))
+            return _config_from_checkpoint(_load_checkpoint(run.file(name))), name
         except CharnnError:
             problems.append(f"{name} unreadable")
-    return None
+    return None, ""
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -149,10 +163,10 @@ def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummar
     problems = summary.problems
     config = _config_or_checkpoint(run, summary.checkpoints, problems)
     if config is not None:
-        model = config.get("model") or {}
-        summary.cell, summary.num_layers = model.get("cell"), model.get("num_layers")
-        summary.hidden_size, summary.vocab_size = model.get("hidden_size"), model.get("vocab_size")
-        summary.parameters = config.get("parameters")
+        model = section(config.get("model"))
+        summary.cell, summary.num_layers = text(model.get("cell")), whole(model.get("num_layers"))
+        summary.hidden_size, summary.vocab_size = whole(model.get("hidden_size")), whole(model.get("vocab_size"))
+        summary.parameters = whole(config.get("parameters"))
         summary.corpus = _describe_corpus(config.get("corpus"))
     metrics = read_metrics(run.metrics_path, tail_bytes=TAIL_BYTES)
     if metrics.partial and metrics.last_eval is None:  # no evaluation in the tail: read it all
@@ -230,8 +244,7 @@ def _checkpoint_info(path: Path, file: str, role: str, payload: dict | None = No
     except CharnnError as err:
         info.error = str(err).removeprefix(f"{path}: ")
         return info
-    step = payload.get("step")
-    info.step = step if isinstance(step, int) else None
+    info.step = whole(payload.get("step"))
     info.val_loss = finite(payload.get("val_loss"))
     info.resumable = "train_state" in payload
     return info
@@ -247,8 +260,7 @@ def weights_info(path: Path, file: str) -> CheckpointInfo:
     except CharnnError as err:
         info.error = str(err).removeprefix(f"{path}: ")
         return info
-    step = records.get("step")
-    info.step = step if isinstance(step, int) and not isinstance(step, bool) else None
+    info.step = whole(records.get("step"))
     info.val_loss = finite(records.get("val_loss"))
     return info
 
@@ -260,23 +272,6 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     for path in run.kept_checkpoints():
         found.append(_checkpoint_info(path, str(path.relative_to(run.path)), "kept"))
     return found
-
-
-def printable_chars(chars: str, space: str = " ") -> str:
-    """The vocabulary as one readable line: control and other invisible characters as escapes
-    (`\\n`, `\\x1b`, `\\u200b`), a backslash as `\\\\`, and the space as `space`."""
-    named = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "\0": "\\0", " ": space}
-    out = []
-    for char in chars:
-        if char in named:
-            out.append(named[char])
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (
-                char.isspace() and char != " "):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 @dataclass
@@ -295,16 +290,23 @@ class RunInfo:
     summary: RunSummary | None = None  # for a run directory
     weights: CheckpointInfo | None = None  # a run's best.safetensors
 
+    def __post_init__(self):
+        """Each section as a file may hold it, made plain: a dict (or None), its values JSON can write."""
+        self.model, self.vocab = plain(section(self.model)), plain(section(self.vocab))
+        self.train = plain(self.train) if isinstance(self.train, dict) else None
+        self.corpus = plain(self.corpus) if isinstance(self.corpus, dict) else None
+        self.parameters = whole(self.parameters)
+
     @property
     def vocab_chars(self) -> str | None:
-        return self.vocab.get("chars") if self.vocab.get("mode") == "char" else None
+        return text(self.vocab.get("chars")) if self.vocab.get("mode") == "char" else None
 
     @property
     def vocab_size(self) -> int | None:
         if self.vocab.get("mode") == "byte":
             return 256
         chars = self.vocab.get("chars")
-        return len(chars) if isinstance(chars, str) else self.model.get("vocab_size")
+        return len(chars) if isinstance(chars, str) else whole(self.model.get("vocab_size"))
 
     def to_dict(self) -> dict:
         chars = self.vocab_chars

@@ -7,22 +7,18 @@ counted, not fatal.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
+from .checked import finite, section, whole
 from .errors import CharnnError
 from .files import is_regular
 from .units import bits
 
 TAIL_BYTES = 1 << 16  # a summary needs only the last records; long runs have megabytes of metrics
-
-
-def finite(value) -> float | None:
-    """A float for JSON and tables: None for missing, non-numeric or non-finite values."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+# what the records' numbers are called: one of another type (a string, a list) makes its line damaged
+NUMBERS = ("epoch", "loss", "lr", "chars_per_sec", "chars", "elapsed", "val_loss", "val_bpc", "val_chars",
+           "best_val_loss", "eval_seconds")
 
 
 def _bpc(nats: float | None) -> float | None:
@@ -63,15 +59,21 @@ RECORD_KINDS = ("train", "eval", "threads", "plan")
 
 
 def _parse_record(line: str) -> dict | None:
+    """A whole record: a JSON object of a known kind, at a step, whose numbers are numbers (NaN and
+    infinity included: a diverged loss is one)."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS:
+    if not isinstance(record, dict) or record.get("kind") not in RECORD_KINDS or whole(record.get("step")) is None:
         return None
-    if not isinstance(record.get("step"), int):
+    if not all(_number(record.get(key)) for key in NUMBERS):
         return None
     return record
+
+
+def _number(value) -> bool:
+    return value is None or isinstance(value, float) or whole(value) is not None
 
 
 def read_metrics(path: str | os.PathLike, tail_bytes: int | None = None) -> Metrics:
@@ -151,21 +153,21 @@ class Progress:
             last_val_loss=finite(evaluation.get("val_loss")) if evaluation else None,
             last_train_loss=finite(train.get("loss")) if train else None,
             chars_per_sec=finite(train.get("chars_per_sec")) if train else None,
-            chars=train.get("chars") if train else None,
+            chars=whole(train.get("chars")) if train else None,
         )
 
     @classmethod
     def from_checkpoint(cls, payload: dict) -> Progress:
         """What a checkpoint records: everything for a last.pt, the step and loss for a best.pt."""
-        state = (payload.get("train_state") or {}).get("progress") or {}
-        step = payload.get("step", state.get("step", 0))
+        state = section(section(payload.get("train_state")).get("progress"))
+        step = whole(payload.get("step", state.get("step", 0)))
         return cls(
-            steps=step if isinstance(step, int) else 0,
+            steps=step or 0,
             epochs=finite(state.get("epoch")),
             elapsed=finite(state.get("elapsed")),
             best_val_loss=finite(state.get("best_val_loss")),
             last_val_loss=finite(payload.get("val_loss")),
-            chars=state.get("chars"),
+            chars=whole(state.get("chars")),
         )
 
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .inspect import CharTrace
+from .printable import printable
 from .vocab import Vocab
 
 MAX_BITS = 8.0  # the top of the surprisal scale: 8 bits is a 1-in-256 character, as red as it gets
@@ -57,12 +58,13 @@ _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍", " ": " "}
 
 
 def glyph(char: str) -> str:
-    """How one character is drawn: newlines, tabs and other control characters get a visible symbol."""
+    """How one character is drawn: newlines, tabs and other control characters get a visible symbol;
+    the rest a terminal would act on or hide (C1 controls, format characters), their escapes."""
     if char in _VISIBLE:
         return _VISIBLE[char]
     if len(char) == 1 and (ord(char) < 32 or ord(char) == 127):
         return chr(0x2400 + ord(char)) if ord(char) < 32 else "␡"
-    return char
+    return printable(char)
 
 
 def token_chars(vocab: Vocab, tokens) -> list[str]:

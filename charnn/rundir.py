@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CharnnError
-from .files import atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
+from .files import append_line, atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries, write_json
 
 if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
     import numpy as np
@@ -175,24 +175,17 @@ class RunDir:
     # --- metrics.jsonl -----------------------------------------------------------------------
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, (json.dumps(record) + "\n").encode("utf-8"))
 
     def cut_metrics_after(self, step: int) -> None:
         """Drop log lines written after `step` (the checkpoint a resume starts from): that stretch is
         trained again. Lines cut short by a crash go too."""
         if not self.metrics_path.is_file():
             return
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
+        lines = self.metrics_path.read_bytes().splitlines()
+        kept = [line for line in lines if _logged_by(line, step)]
         if len(kept) != len(lines):
-            atomic_write(self.metrics_path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
+            atomic_write(self.metrics_path, lambda f: f.write(b"".join(k + b"\n" for k in kept)))
 
     # --- kept checkpoints --------------------------------------------------------------------
 
@@ -225,6 +218,16 @@ class RunDir:
         if not self.tokens_path.is_file() or isinstance(val_frac, bool) or not isinstance(val_frac, (int, float)):
             return None
         return split_train_val(self.tokens(), val_frac)[1]
+
+
+def _logged_by(line: bytes, step: int) -> bool:
+    """Whether a metrics line is a whole record written at `step` or before (a line cut short, of the
+    wrong type or nested past what the parser takes is not)."""
+    try:
+        logged = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return False
+    return isinstance(logged, int) and not isinstance(logged, bool) and logged <= step
 
 
 # --- the runs root ----------------------------------------------------------------------------

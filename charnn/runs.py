@@ -16,6 +16,7 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 import torch
 
+from .checked import read_model_config
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig, flag
 from .corpus import corpus_files
@@ -259,7 +260,7 @@ def resume_training(run_dir: str | Path, overrides: dict | None = None, *, corpu
     except BaseException as err:
         if claim is not None:
             claim.release()
-        if isinstance(err, (KeyError, ValueError, RuntimeError, TypeError, AttributeError)):
+        if isinstance(err, (LookupError, ValueError, RuntimeError, TypeError, AttributeError, ArithmeticError)):
             raise CharnnError(f"{run.last}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
         raise
     return trainer
@@ -271,10 +272,15 @@ def _resume(run: RunDir, overrides: dict, corpus, stdin, hooks: TrainHooks) -> T
     payload = load_checkpoint(run.last)
     if "train_state" not in payload or "train_config" not in payload:
         raise CharnnError(f"{run.last}: checkpoint holds no training state to resume from")
-    model_config = ModelConfig.from_dict(payload["model_config"])
-    vocab = Vocab.from_dict(payload["vocab"])
-    # a run from before --precision trained in float32
-    saved = TrainConfig.from_dict({"precision": "fp32", **payload["train_config"]})
+    try:
+        model_config, vocab = read_model_config(payload["model_config"]), Vocab.from_dict(payload["vocab"])
+    except CharnnError as err:
+        raise CharnnError(f"{run.last}: its model is not one charnn builds ({err})") from None
+    train_config = payload["train_config"]
+    try:  # a run from before --precision trained in float32
+        saved = TrainConfig.from_dict({"precision": "fp32", **train_config}).validate()
+    except (CharnnError, TypeError) as err:
+        raise CharnnError(f"{run.last}: its training configuration is not valid ({err})") from None
     config = _resumed_config(saved, model_config, vocab, overrides)
     corpus_info = payload.get("corpus", {})
     tokens = _checked_tokens(run, vocab, corpus_info, corpus, stdin)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .corpus import CorpusFiles, corpus_files
 from .errors import CharnnError
+from .files import writing
 from .vocab import Vocab
 
 CACHE_DIR = ".cache"
@@ -101,7 +102,7 @@ def _from_cache(meta_path: Path, token_path: Path, signature: list) -> EncodedCo
         if len(encoded.tokens()) != encoded.num_tokens:
             return None
         return encoded
-    except (OSError, ValueError, KeyError, TypeError, CharnnError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError, CharnnError):
         return None  # a missing, stale or damaged entry is simply rebuilt
 
 
@@ -125,7 +126,8 @@ def encode_cached(corpus: CorpusFiles, mode: str, cache_root: str | Path) -> Enc
     if signature is None:
         tmp = directory / f".stdin-{os.getpid()}.npy.tmp"
         try:
-            return encode_to_file(corpus, tmp, mode)
+            with writing(directory):
+                return encode_to_file(corpus, tmp, mode)
         except BaseException:  # an error, Ctrl-C or SIGTERM: no half-written copy stays behind
             tmp.unlink(missing_ok=True)
             raise
@@ -137,11 +139,12 @@ def encode_cached(corpus: CorpusFiles, mode: str, cache_root: str | Path) -> Enc
     tmp_tokens = directory / f".{key}.{os.getpid()}.npy.tmp"
     tmp_meta = directory / f".{key}.{os.getpid()}.json.tmp"
     try:
-        encoded = encode_to_file(corpus, tmp_tokens, mode)
-        tmp_meta.write_text(json.dumps({"signature": signature, "sources": list(corpus.sources),
-                                        **encoded.to_dict()}), encoding="utf-8")
-        os.replace(tmp_tokens, token_path)
-        os.replace(tmp_meta, meta_path)  # last: the entry is valid only once both are in place
+        with writing(token_path):
+            encoded = encode_to_file(corpus, tmp_tokens, mode)
+            tmp_meta.write_text(json.dumps({"signature": signature, "sources": list(corpus.sources),
+                                            **encoded.to_dict()}), encoding="utf-8")
+            os.replace(tmp_tokens, token_path)
+            os.replace(tmp_meta, meta_path)  # last: the entry is valid only once both are in place
     finally:
         tmp_tokens.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
@@ -161,16 +164,21 @@ def place_tokens(encoded: EncodedCorpus, target: Path) -> None:
             return
         except OSError:
             pass
-    try:
-        os.link(encoded.path, tmp)
-    except OSError:
-        shutil.copyfile(encoded.path, tmp)
-    os.replace(tmp, target)
+    with writing(target):
+        try:
+            os.link(encoded.path, tmp)
+        except OSError:
+            try:
+                shutil.copyfile(encoded.path, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        os.replace(tmp, target)
     if encoded.temporary:
         encoded.path.unlink(missing_ok=True)
 
 
 def encode_files(paths, out: str | Path, mode: str = "char") -> EncodedCorpus:
     """Encode files (or '-') into `out` without the cache: the library's one-call form."""
-    with corpus_files(paths, spool_dir=Path(out).parent) as corpus:
+    with corpus_files(paths, spool_dir=Path(out).parent) as corpus, writing(out):
         return encode_to_file(corpus, out, mode)

@@ -9,15 +9,19 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checked import whole
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .errors import CharnnError
+from .files import WriteFailed
+from .printable import brief
 from .rundir import RunDir
 from .vocab import Vocab
 from .weights import weights_from_payload, write_weights
@@ -43,8 +47,23 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainState:
+        """A checkpoint's progress; a field of another type (a file may hold anything) is a ValueError."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        state = cls(**{k: v for k, v in data.items() if k in names})
+        for f in fields(cls):
+            value = getattr(state, f.name)
+            if isinstance(f.default, int):  # steps, epochs, windows and counts
+                ok, kind = whole(value) is not None, "a whole number"
+            else:  # seconds, losses and scales; a loss not measured yet is None
+                ok = (value is None and f.default is None) or _number(value)
+                kind = "a number"
+            if not ok:
+                raise ValueError(f"progress.{f.name} is {brief(value)}, not {kind}")
+        return state
+
+
+def _number(value) -> bool:
+    return isinstance(value, float) or whole(value) is not None
 
 
 def seed_everything(seed: int) -> None:
@@ -174,12 +193,33 @@ class RunWriter:
             self.run.forget_model()
             self.last_step = None
         config = self.run.read_config() or {}
-        self.run.write_config({k: v for k, v in {**config, **sections}.items() if k not in ("format", "format_version")})
-        self.run.append_metrics(record)
+        with self._writing():
+            self.run.write_config({k: v for k, v in {**config, **sections}.items()
+                                   if k not in ("format", "format_version")})
+            self.run.append_metrics(record)
 
     def append_metrics(self, record: dict) -> None:
         if self.writes:
-            self.run.append_metrics(record)
+            with self._writing():
+                self.run.append_metrics(record)
+
+    @contextmanager
+    def _writing(self):
+        """A write the disk refuses ends training with what is saved, and says how to go on from it."""
+        try:
+            yield
+        except WriteFailed as err:
+            if err.no_room:
+                err.hint = self._after_a_full_disk()
+            raise
+
+    def _after_a_full_disk(self) -> str:
+        if self.replacing:  # it goes back when training ends
+            return f"free some space and train again; {self.run.path} holds the run it held before"
+        if self.run.last.is_file():
+            at = f", at step {self.last_step:,}" if self.last_step is not None else ""
+            return f"free some space, then `charnn train --resume {self.run.path}` continues from its last.pt{at}"
+        return f"free some space and train again: {self.run.path} has no last.pt yet (--overwrite replaces it)"
 
     def due_by_clock(self) -> bool:
         seconds = self.config.save_every_seconds
@@ -201,11 +241,12 @@ class RunWriter:
         if not self.writes:
             return path
         keep = self.config.keep
-        if not best and keep > 0 and self.last_step is not None and self.last_step != step:
-            self.run.keep_last(self.last_step)
-        save_checkpoint(path, payload)
-        if best:  # the same weights without pickle, for sampling without PyTorch
-            write_weights(self.run.weights, weights_from_payload(payload))
+        with self._writing():
+            if not best and keep > 0 and self.last_step is not None and self.last_step != step:
+                self.run.keep_last(self.last_step)
+            save_checkpoint(path, payload)
+            if best:  # the same weights without pickle, for sampling without PyTorch
+                write_weights(self.run.weights, weights_from_payload(payload))
         if best and self.claim is not None:
             self.claim.settle()  # the new run has a model: an old run set aside goes now
         if not best:

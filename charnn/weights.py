@@ -22,10 +22,12 @@ from typing import Mapping
 
 import numpy as np
 
+from .checked import finite, plain, read_model_config, whole
 from .config import ModelConfig
 from .engine import weight_shapes
 from .errors import CharnnError
 from .files import atomic_write, is_torch_archive, require_file
+from .printable import brief
 from .rundir import WEIGHTS_SUFFIX, RunDir, latest_run, resolve_checkpoint, weights_beside
 from .base import resolve_model
 from .vocab import Vocab
@@ -122,7 +124,7 @@ def _header(path: Path, handle) -> tuple[ModelConfig, Vocab, dict]:
     if metadata.get("format") != FORMAT:
         raise CharnnError(f"{path}: not a charnn weights file (a safetensors file without charnn's metadata)")
     version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise CharnnError(f"{path}: weights file has no valid format_version")
     if int(version) > FORMAT_VERSION:
         raise CharnnError(f"{path}: weights format version {version} is newer than this charnn supports "
@@ -133,28 +135,24 @@ def _header(path: Path, handle) -> tuple[ModelConfig, Vocab, dict]:
             raise CharnnError(f"{path}: its metadata is incomplete (no {key})")
         try:
             values[key] = json.loads(metadata.get(key, "null"))
-        except ValueError:
-            raise CharnnError(f"{path}: its metadata is damaged ({key} is not JSON)") from None
+        except (ValueError, RecursionError):
+            raise CharnnError(f"{path}: its metadata is damaged ({key} is not JSON, or nested too deep)") from None
     try:
-        config = _model_config(values["model_config"])
+        config = read_model_config(values["model_config"])
         vocab = Vocab.from_dict(values["vocab"])
-    except (CharnnError, TypeError, ValueError, AttributeError) as err:
+    except (CharnnError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise CharnnError(f"{path}: its metadata does not describe a valid model ({err})") from None
     if vocab.size != config.vocab_size:
         raise CharnnError(f"{path}: its vocabulary ({vocab.size}) does not match the model ({config.vocab_size})")
-    return config, vocab, {key: values[key] for key in _RECORDS} | {"weights_sha256": metadata.get("weights_sha256")}
+    return config, vocab, _records(values) | {"weights_sha256": metadata.get("weights_sha256")}
 
 
-def _model_config(data) -> ModelConfig:
-    """A ModelConfig from metadata, its sizes checked to be whole numbers (a file may say anything)."""
-    config = ModelConfig.from_dict(data)
-    for name in ("vocab_size", "num_layers", "hidden_size", "embed_size"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a whole number, not {value!r}")
-    if not isinstance(config.cell, str):
-        raise ValueError(f"cell must be a name, not {config.cell!r}")
-    return config.validate()
+def _records(values: dict) -> dict:
+    """What the metadata says besides the model, each as what it should be, else None (a file may hold
+    anything there; the weights stay usable)."""
+    val_loss = values["val_loss"]
+    return {"step": whole(values["step"]), "val_loss": val_loss if isinstance(val_loss, float) else finite(val_loss),
+            **{key: plain(values[key]) if isinstance(values[key], dict) else None for key in ("train_config", "corpus")}}
 
 
 def _check_tensors(path: Path, config: ModelConfig, shapes: Mapping[str, tuple], dtypes: Mapping[str, str]) -> None:
@@ -260,7 +258,7 @@ def _mismatch(weights: Weights, checkpoint: Path) -> str | None:
         return None
     for key in ("step", "val_loss"):
         if payload.get(key) != weights.records.get(key):
-            return f"{key} {weights.records.get(key)} against {payload.get(key)}"
+            return f"{key} {brief(weights.records.get(key))} against {brief(payload.get(key))}"
     return None
 
 
@@ -285,8 +283,13 @@ def export_weights(model: str | os.PathLike | None = None, out: str | os.PathLik
     source = resolve_checkpoint(model)
     weights = load_weights(source)
     if out is not None and str(out) == "-":
-        sys.stdout.buffer.write(encode_weights(weights))
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(encode_weights(weights))
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:  # a full disk behind a redirection, /dev/full
+            raise CharnnError(f"cannot write to stdout ({err.strerror or err})") from None
         return "-", weights
     target = Path(out) if out is not None else weights_beside(source)
     if target.resolve() == source.resolve():

@@ -17,7 +17,7 @@ import torch
 
 from charnn import list_runs, loss_curves, read_metrics, start_training, summarize_run
 from charnn.cli import main
-from charnn.history import printable_chars
+from charnn.printable import printable_chars
 
 from conftest import SHAKESPEARE, tiny_train_config
 

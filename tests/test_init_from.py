@@ -121,6 +121,6 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_what_cannot_start_from_a_model_is_one_line_and_touches_nothing(world, name):
+def test_what_cannot_start_from_a_model_is_one_line_and_touches_nothing(world, name):  # noqa: F811
     command, needles = CASES[name]
     assert_refused(attempt(world, command), 1, needles)

@@ -149,7 +149,7 @@ def damaged_files(tmp_path, weights) -> dict:
         "newer.safetensors": (remade(format_version="2"), ["newer"]),
         "config.safetensors": (remade(model_config='{"vocab_size": 6, "cell": "lstm"'), ["model_config is not JSON"]),
         "sizes.safetensors": (remade(model_config=json.dumps({**weights.config.to_dict(), "num_layers": 2.5})),
-                              ["num_layers"]),
+                              ["--layers", "whole number"]),
         "vocab.safetensors": (remade(vocab=json.dumps({"mode": "char", "chars": "abc"})),
                               ["vocabulary (3) does not match the model (6)"]),
         "shape.safetensors": (remade(wrong_shape), ["head.weight", "(6, 31)", "(6, 32)"]),

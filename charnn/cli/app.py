@@ -11,9 +11,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from .. import __version__
 from ..errors import CharnnError
+from ..printable import printable
 from .options import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -43,12 +45,28 @@ def command(*args, **kwargs):
     return register
 
 
+class _Console(Console):
+    """A console that shows every string it prints (a line, a table's cell or title) with the characters a
+    terminal would obey as escapes (`charnn.printable`): a run named ESC ] 0 ; ... prints as
+    `\\x1b]0;...`, and sets no title. A `Text` is printed as it is: make one with `shown`."""
+
+    def render_str(self, text: str, **options) -> Text:
+        return super().render_str(printable(text), **options)
+
+
 def stderr(width: int | None = None) -> Console:
-    """The console for people. Text is printed as given: no markup, no emoji codes (a run named
-    'my:100:model' stays that), no highlighting; NO_COLOR (https://no-color.org) turns off every style."""
+    """The console for people. Text is printed as given, control characters escaped: no markup, no emoji
+    codes (a run named 'my:100:model' stays that), no highlighting; NO_COLOR (https://no-color.org)
+    turns off every style."""
     plain = bool(os.environ.get("NO_COLOR"))
-    return Console(stderr=True, highlight=False, markup=False, emoji=False, width=width,
-                   color_system=None if plain else "auto")
+    return _Console(stderr=True, highlight=False, markup=False, emoji=False, width=width,
+                    color_system=None if plain else "auto")
+
+
+def shown(text: str, style: str = "", keep: str = "", **options) -> Text:
+    """A rich Text of a name or of text from a file, its control characters escaped as the console's
+    strings are (those in `keep` stay: see `charnn.printable`)."""
+    return Text(printable(str(text), keep), style=style, **options)
 
 
 def say(console: Console, text: str, quiet: bool = False, style: str | None = None) -> None:

@@ -16,6 +16,7 @@ from rich.text import Text
 from ..errors import CharnnError
 from ..metrics import LossCurves
 from ..units import LN2, format_duration
+from .app import shown
 
 TRAIN_STYLE = "bright_blue"  # matplotlib's C0 and C1, so the terminal and the PNG agree
 VAL_STYLE = "dark_orange"
@@ -182,7 +183,7 @@ def render_chart(curves: LossCurves, width: int, height: int) -> list[Text]:
     tick_rows = {}
     for value, l_label, r_label in zip(y_ticks, left, right):
         tick_rows.setdefault(canvas.dot(0, value)[1] // 4, (l_label, r_label))
-    lines = [Text(f"charnn plot: {curves.title}", style="bold"),
+    lines = [shown(f"charnn plot: {curves.title}", style="bold"),
              Text(f"{'nats/char':<{width - len('bits/char')}}bits/char", style="dim")]
     for y in range(rows):
         l_label, r_label = tick_rows.get(y, ("", ""))

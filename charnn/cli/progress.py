@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from ..config import flag
 from ..events import TrainEvents, TrainSnapshot
 from ..units import format_duration
+from .app import shown
 
 
 def format_rate(chars_per_sec: float) -> str:
@@ -134,7 +135,7 @@ class ConsoleTrainEvents(TrainEvents):
             return
         console = self.progress.console if self.progress is not None else self.console
         console.print(f"sample at step {snapshot.step:,}:", style="bold", markup=False, highlight=False)
-        console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+        console.print(shown(text, style="dim", keep="\n"), soft_wrap=True)  # its lines stay lines
 
     def on_replan(self, snapshot: TrainSnapshot, plan) -> None:
         why = plan.replanned

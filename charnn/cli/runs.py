@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..checked import texts, whole
 from ..errors import CharnnError
-from ..history import RunInfo, RunSummary, list_runs, printable_chars, run_info, run_loss_curves
+from ..history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
+from ..printable import brief, printable_chars
 from ..rundir import runs_root
 from ..units import bits, format_duration
-from .app import command, print_json, say, stderr
+from .app import command, print_json, say, shown, stderr
 from .options import EXIT_CODES_HELP, JsonFlag, WeightsArgument, XAxis, nonempty
 from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
@@ -58,11 +60,11 @@ def _runs_table(where: Path, summaries: list[RunSummary]) -> Table:
         table.add_column(name, justify=justify, overflow="fold", no_wrap=name not in ("run", "corpus"))
     now = datetime.now().astimezone()
     for s in summaries:
-        name = Text("* " + s.name, style="bold") if s.latest else Text("  " + s.name)
+        name = shown("* " + s.name, style="bold") if s.latest else shown("  " + s.name)
         status = Text(s.status, style="green" if s.status == "finished" else "")
         if s.problems:
             status.append(" !", style="yellow")
-        table.add_row(name, Text(s.corpus or "-"), s.size or "-", _short_count(s.parameters), f"{s.steps:,}",
+        table.add_row(name, shown(s.corpus or "-"), s.size or "-", _short_count(s.parameters), f"{s.steps:,}",
                       _or_dash(s.best_val_bpc, ".3f"), _ago(s.updated, now), status)
     return table
 
@@ -120,7 +122,7 @@ class _InfoTable:
         self.table.add_row(Text(name, style="bold cyan"), "")
 
     def _row(self, name: str, value) -> None:
-        self.table.add_row(name, value if isinstance(value, Text) else Text(str(value)))
+        self.table.add_row(name, value if isinstance(value, Text) else shown(value))
 
     def _run(self) -> None:
         info = self.info
@@ -131,20 +133,20 @@ class _InfoTable:
             self._row("status", s.status + (" (the newest run)" if s.latest else ""))
             self._row("updated", s.updated.strftime("%Y-%m-%d %H:%M:%S %Z") if s.updated else "-")
             if s.problems:
-                self._row("problems", Text("; ".join(s.problems), style="yellow"))
+                self._row("problems", shown("; ".join(s.problems), style="yellow"))
 
     def _model(self) -> None:
-        m = self.info.model
+        m = {key: _value(value) for key, value in self.info.model.items()}
         self._section("model")
         self._row("architecture", f"{m.get('num_layers')}x{m.get('hidden_size')} {str(m.get('cell')).upper()}, "
                                   f"embedding {m.get('embed_size')}, dropout {m.get('dropout')}"
-                                  f"{', tied weights' if m.get('tie_weights') else ''}")
+                                  f"{', tied weights' if self.info.model.get('tie_weights') is True else ''}")
         self._row("parameters", _or_dash(self.info.parameters, ","))
 
     def _training(self) -> None:
         if self.info.train:
             self._section("training")
-            self._row("config", "  ".join(f"{k}={v}" for k, v in self.info.train.items()))
+            self._row("config", "  ".join(f"{k}={_value(v)}" for k, v in self.info.train.items()))
 
     def _vocabulary(self) -> None:
         info, chars = self.info, self.info.vocab_chars
@@ -160,11 +162,11 @@ class _InfoTable:
         if not c:
             return
         self._section("corpus")
-        self._row("sources", "\n".join(map(str, c.get("sources", []))) or "-")
-        self._row("size", f"{_or_dash(c.get('bytes'), ',')} bytes, {_or_dash(c.get('tokens'), ',')} tokens "
-                          f"({_or_dash(c.get('train_tokens'), ',')} training, "
-                          f"{_or_dash(c.get('val_tokens'), ',')} validation)")
-        self._row("fingerprint", Text(f"sha256:{c.get('fingerprint', '-')}", overflow="fold"))
+        self._row("sources", Text("\n").join(map(shown, texts(c.get("sources")) or [])) or "-")
+        size = {key: _or_dash(whole(c.get(key)), ",") for key in ("bytes", "tokens", "train_tokens", "val_tokens")}
+        self._row("size", f"{size['bytes']} bytes, {size['tokens']} tokens ({size['train_tokens']} training, "
+                          f"{size['val_tokens']} validation)")
+        self._row("fingerprint", shown(f"sha256:{_value(c.get('fingerprint', '-'))}", overflow="fold"))
 
     def _metrics(self) -> None:
         info, p = self.info, self.info.progress
@@ -187,12 +189,17 @@ class _InfoTable:
         self._section("checkpoints")
         weights = [self.info.weights] if self.info.weights else []
         for c in self.info.checkpoints + weights:
-            what = (Text(f"unreadable: {c.error}", style="yellow") if c.error else
+            what = (shown(f"unreadable: {c.error}", style="yellow") if c.error else
                     Text(f"step {_or_dash(c.step, ',')}, validation loss {_or_dash(c.val_loss, '.4f')}"
                          f"{', resumable' if c.resumable else ''}{', without pickle' if c.role == 'weights' else ''}"))
             self._row(c.file, Text(f"{c.bytes / 1e6:,.1f} MB, ") + what)
         if not self.info.checkpoints:
             self._row("", "none yet")
+
+
+def _value(value) -> str:
+    """A value of a file's section as a table shows it: text as it is, anything else quoted briefly."""
+    return value if isinstance(value, str) else brief(value)
 
 
 def _loss_text(loss: float | None) -> str:
