@@ -20,48 +20,48 @@ import types
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "archive": ["peek_checkpoint"],
-    "checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "model_from_weights", "open_model",
-                   "save_checkpoint"],
-    "choice": ["StreamOptions"],
-    "completions": ["ApiError", "parse_completion"],
     "config": ["BenchOptions", "ModelConfig", "SampleRequest", "SamplingConfig", "ServeConfig", "TrainConfig",
                "parse_duration"],
-    "corpus": ["Corpus", "read_corpus"],
-    "data": ["StreamBatches", "TrainData", "split_train_val"],
-    "device": ["resolve_device"],
-    "engine": ["Engine"],
+    "data.batches": ["StreamBatches", "TrainData", "split_train_val"],
+    "data.corpus": ["Corpus", "read_corpus"],
+    "data.vocab": ["Vocab"],
     "errors": ["CharnnError"],
-    "evaluate": ["EvalResult", "EvalText", "evaluate", "text_to_score"],
-    "events": ["TrainEvents", "TrainResult", "TrainSnapshot"],
-    "history": ["RunInfo", "RunSummary", "list_runs", "run_info", "run_loss_curves", "summarize_run"],
-    "inspect": ["CharTrace", "NeuronReport", "find_neurons", "hidden_activations", "parse_neuron", "text_features",
-                "trace_text"],
-    "metrics": ["LossCurves", "Metrics", "Progress", "loss_curves", "read_metrics"],
-    "model": ["CharRNN", "detach_hidden"],
-    "processes": ["StopFlag", "launch_processes"],
-    "render": ["html_page"],
-    "rundir": ["RunDir", "latest_run", "resolve_checkpoint"],
-    "request": ["TrainRequest", "check_request"],
-    "runs": ["TrainHooks", "open_training", "resume_training", "start_training"],
-    "sampling": ["TextGenerator", "TorchGenerator", "beam_search", "generate"],
-    "server": ["create_app", "serve"],
-    "serving": ["Batcher", "CompletionRequest", "CompletionStream"],
-    "stepper": ["BlasStepper", "Stepper", "engine_from_model"],
-    "streaming": ["BufferedOutput", "Conversation", "PipeClosed", "SampleWriter", "SamplingModel", "encode_prime",
-                  "open_sampling_model", "write_samples"],
-    "streams": ["Streams", "feed_each", "sample_streams"],
-    "train": ["Trainer"],
-    "train_state": ["TrainState"],
-    "vocab": ["Vocab"],
-    "weights": ["Weights", "export_weights", "read_weights", "write_weights"],
+    "evaluate.render": ["html_page"],
+    "evaluate.score": ["EvalResult", "EvalText", "evaluate", "text_to_score"],
+    "evaluate.trace": ["CharTrace", "NeuronReport", "find_neurons", "hidden_activations", "parse_neuron",
+                       "text_features", "trace_text"],
+    "generate.choice": ["StreamOptions"],
+    "generate.output": ["BufferedOutput", "Conversation", "PipeClosed", "SampleWriter", "SamplingModel",
+                        "encode_prime", "open_sampling_model", "write_samples"],
+    "generate.sampler": ["TextGenerator", "TorchGenerator", "beam_search", "generate"],
+    "generate.streams": ["Streams", "feed_each", "sample_streams"],
+    "model.archive": ["peek_checkpoint"],
+    "model.checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "model_from_weights",
+                         "open_model", "save_checkpoint"],
+    "model.engine": ["Engine"],
+    "model.network": ["CharRNN", "detach_hidden"],
+    "model.stepper": ["BlasStepper", "Stepper", "engine_from_model"],
+    "model.weights": ["Weights", "export_weights", "read_weights", "write_weights"],
+    "plan.request": ["TrainRequest", "check_request"],
+    "runs.history": ["RunInfo", "RunSummary", "list_runs", "run_info", "run_loss_curves", "summarize_run"],
+    "runs.metrics": ["LossCurves", "Metrics", "Progress", "loss_curves", "read_metrics"],
+    "runs.rundir": ["RunDir", "latest_run", "resolve_checkpoint"],
+    "runtime.device": ["resolve_device"],
+    "runtime.processes": ["StopFlag", "launch_processes"],
+    "serve.batcher": ["Batcher", "CompletionRequest", "CompletionStream"],
+    "serve.completions": ["ApiError", "parse_completion"],
+    "serve.server": ["create_app", "serve"],
+    "train.events": ["TrainEvents", "TrainResult", "TrainSnapshot"],
+    "train.start": ["TrainHooks", "open_training", "resume_training", "start_training"],
+    "train.state": ["TrainState"],
+    "train.trainer": ["Trainer"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value) -> None:
-        # importing the submodule charnn.evaluate binds it here; the function of that name must win
+        # importing the package charnn.evaluate (or charnn.generate) binds it here; the function of that name must win
         if isinstance(value, types.ModuleType) and name in _MODULE_OF:
             return
         super().__setattr__(name, value)
@@ -85,7 +85,7 @@ def __dir__() -> list[str]:
 
 def load_model(path=None, device="cpu"):
     """(model, vocab) from a checkpoint file or run directory (default: the newest run)."""
-    from .checkpoint import open_model
+    from .model.checkpoint import open_model
 
     loaded = open_model(path, device)
     return loaded.model, loaded.vocab

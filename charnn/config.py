@@ -15,15 +15,15 @@ from pathlib import Path
 
 from .errors import CharnnError
 from .printable import brief
-from .threads import resolve_threads
+from .runtime.threads import resolve_threads
 
 CELLS = ("lstm", "gru", "rnn")
 MAX_LAYERS = 64  # deeper stacks are no character model; building one takes minutes
 MAX_SEED = 2**63 - 1  # what every random number generator charnn seeds accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("cosine", "plateau", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # charnn.precision's; here so the config needs no PyTorch
-# --size: "auto" chooses the shape from the corpus, the budget and the device (charnn.sizing); the
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # charnn.model.precision's; here so the config needs no PyTorch
+# --size: "auto" chooses the shape from the corpus, the budget and the device (charnn.plan.sizing); the
 # others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
 SIZES = ("auto", "tiny", "small", "medium", "large")
 DEFAULT_SIZE = "auto"
@@ -144,7 +144,7 @@ class TrainConfig:
     # reproducibility and hardware
     seed: int = 1337
     device: str = "auto"
-    # auto: bf16 where the device has it natively and it trains this model 1.15x as fast (charnn.precision);
+    # auto: bf16 where the device has it natively and it trains this model 1.15x as fast (charnn.model.precision);
     # a run records the precision it chose, and keeps it when resumed
     precision: str = "auto"
 

@@ -1,4 +1,4 @@
-"""Build the English base model charnn ships (charnn/base/english.safetensors), bit for bit.
+"""Build the English base model charnn ships (charnn/model/english.safetensors), bit for bit.
 
     python scripts/base_model.py             # train (about 70 minutes on our 2-core CI machine), then write it
     python scripts/base_model.py --check     # how the stored float16 weights sample against the trained ones
@@ -26,11 +26,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charnn.weights import Weights, read_weights, write_weights  # noqa: E402
+from charnn.model.weights import Weights, read_weights, write_weights  # noqa: E402
 
 CORPORA = [REPO / "corpora" / f"{name}.txt" for name in ("tinyshakespeare", "nietzsche", "warandpeace")]
 RUN = REPO / "runs" / "base" / "english"
-TARGET = REPO / "charnn" / "base" / "english.safetensors"
+TARGET = REPO / "charnn" / "model" / "english.safetensors"
 STEPS = 60_000
 OPTIONS = ["--layers", "2", "--hidden-size", "256", "--embed-size", "256", "--dropout", "0.2", "--batch-size", "8",
            "--seq-len", "128", "--lr", "2e-3", "--max-steps", str(STEPS), "--eval-every", "2000",
@@ -63,8 +63,8 @@ def write() -> None:
 def check(chars: int = 20_000) -> None:
     """The stored weights against the trained ones: the largest change of a logit over held-out text, and
     how often a sampled character differs (same seed, sampled with each)."""
-    from charnn.engine import Engine  # noqa: PLC0415
-    from charnn.streams import Streams  # noqa: PLC0415
+    from charnn.model.engine import Engine  # noqa: PLC0415
+    from charnn.generate.streams import Streams  # noqa: PLC0415
 
     trained, stored = read_weights(RUN / "best.safetensors"), read_weights(TARGET)
     text = CORPORA[-1].read_bytes()[-chars:]

@@ -7,7 +7,7 @@ share of a time budget evaluation takes.
     python scripts/busy.py --eval-share big.txt     # + the evaluation's share of a --max-time 10m run on it
 
 The competitors (processes spinning half a core, one core, two) are started and stopped here, each in a
-session of its own, as another user's work would be (charnn.bench_busy). Run it on an otherwise idle
+session of its own, as another user's work would be (charnn.bench.busy). Run it on an otherwise idle
 machine: the "idle" row assumes one. Prints Markdown tables; --json FILE keeps the figures.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charnn import sizing  # noqa: E402
-from charnn.bench_busy import LOADS, _environment, competitors, run_busy  # noqa: E402
-from charnn.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
+from charnn.plan import sizing  # noqa: E402
+from charnn.bench.busy import LOADS, _environment, competitors, run_busy  # noqa: E402
+from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
 
 
 def speed_table(report) -> str:

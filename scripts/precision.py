@@ -43,10 +43,10 @@ def speed(rounds: int) -> None:
     at one thread and at all; the median of `rounds` timings of a second each."""
     import torch  # noqa: PLC0415
 
-    from charnn.precision import mixed_candidate  # noqa: PLC0415
-    from charnn.shapes import Shape  # noqa: PLC0415
-    from charnn.speed import time_training  # noqa: PLC0415
-    from charnn.threads import available_cores  # noqa: PLC0415
+    from charnn.model.precision import mixed_candidate  # noqa: PLC0415
+    from charnn.plan.shapes import Shape  # noqa: PLC0415
+    from charnn.plan.speed import time_training  # noqa: PLC0415
+    from charnn.runtime.threads import available_cores  # noqa: PLC0415
 
     cpu, shape = torch.device("cpu"), Shape(2, 256, 8, 128)
     mixed = mixed_candidate(cpu) or "bf16"

@@ -10,7 +10,7 @@ Method. A run limited by --max-time measures the machine's load as much as the c
 study times each shape's training speed (characters per second with the machine otherwise idle: a
 short timing repeated, the best median kept, as a shared machine only ever slows a timing down) and
 converts each time budget into the optimiser steps that shape takes in that time on this machine,
-evaluations included (`charnn.sizing.steps_in_budget`, the same conversion `--size auto` uses). Each
+evaluations included (`charnn.plan.sizing.steps_in_budget`, the same conversion `--size auto` uses). Each
 cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
 any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charnn import sizing  # noqa: E402
-from charnn.sizing import Budget, Shape, Situation, SpeedTable  # noqa: E402
+from charnn.plan import sizing  # noqa: E402
+from charnn.plan.sizing import Budget, Shape, Situation, SpeedTable  # noqa: E402
 
 RESULTS = REPO / "scripts" / "sizing-results.jsonl"
 WORK = REPO / "runs" / "sizing"
@@ -171,7 +171,7 @@ def measure_speeds(shapes: list[Shape], repeat: int, seconds: float) -> None:
     """Time each shape `repeat` times, taking turns, and record the best median of each (chars/s)."""
     import torch  # noqa: PLC0415
 
-    from charnn.speed import time_evaluation, time_training  # noqa: PLC0415
+    from charnn.plan.speed import time_evaluation, time_training  # noqa: PLC0415
 
     samples: dict[str, list[float]] = {s.name: [] for s in shapes}
     for _ in range(repeat):

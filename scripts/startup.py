@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from charnn.bench_startup import ROUNDS, bench_startup
+from charnn.bench.startup import ROUNDS, bench_startup
 from charnn.cli.bench import startup_table
 
 

@@ -4,11 +4,11 @@ before a change, on this machine.
     python scripts/steppers.py [--streams 1 16 64] [--rounds 10] [--before DIR]
 
 A 2x512 LSTM (vocabulary 96) samples at temperature 0.8 from a one-character prime: through the numpy
-engine (`charnn.streams`, what samples on the CPU), through torch's `Stepper` (`TorchGenerator`, what
+engine (`charnn.generate.streams`, what samples on the CPU), through torch's `Stepper` (`TorchGenerator`, what
 samples on a GPU, run here on the CPU), through the naive loop (nn.LSTM on a length-1 input,
 multinomial, .item()), and with `--before DIR` through `charnn.generate` of the charnn checkout in DIR
 (loaded as the package `charnn_before`: the code before a change, e.g. `git worktree add DIR 744ee50`).
-They take turns of `charnn.bench.SAMPLING_CHUNK` steps, with an uncounted pause between turns so that
+They take turns of `charnn.bench.benchmark.SAMPLING_CHUNK` steps, with an uncounted pause between turns so that
 none is timed against another's spinning threads; rates are medians over turns. numpy's BLAS thread
 pool is the process's: while the engine samples it runs on one thread, for the loops of the code
 before too (which on a 2-core VM only helps them: there every product OpenBLAS splits between two
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from charnn import CharRNN, ModelConfig, SamplingConfig, TorchGenerator, engine_from_model
-from charnn.baselines import naive_sampler
-from charnn.bench import SAMPLING_CHUNK, SAMPLING_PAUSE
-from charnn.streams import sample_streams
+from charnn.bench.baselines import naive_sampler
+from charnn.bench.benchmark import SAMPLING_CHUNK, SAMPLING_PAUSE
+from charnn.generate.streams import sample_streams
 
 CONFIG = SamplingConfig(temperature=0.8)
 

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-import charnn.bench as bench
-import charnn.bench_startup as bench_startup
-from charnn.bench import BenchOptions, TrainCase, run_benchmark, sampling_bytes_per_step, training_flops_per_char
+import charnn.bench.benchmark as bench
+import charnn.bench.startup as bench_startup
+from charnn.bench.benchmark import (BenchOptions, TrainCase, run_benchmark, sampling_bytes_per_step,
+                                    training_flops_per_char)
 from charnn.cli import main
 
 
@@ -75,7 +76,7 @@ def test_bench_shows_the_mixed_precision_beside_fp32_where_the_device_has_it(mon
 def test_the_busy_benchmark_measures_every_mode_beside_every_load_and_stops_its_competitors(tmp_path):
     import os  # noqa: PLC0415
 
-    from charnn.bench_busy import run_busy, synthetic_corpus  # noqa: PLC0415
+    from charnn.bench.busy import run_busy, synthetic_corpus  # noqa: PLC0415
 
     corpus = synthetic_corpus(tmp_path / "corpus.txt", chars=200_000)
     report = run_busy(0.3, plan_tries=1, corpus=corpus, loads={"one core": ("full",)}, workloads=("sample 1",))

@@ -8,8 +8,8 @@ import torch
 
 from charnn import (CharnnError, TrainData, Trainer, TrainEvents, Vocab, load_checkpoint, model_from_checkpoint,
                     save_checkpoint, split_train_val)
-from charnn.checkpoint import FORMAT, FORMAT_VERSION
-from charnn.files import WriteFailed
+from charnn.model.checkpoint import FORMAT, FORMAT_VERSION
+from charnn.data.files import WriteFailed
 
 from conftest import tiny_model_config, tiny_train_config
 

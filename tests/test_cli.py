@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from charnn.cli import main
-from charnn.streaming import BufferedOutput, PipeClosed
+from charnn.generate.output import BufferedOutput, PipeClosed
 
 from conftest import SHAKESPEARE, TINY, run_cli
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from charnn import CharnnError, StreamBatches, split_train_val
-from charnn.data import as_tensor, check_split_sizes, epoch_offset
+from charnn.data.batches import as_tensor, check_split_sizes, epoch_offset
 
 
 def test_split_is_last_fraction():

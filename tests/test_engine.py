@@ -1,15 +1,15 @@
-"""The numpy engine (charnn.engine, charnn.choice, charnn.streams) held to the PyTorch model and to
-the torch sampling path: the same next-character probabilities, the same filters, the same beams."""
+"""The numpy engine (charnn.model.engine, charnn.generate.choice, charnn.generate.streams) held to the PyTorch
+model and to the torch sampling path: the same next-character probabilities, the same filters, the same beams."""
 
 import numpy as np
 import pytest
 import torch
 
 from charnn import CharnnError, CharRNN, SamplingConfig, TorchGenerator, engine_from_model
-from charnn.choice import RecentWindow, StreamOptions, choose, min_p, penalize, top_k, top_p
-from charnn.model import reset_mask
-from charnn.sampling import RecentCharacters, filter_logits, penalize_repeats, torch_beam_search
-from charnn.streams import Streams, beam_search, sample_streams
+from charnn.generate.choice import RecentWindow, StreamOptions, choose, min_p, penalize, top_k, top_p
+from charnn.model.network import reset_mask
+from charnn.generate.sampler import RecentCharacters, filter_logits, penalize_repeats, torch_beam_search
+from charnn.generate.streams import Streams, beam_search, sample_streams
 
 from conftest import tiny_model_config
 
@@ -119,7 +119,7 @@ def test_each_stream_filters_with_its_own_options():
     configs = [SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(top_p=0.6),
                SamplingConfig(temperature=1.3, min_p=0.2), SamplingConfig(top_k=9, top_p=0.8, min_p=0.05)]
     options = StreamOptions.of(configs)
-    from charnn.choice import filter_logits as numpy_filters
+    from charnn.generate.choice import filter_logits as numpy_filters
 
     got = numpy_filters(logits * options.inverse_temperature, options)
     for row, config in enumerate(configs):
@@ -245,7 +245,7 @@ def test_empty_prime_and_no_prime_are_errors():
 @pytest.mark.parametrize("resets", [False, True])
 def test_batches_fed_together_read_as_each_alone(resets):
     """feed_each: new batches, and one that has drawn, each read their own text in one batched read."""
-    from charnn.streams import feed_each
+    from charnn.generate.streams import feed_each
 
     engine = engine_from_model(model_for("lstm", resets=resets))
     def batches():

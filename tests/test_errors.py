@@ -328,7 +328,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_model(world):
 
 
 def test_a_replacement_killed_halfway_is_undone_by_the_next_command_that_claims_the_run(world):
-    from charnn.claim import claim_new_run
+    from charnn.runs.claim import claim_new_run
 
     old = snapshot_files(world / "good")
     claim = claim_new_run("good", world / "good", overwrite=True)  # what a killed --overwrite leaves behind

@@ -94,7 +94,7 @@ def test_export_replaces_only_what_charnn_wrote(world):
     again = charnn(world, "charnn export good && charnn export good -o copy.safetensors && "
                           "charnn export good -o copy.safetensors")
     assert again.returncode == 0, again.stderr.decode()
-    from charnn.weights import read_weights
+    from charnn.model.weights import read_weights
 
     copy, beside = read_weights(world / "copy.safetensors"), read_weights(world / "good" / "best.safetensors")
     assert all(np.array_equal(copy.arrays[name], beside.arrays[name]) for name in beside.arrays)
@@ -142,7 +142,7 @@ def test_a_small_input_fits_on_a_nearly_full_disk(tmp_path, monkeypatch):
     import io
     from collections import namedtuple
 
-    from charnn import corpus
+    from charnn.data import corpus
     from charnn.errors import CharnnError
 
     usage = namedtuple("usage", "total used free")

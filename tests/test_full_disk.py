@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from charnn.metrics import read_metrics
-from charnn.rundir import RunDir
+from charnn.runs.metrics import read_metrics
+from charnn.runs.rundir import RunDir
 
 from test_errors import T, temporaries
 
@@ -131,7 +131,7 @@ def test_a_metrics_line_the_disk_cuts_short_goes_whole(tmp_path):
     run = RunDir(tmp_path)
     run.append_metrics({"kind": "train", "step": 1, "loss": 3.0})
     whole = run.metrics_path.read_bytes()
-    code = ("import sys; from charnn.files import WriteFailed; from charnn.rundir import RunDir\n"
+    code = ("import sys; from charnn.data.files import WriteFailed; from charnn.runs.rundir import RunDir\n"
             "try:\n    RunDir(sys.argv[1]).append_metrics({'kind': 'train', 'step': 2, 'loss': 2.5})\n"
             "except WriteFailed as err:\n    print(err.no_room, err)")
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]

@@ -97,7 +97,7 @@ def test_summaries_come_from_config_and_metrics_without_loading_checkpoints(runs
     def refuse(path):
         raise AssertionError(f"loaded {path}")
 
-    monkeypatch.setattr("charnn.checkpoint.load_checkpoint", refuse)
+    monkeypatch.setattr("charnn.model.checkpoint.load_checkpoint", refuse)
     tiny = summarize_run(runs / "tiny")
     assert (tiny.size, tiny.steps, tiny.status, tiny.checkpoints) == ("1x32 LSTM", 30, "finished", ["last.pt", "best.pt"])
     assert tiny.corpus == "corpus" and tiny.best_val_loss == eval_records(runs / "tiny")[-1]["best_val_loss"]

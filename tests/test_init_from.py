@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from charnn.pretrained import id_map, remap_tokens, starting_state, union_vocab
+from charnn.plan.pretrained import id_map, remap_tokens, starting_state, union_vocab
 from charnn.errors import CharnnError
-from charnn.vocab import Vocab
-from charnn.weights import Weights, read_weights
+from charnn.data.vocab import Vocab
+from charnn.model.weights import Weights, read_weights
 from conftest import TINY, run_cli
 from test_errors import assert_refused, attempt, trained, world  # noqa: F401 (fixtures)
 

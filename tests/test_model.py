@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn import BlasStepper, CharRNN, ModelConfig, Stepper, detach_hidden
-from charnn.model import dropout, hidden_from_list, hidden_to_list
+from charnn.model.network import dropout, hidden_from_list, hidden_to_list
 
 from conftest import tiny_model_config
 

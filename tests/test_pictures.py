@@ -18,8 +18,8 @@ import torch
 from charnn import (CharRNN, TrainData, Trainer, Vocab, evaluate, find_neurons, hidden_activations, html_page,
                     split_train_val, text_features, trace_text)
 from charnn.cli import main
-from charnn.inspect import CharTrace
-from charnn.render import glyph, surprisal_colour
+from charnn.evaluate.trace import CharTrace
+from charnn.evaluate.render import glyph, surprisal_colour
 
 from conftest import tiny_model_config, tiny_train_config
 

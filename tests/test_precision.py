@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from charnn import TrainData, Trainer, Vocab, evaluate, split_train_val
-from charnn import precision as precision_module
-from charnn import speed
+from charnn.model import precision as precision_module
+from charnn.plan import speed
 from charnn.errors import CharnnError
-from charnn.precision import Precision, check_precision
-from charnn.shapes import Shape
+from charnn.model.precision import Precision, check_precision
+from charnn.plan.shapes import Shape
 from conftest import SHAKESPEARE, TINY, run_cli, tiny_model_config, tiny_train_config
 
 TEXT = SHAKESPEARE.read_bytes()[:20_000]

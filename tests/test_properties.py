@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charnn import CharnnError, TrainData, Trainer, Vocab, generate, load_checkpoint, model_from_checkpoint, split_train_val
+from charnn import (CharnnError, TrainData, Trainer, Vocab, generate, load_checkpoint, model_from_checkpoint,
+                    split_train_val)
 
 from conftest import tiny_model_config, tiny_train_config
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, TrainData, Vocab, evaluate, hidden_activations,
-                    split_train_val, trace_text)
-from charnn.model import reset_mask
-from charnn.runs import delimiter_ids
-from charnn.train import Trainer
+from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, TrainData, Vocab, evaluate,
+                    hidden_activations, split_train_val, trace_text)
+from charnn.model.network import reset_mask
+from charnn.train.start import delimiter_ids
+from charnn.train.trainer import Trainer
 
 from conftest import tiny_model_config, tiny_train_config
 

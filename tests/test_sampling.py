@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from charnn import CharnnError, CharRNN, SamplingConfig, generate
-from charnn.sampling import (RecentCharacters, TextGenerator, beam_search, draw_host, filter_logits,
-                             penalize_repeats)
+from charnn.generate.sampler import (RecentCharacters, TextGenerator, beam_search, draw_host, filter_logits,
+                                     penalize_repeats)
 
 from conftest import tiny_model_config
 

@@ -337,8 +337,8 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
     import torch
 
     from charnn import CharRNN, SamplingConfig, Vocab, engine_from_model
-    from charnn.serving import Batcher, CompletionRequest
-    from charnn.streams import sample_streams
+    from charnn.serve.batcher import Batcher, CompletionRequest
+    from charnn.generate.streams import sample_streams
 
     from conftest import tiny_model_config
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charnn import sizing
+from charnn.plan import sizing
 from charnn.config import ModelConfig, TrainConfig
-from charnn.sizing import Budget, Shape, Situation, SpeedTable, choose
-from charnn.threads import ThreadChoice
+from charnn.plan.sizing import Budget, Shape, Situation, SpeedTable, choose
+from charnn.runtime.threads import ThreadChoice
 from conftest import TINY, run_cli
 
 # this 2-core CI machine's speeds (chars/s, 2 threads, idle), as scripts/sizing-results.jsonl records them
@@ -271,7 +271,7 @@ class FakeClock:
     runs at `speeds` scaled by `load(threads, timing number)` (1: idle)."""
 
     def __init__(self, monkeypatch, speeds, cost: float, load=lambda threads, n: 1.0):
-        from charnn import speed  # noqa: PLC0415
+        from charnn.plan import speed  # noqa: PLC0415
 
         self.now, self.timed, self.speeds, self.cost, self.load = 0.0, [], speeds, cost, load
         monkeypatch.setattr(speed.time, "perf_counter", lambda: self.now)
@@ -280,7 +280,7 @@ class FakeClock:
 
     def time_training(self, shape, vocab_size, device, seconds=1.0, warmup=2, threads=None, give_up=None,
                       precision="fp32"):
-        from charnn.speed import Timing  # noqa: PLC0415
+        from charnn.plan.speed import Timing  # noqa: PLC0415
 
         self.now += self.cost
         self.timed.append((shape.name, threads))
@@ -294,7 +294,7 @@ TWO_CORES = ThreadChoice(None, "auto", 2)
 def test_on_a_cpu_the_reference_timing_scales_the_measured_table(monkeypatch):
     import torch  # noqa: PLC0415
 
-    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+    from charnn.plan.speed import MeasuredSpeeds  # noqa: PLC0415
 
     clock = FakeClock(monkeypatch, replace(CPU, factor=0.5), cost=0.1)
     speeds = MeasuredSpeeds(torch.device("cpu"), 80, allowance=2.4, threads=TWO_CORES)
@@ -308,7 +308,7 @@ def test_on_a_cpu_the_reference_timing_scales_the_measured_table(monkeypatch):
 def test_a_busy_neighbour_or_a_busy_moment_does_not_change_the_plan(monkeypatch):
     import torch  # noqa: PLC0415
 
-    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+    from charnn.plan.speed import MeasuredSpeeds  # noqa: PLC0415
 
     idle = choose(situation(1.1 * MB, 600), CPU)
     # two threads beside a spinning neighbour: a tenth of the speed; and the first timings of all at a third
@@ -322,7 +322,7 @@ def test_a_busy_neighbour_or_a_busy_moment_does_not_change_the_plan(monkeypatch)
 def test_a_checked_shape_is_taken_at_its_own_timing(monkeypatch):
     import torch  # noqa: PLC0415
 
-    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+    from charnn.plan.speed import MeasuredSpeeds  # noqa: PLC0415
 
     # a machine whose 2x384 is twice as fast as the table says, relative to its 2x256 (bf16, say)
     machine = SpeedTable({**CPU.table, "2x384 b8 s128": 2 * CPU.table["2x384 b8 s128"]})
@@ -337,7 +337,7 @@ def test_a_checked_shape_is_taken_at_its_own_timing(monkeypatch):
 def test_on_a_gpu_the_shapes_are_timed_within_the_allowance(monkeypatch):
     import torch  # noqa: PLC0415
 
-    from charnn.speed import MeasuredSpeeds  # noqa: PLC0415
+    from charnn.plan.speed import MeasuredSpeeds  # noqa: PLC0415
 
     clock = FakeClock(monkeypatch, FakeGPU(), cost=1.0)
     speeds = MeasuredSpeeds(torch.device("cuda"), 80, allowance=12.0, threads=TWO_CORES)  # 2% of ten minutes
@@ -397,7 +397,7 @@ class Sized:
 
 
 def replanner(corpus: float, seconds: float | None):
-    from charnn.planning import Replanner  # noqa: PLC0415
+    from charnn.plan.planning import Replanner  # noqa: PLC0415
 
     sized = Sized(situation(corpus, seconds), SpeedTable(CPU.table))
     plan = choose(sized.situation, sized.speeds)
@@ -445,14 +445,14 @@ def test_the_default_budget_is_planned_again_too():
 def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gain, chosen):
     import torch  # noqa: PLC0415
 
-    from charnn import planning  # noqa: PLC0415
-    from charnn.request import TrainRequest  # noqa: PLC0415
+    from charnn.plan import planning  # noqa: PLC0415
+    from charnn.plan.request import TrainRequest  # noqa: PLC0415
 
     clock = FakeClock(monkeypatch, CPU, cost=0.1)
     speeds = {"fp32": CPU, "bf16": replace(CPU, factor=gain)}
-    clock.time_training = lambda shape, *a, precision="fp32", **k: __import__("charnn.speed").speed.Timing(
+    clock.time_training = lambda shape, *a, precision="fp32", **k: __import__("charnn.plan.speed").speed.Timing(
         shape, shape.chars_per_step / speeds[precision].chars_per_sec(shape), 3)
-    monkeypatch.setattr("charnn.speed.time_training", clock.time_training)
+    monkeypatch.setattr("charnn.plan.speed.time_training", clock.time_training)
     monkeypatch.setattr(planning, "mixed_candidate", lambda device: "bf16")
     config = TrainConfig(max_time=600.0, device="cpu")
     sized = planning.Sizing(TrainRequest(corpus=("x",)), config, 80, (1_000_000, 110_000))

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from charnn.printable import brief, printable, printable_chars
-from charnn.render import glyph
+from charnn.evaluate.render import glyph
 
 from conftest import SHAKESPEARE, TINY
 

@@ -1,10 +1,10 @@
-"""The thread policy (charnn.threads): who fixes the count, and what the policy chooses under injected
+"""The thread policy (charnn.runtime.threads): who fixes the count, and what the policy chooses under injected
 timings (a fake machine whose speed at each count and load we set; no test here reads a real clock)."""
 
 import pytest
 
 from charnn.errors import CharnnError
-from charnn.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads, viable
+from charnn.runtime.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads, viable
 
 
 class FakeMachine:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import charnn.vocab as vocab_module
+import charnn.data.vocab as vocab_module
 from charnn import CharnnError, Vocab, read_corpus, start_training
-from charnn.corpus import corpus_files
-from charnn.rundir import runs_root
-from charnn.tokens import CACHE_DIR, encode_cached, encode_files, encode_to_file
+from charnn.data.corpus import corpus_files
+from charnn.runs.rundir import runs_root
+from charnn.data.tokens import CACHE_DIR, encode_cached, encode_files, encode_to_file
 
 from conftest import tiny_train_config
 

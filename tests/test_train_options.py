@@ -56,8 +56,8 @@ class PlanAgainAt:
     """A planning.Replanner stand-in: at `step`, a new plan for a wider model and `max_steps` steps."""
 
     def __init__(self, trainer, step: int, hidden_size: int, max_steps: int):
-        from charnn import sizing  # noqa: PLC0415
-        from charnn.planning import Replan  # noqa: PLC0415
+        from charnn.plan import sizing  # noqa: PLC0415
+        from charnn.plan.planning import Replan  # noqa: PLC0415
 
         self.trainer, self.step, self.elapsed = trainer, step, None
         model_config = tiny_model_config(trainer.vocab.size, dropout=0.1, hidden_size=hidden_size)

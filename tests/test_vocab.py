@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import charnn.vocab as vocab_module
+import charnn.data.vocab as vocab_module
 from charnn import CharnnError, Vocab
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 
 
 def test_char_round_trip_with_non_ascii():

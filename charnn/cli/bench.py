@@ -44,8 +44,8 @@ def bench(
 
     A table goes to stderr; --json FILE writes the same figures as JSON.
     """
-    from ..bench import run_benchmark  # noqa: PLC0415 (only this command needs it)
-    from ..device import resolve_device  # noqa: PLC0415
+    from ..bench.benchmark import run_benchmark  # noqa: PLC0415 (only this command needs it)
+    from ..runtime.device import resolve_device  # noqa: PLC0415
 
     if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
         raise CharnnError(f"--seconds must be positive, not {seconds}")
@@ -76,7 +76,7 @@ def bench(
 def _busy(options: BenchOptions, log):
     import tempfile  # noqa: PLC0415
 
-    from ..bench_busy import run_busy, synthetic_corpus  # noqa: PLC0415
+    from ..bench.busy import run_busy, synthetic_corpus  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
         corpus = synthetic_corpus(Path(tmp) / "corpus.txt")

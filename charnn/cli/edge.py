@@ -14,7 +14,7 @@ import sys
 import typer
 
 from ..errors import CharnnError
-from ..signals import Signals, Terminated
+from ..runtime.signals import Signals, Terminated
 from .app import Interrupted, app, quiet_broken_pipe, say, stderr
 
 # each module registers its commands with the app; the order of these imports is the order of the help
@@ -105,6 +105,6 @@ def _out_of_memory(err: Exception) -> str | None:
         return str(err) or "MemoryError"
     if "torch" not in sys.modules:
         return None
-    from ..device import describe_allocation, is_out_of_memory  # noqa: PLC0415
+    from ..runtime.device import describe_allocation, is_out_of_memory  # noqa: PLC0415
 
     return describe_allocation(err) if is_out_of_memory(err) else None

@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CharnnError
-from ..rundir import RunDir, looks_like_checkpoint
-from ..threads import resolve_threads
+from ..runs.rundir import RunDir, looks_like_checkpoint
+from ..runtime.threads import resolve_threads
 from ..units import bits
 from .app import command, print_json, say, stderr, write_stdout
 from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, ThreadsOption, nonempty
 
 if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them
-    from ..checkpoint import LoadedModel
-    from ..evaluate import EvalText
+    from ..model.checkpoint import LoadedModel
+    from ..evaluate.score import EvalText
 
 PICTURES = "Pictures"
 UNKNOWN_POLICY = "skipped: left out of the text, neither fed to the model nor scored"
@@ -57,10 +57,10 @@ def eval_command(
     Characters the model has never seen are left out of the text (not fed, not scored) and counted.
     --show, --html and --neuron draw the text coloured by what the model made of it.
     """
-    from ..checkpoint import open_model  # noqa: PLC0415
-    from ..device import torch_thread_policy  # noqa: PLC0415
-    from ..evaluate import evaluate, text_to_score  # noqa: PLC0415
-    from ..inspect import find_neurons, parse_neuron  # noqa: PLC0415
+    from ..model.checkpoint import open_model  # noqa: PLC0415
+    from ..runtime.device import torch_thread_policy  # noqa: PLC0415
+    from ..evaluate.score import evaluate, text_to_score  # noqa: PLC0415
+    from ..evaluate.trace import find_neurons, parse_neuron  # noqa: PLC0415
     from .show import neuron_table  # noqa: PLC0415
 
     if show_chars < 0:
@@ -111,7 +111,7 @@ class _Picture:
     """The first `show_chars` characters, coloured by surprisal or by one unit, on stderr and/or as HTML."""
 
     def __init__(self, loaded: LoadedModel, text: EvalText, show_chars: int, unit):
-        from ..inspect import trace_text  # noqa: PLC0415
+        from ..evaluate.trace import trace_text  # noqa: PLC0415
 
         self.loaded, self.text = loaded, text
         self.shown = text.tokens[:show_chars] if show_chars else text.tokens
@@ -133,7 +133,7 @@ class _Picture:
             self._write_html(console, html_file)
 
     def _write_html(self, console: Console, html_file: str) -> None:
-        from ..render import html_page  # noqa: PLC0415
+        from ..evaluate.render import html_page  # noqa: PLC0415
 
         page = html_page(self.trace, self.loaded.vocab, f"charnn eval: {self.loaded.path}", self.summary)
         if html_file == "-":
@@ -148,6 +148,6 @@ class _Picture:
 
 def _is_model(path: Path) -> bool:
     """A run directory, a checkpoint or a .safetensors weights file: what eval loads, never what it scores."""
-    from ..weights import is_weights_file  # noqa: PLC0415
+    from ..model.weights import is_weights_file  # noqa: PLC0415
 
     return looks_like_checkpoint(path) or (path.is_file() and is_weights_file(path))

@@ -1,6 +1,6 @@
 """Drawing loss curves: a braille chart for the terminal (rich) and a PNG (matplotlib, optional).
 
-The data comes from `charnn.metrics.loss_curves`; this module only draws it. matplotlib is imported only
+The data comes from `charnn.runs.metrics.loss_curves`; this module only draws it. matplotlib is imported only
 when a PNG is asked for, so the terminal chart needs nothing beyond rich.
 """
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..errors import CharnnError
-from ..metrics import LossCurves
+from ..runs.metrics import LossCurves
 from ..units import LN2, format_duration
 from .app import shown
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from ..config import flag
-from ..events import TrainEvents, TrainSnapshot
+from ..train.events import TrainEvents, TrainSnapshot
 from ..units import format_duration
 from .app import shown
 
@@ -30,7 +30,7 @@ def _on_threads(threads: int | None) -> str:
 
 
 def plan_lines(plan) -> list[str]:
-    """What --size chose (a charnn.sizing.Plan), why, the budget, and the options that reproduce it."""
+    """What --size chose (a charnn.plan.sizing.Plan), why, the budget, and the options that reproduce it."""
     chosen = " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
                       for k, v in {**plan.model, **plan.train}.items())
     when = f" (~{format_duration(plan.seconds)} on this device)" if plan.seconds is not None else ""

@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..checked import texts, whole
+from ..data.checked import texts, whole
 from ..errors import CharnnError
-from ..history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
+from ..runs.history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
 from ..printable import brief, printable_chars
-from ..rundir import runs_root
+from ..runs.rundir import runs_root
 from ..units import bits, format_duration
 from .app import command, print_json, say, shown, stderr
 from .options import EXIT_CODES_HELP, JsonFlag, WeightsArgument, XAxis, nonempty

@@ -16,14 +16,14 @@ from rich.console import Console
 
 from ..config import SampleRequest, SamplingConfig
 from ..errors import CharnnError
-from ..signals import forget_interrupt, raise_pending
-from ..threads import resolve_threads
+from ..runtime.signals import forget_interrupt, raise_pending
+from ..runtime.threads import resolve_threads
 from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
 from .options import (EXIT_CODES_HELP, Device, QuietFlag, ThreadsOption, WeightsArgument, default, given, nonempty,
                       unescape)
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
-    from ..streaming import BufferedOutput, Conversation
+    from ..generate.output import BufferedOutput, Conversation
 
 SAMPLING, PRIME, OUTPUT = "Sampling", "Prime", "Output"
 MAX_PRIME_BYTES = 16 << 20  # a prime past this is no prompt: an endless source (/dev/zero, `yes`), or the wrong file
@@ -108,8 +108,8 @@ def sample(
     prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
     if prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
-    from ..streaming import (BufferedOutput, Conversation, PipeClosed, encode_prime,  # noqa: PLC0415
-                             open_sampling_model, write_samples)
+    from ..generate.output import (BufferedOutput, Conversation, PipeClosed, encode_prime, open_sampling_model,
+                                   write_samples)
 
     loaded = open_sampling_model(nonempty(model, "MODEL"), request.device, resolve_threads(threads))
     console = stderr()

@@ -78,7 +78,7 @@ def serve(
                                  body_timeout=body_timeout, write_timeout=write_timeout,
                                  max_connections=max_connections, allow_hosts=tuple(allow_host or ()) or None,
                                  cors_origins=tuple(cors_origin or ()) or None, threads=threads)).validate()
-    from ..server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
+    from ..serve.server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 
     console = stderr()
 

@@ -1,6 +1,6 @@
 """The terminal side of `charnn eval --show/--neuron/--find-neurons`: rich renderables for stderr.
 
-Only the CLI imports this module; the colours and glyphs come from `charnn.render`, so the terminal
+Only the CLI imports this module; the colours and glyphs come from `charnn.evaluate.render`, so the terminal
 and the HTML page draw the same picture.
 """
 
@@ -11,9 +11,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..inspect import FEATURES, CharTrace, NeuronReport
-from ..render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
-from ..vocab import Vocab
+from ..evaluate.trace import FEATURES, CharTrace, NeuronReport
+from ..evaluate.render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
+from ..data.vocab import Vocab
 
 
 def _style(background: RGB) -> Style:

@@ -11,10 +11,10 @@ import typer
 
 from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, parse_save_every
 from ..errors import CharnnError
-from ..events import TrainEvents
-from ..processes import Ranks, StopFlag, launch_processes, ranks_from_environment
-from ..request import TrainRequest, check_request
-from ..rundir import RunDir
+from ..train.events import TrainEvents
+from ..runtime.processes import Ranks, StopFlag, launch_processes, ranks_from_environment
+from ..plan.request import TrainRequest, check_request
+from ..runs.rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
 from .options import (EXIT_CODES_HELP, Cell, Device, Precision, Schedule, Size, default, device_option, given,
@@ -176,7 +176,7 @@ def train(
         raise CharnnError("--resume: --size chooses a new run's shape and schedule; a resumed run keeps its own",
                           hint="leave --size out")
     if dry_run:
-        from ..planning import plan_training  # noqa: PLC0415
+        from ..plan.planning import plan_training  # noqa: PLC0415
 
         for title, plan in plan_training(request, processes=nproc or 1):
             for line in ([title + ":"] if title else []) + plan_lines(plan):
@@ -216,8 +216,8 @@ def _discarded(console, result, stop: StopFlag, silent: bool) -> None:
 
 def _run(request: TrainRequest, ranks: Ranks, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
-    from ..distributed import leave_process_group, process_group  # noqa: PLC0415 (PyTorch: not for mistakes)
-    from ..runs import TrainHooks, open_training  # noqa: PLC0415
+    from ..train.distributed import leave_process_group, process_group  # noqa: PLC0415 (PyTorch: not for mistakes)
+    from ..train.start import TrainHooks, open_training  # noqa: PLC0415
 
     group = process_group(ranks)
     console = stderr()

@@ -1,0 +1,294 @@
+"""How many threads charnn computes with: the one owner of that choice, for training, evaluation and the
+numpy engine's BLAS alike.
+
+Nobody computes on an idle machine. On our 2-core CI machine the default training step ran at 18,900
+characters a second on two threads and 11,800 on one when idle, but beside a process spinning one core
+two threads fell to 7,700 while one thread kept 11,800: a thread that waits for its partner at every
+barrier spins while the partner waits for a core. No count is best everywhere, and the load changes
+while a run goes on, so by default charnn measures instead of assuming: a `ThreadPolicy` times the work
+itself at each candidate count, keeps the fastest, and measures again whenever the time a unit of work
+takes moves by more than a quarter, and every so often anyway (a neighbour that leaves does not change
+the one-thread speed, only the two-thread one).
+
+`--threads N`, else `CHARNN_THREADS`, else a user's own `OMP_NUM_THREADS` fixes the count; `--threads
+auto` asks for the policy whatever the environment says. PyTorch's reductions and products round
+differently on different thread counts, so two runs are bit-identical only with a fixed count.
+
+Torch-free: the caller hands in the function that applies a count (`torch.set_num_threads`, or the
+BLAS pool's), so `charnn sample` uses the same policy without PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from ..errors import CharnnError
+
+ENV_VAR = "CHARNN_THREADS"
+SOURCES = ("--threads", ENV_VAR, "OMP_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which taskset and cpusets narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_threads(value, source: str, cores: int | None = None) -> int | None:
+    """A thread count as given on the command line or in the environment: a whole number from 1 to the
+    cores available, or 'auto' (None: charnn's policy)."""
+    cores = cores or available_cores()
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise CharnnError(f"{source} must be auto or a whole number from 1 to {cores} (the cores available "
+                          f"here), not {value!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """Who decides the thread count: a fixed number and where it came from, or charnn's policy among
+    `candidates`."""
+
+    fixed: int | None
+    source: str  # "--threads", "CHARNN_THREADS", "OMP_NUM_THREADS" or "auto"
+    cores: int
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        """The counts the policy tries: powers of two up to the cores, and the cores themselves."""
+        if self.fixed is not None:
+            return (self.fixed,)
+        counts = {self.cores}
+        n = 1
+        while n < self.cores:
+            counts.add(n)
+            n *= 2
+        return tuple(sorted(counts))
+
+    def describe(self) -> str:
+        if self.fixed is not None:
+            return f"{_threads(self.fixed)} ({self.source})"
+        return f"chosen by timing among {', '.join(map(str, self.candidates))}"
+
+
+def resolve_threads(option: str | int | None = None, environ: Mapping[str, str] | None = None,
+                    cores: int | None = None) -> ThreadChoice:
+    """The thread choice for a command: `option` (--threads, None if not given), then CHARNN_THREADS, then
+    OMP_NUM_THREADS; with none of them, or 'auto' where it came first, charnn's policy."""
+    environ = os.environ if environ is None else environ
+    cores = cores or available_cores()
+    for source, value in zip(SOURCES, (option, environ.get(ENV_VAR), environ.get("OMP_NUM_THREADS"))):
+        if value is None or (source != "--threads" and not str(value).strip()):
+            continue
+        if source == "OMP_NUM_THREADS":
+            outer = str(value).split(",")[0].strip()  # OpenMP's nested form "4,2": the outer level is ours
+            if outer.isdigit() and int(outer) >= 1:
+                return ThreadChoice(int(outer), source, cores)
+            continue  # not a count: OpenMP's business, and it says so itself
+        fixed = parse_threads(value, source, cores)
+        return ThreadChoice(fixed, source if fixed is not None else "auto", cores)
+    return ThreadChoice(None, "auto", cores)
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' * (n != 1)}"
+
+
+@dataclass(frozen=True)
+class ThreadChange:
+    """What a measurement decided: the count before and after, why, and the speeds it measured (work
+    per second at each count: characters a second for the callers here)."""
+
+    before: int
+    after: int
+    reason: str  # "start", "the speed moved" or "re-check"
+    rates: dict[int, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        speeds = ", ".join(f"{_threads(n)} {rate:,.0f}/s" for n, rate in sorted(self.rates.items()))
+        if self.before == self.after:
+            return f"{_threads(self.after)} ({self.reason}: {speeds})"
+        return f"{self.before} -> {_threads(self.after)} ({self.reason}: {speeds})"
+
+    def to_dict(self) -> dict:
+        return {"threads": self.after, "before": self.before, "reason": self.reason,
+                "rates": {str(n): round(rate, 1) for n, rate in sorted(self.rates.items())}}
+
+
+class ThreadPolicy:
+    """Chooses the thread count for a repeated unit of work (a training step, a window of evaluation, a
+    sampling step) by timing the units themselves.
+
+    Call `start()` before each unit (it applies the count the unit is to run at) and `finish(seconds,
+    work)` after it. A probe runs `PROBE_ROUNDS` rounds, each giving every candidate `PER_ROUND` units
+    (plus one unmeasured unit the first time a count is used, which pays for starting its threads), and
+    keeps the count with the least time per unit of work; the current count stays unless another is
+    `MARGIN` faster. A count whose unit takes `GIVE_UP` times as long as the best one's is dropped from
+    the probe at once, so a pathological count costs a unit or two, not a round. Between probes it
+    watches the last units: two in a row `GIVE_UP` times as slow start a probe at once; a move of their
+    median by more than `DRIFT` either way starts one once `GAP` times the last probe's length (and
+    `MIN_GAP` seconds) have passed, so that probes take 2% of the time at most; the clock starts one
+    every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a re-check confirms the count).
+    """
+
+    PROBE_ROUNDS = 2
+    PER_ROUND = 2
+    WINDOW = 6
+    DRIFT = 0.25
+    MARGIN = 0.03
+    GIVE_UP = 2.0  # a unit this many times slower than the best count's ends its count's part of a probe
+    GAP = 50.0  # a probe for a drifting speed waits this many times as long as the last probe took,
+    MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
+    RECHECK = 30.0  # seconds
+    MAX_RECHECK = 240.0
+
+    def __init__(self, choice: ThreadChoice, apply: Callable[[int], None], initial: int | None = None,
+                 clock: Callable[[], float] = time.monotonic, trial: Callable[[int], float] | None = None):
+        """`apply(n)` sets the pool to n threads; it is called before every unit, so it must be cheap when
+        the pool already has n (torch.set_num_threads takes 0.1 microseconds). `trial(n)`, if given, times
+        a small piece of parallel work at n threads (a millisecond on an idle machine): see `viable`."""
+        self.choice, self.apply, self.clock, self.trial = choice, apply, clock, trial
+        self.adaptive = choice.fixed is None and len(choice.candidates) > 1
+        self.threads = choice.fixed or initial or max(choice.candidates)
+        self._used: set[int] = set()
+        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._reference: float | None = None
+        self._interval = self.RECHECK
+        self._next_check = 0.0
+        self._last_probe, self._probe_started, self._probe_took = -float("inf"), 0.0, 0.0
+        self._schedule: list[tuple[int, bool]] = []  # (count, measured) units still to run in this probe
+        self._samples: dict[int, list[float]] = {}
+        self._reason = "start"
+        self.changes: list[ThreadChange] = []
+        self._starting = self.adaptive  # the first probe begins with the first unit (where `apply` works)
+
+    @property
+    def probing(self) -> bool:
+        return bool(self._schedule)
+
+    def start(self) -> int:
+        """Apply the count the next unit runs at; returns it."""
+        if self._starting:
+            self._starting = False
+            self._begin_probe("start")
+        count = self._schedule[0][0] if self._schedule else self.threads
+        self.apply(count)  # every time: another policy (evaluation's, say) may share the pool
+        return count
+
+    def finish(self, seconds: float, work: float = 1.0) -> ThreadChange | None:
+        """Record a unit that took `seconds` for `work` (characters, say); a decision, if this unit
+        completed a probe."""
+        if not self.adaptive or seconds <= 0 or work <= 0:
+            return None
+        per_work = seconds / work
+        if self._schedule:
+            count, measured = self._schedule.pop(0)
+            self._used.add(count)
+            slower = self._clearly_slower(count, per_work, self.GIVE_UP * (1 if measured else 2))
+            if measured or slower:
+                self._samples.setdefault(count, []).append(per_work)
+            if slower:  # a count that loses this clearly is not worth more units (two threads beside a busy
+                # neighbour have taken 150 times as long as one)
+                self._schedule = [unit for unit in self._schedule if unit[0] != count]
+            return None if self._schedule else self._decide()
+        self._recent.append(per_work)
+        now = self.clock()
+        moved = self._moved()
+        waited = now >= self._last_probe + max(self.GAP * self._probe_took, self.MIN_GAP)
+        if moved == "at once" or moved and waited:
+            self._begin_probe("the speed moved")
+        elif now >= self._next_check:
+            self._begin_probe("re-check")
+        return None
+
+    def _clearly_slower(self, count: int, per_work: float, factor: float) -> bool:
+        others = [statistics.median(s) for c, s in self._samples.items() if c != count and s]
+        return bool(others) and per_work > factor * min(others)
+
+    def _moved(self) -> str | None:
+        """"at once" if the last two units are both GIVE_UP times as slow as the reference (a neighbour that
+        makes a unit take seconds is not waited for); "drift" if the median of the last WINDOW units moved
+        by more than DRIFT either way; else None."""
+        if self._reference is None or len(self._recent) < 2:
+            return None
+        if min(self._recent[-1], self._recent[-2]) > self.GIVE_UP * self._reference:
+            return "at once"
+        if len(self._recent) < self.WINDOW:
+            return None
+        ratio = sorted(self._recent)[len(self._recent) // 2] / self._reference
+        return "drift" if ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT) else None
+
+    def _begin_probe(self, reason: str) -> None:
+        self._reason, self._samples = reason, {}
+        self._probe_started = self.clock()
+        # one thread first at the start: it never waits for a partner, so it is the safe yardstick
+        first = min(self.choice.candidates) if reason == "start" else self.threads
+        order = viable([first] + [c for c in self.choice.candidates if c != first], self.trial, self.GIVE_UP)
+        schedule: list[tuple[int, bool]] = []
+        for _ in range(self.PROBE_ROUNDS):
+            for count in order:
+                if count not in self._used and (count, False) not in schedule:
+                    schedule.append((count, False))
+                schedule += [(count, True)] * self.PER_ROUND
+        self._schedule = schedule
+        self._recent.clear()
+
+    def _decide(self) -> ThreadChange | None:
+        times = {count: statistics.median(samples) for count, samples in self._samples.items()}
+        best = min(times, key=times.get)
+        if self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
+            best = self.threads  # not clearly faster: stay, rather than follow noise
+        before, self.threads = self.threads, best
+        self._reference = times[best]
+        changed = best != before or self._reason == "start"
+        self._interval = self.RECHECK if best != before else min(self._interval * 2, self.MAX_RECHECK)
+        self._last_probe = self.clock()
+        self._probe_took = self._last_probe - self._probe_started
+        self._next_check = self._last_probe + self._interval
+        if not changed:
+            return None
+        change = ThreadChange(before, best, self._reason, {n: 1.0 / t for n, t in times.items()})
+        self.changes.append(change)
+        return change
+
+
+def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
+    """The counts worth timing whole units at, in their order: those whose `trial` (a small piece of
+    parallel work) takes less than `give_up` times the fastest's. Beside a busy neighbour a training step
+    on two threads of two cores has taken 7 seconds where one thread takes 0.07: each of the step's
+    thousands of barriers waited for a time slice. The trial shows it for a tenth of a second."""
+    if trial is None or len(counts) < 2:
+        return counts
+    times: dict[int, float] = {}
+    for count in sorted(counts):  # one thread first: the yardstick
+        times[count] = min(trial(count), trial(count))  # the first try may pay for starting threads
+    best = min(times.values())
+    return [count for count in counts if times[count] <= give_up * best]
+
+
+class TimedUnit:
+    """`with TimedUnit(policy, work):` around one unit of work: starts it at the policy's count and
+    reports its time; the decision, if any, is left in `change`."""
+
+    def __init__(self, policy: ThreadPolicy, work: float = 1.0):
+        self.policy, self.work, self.change, self.seconds = policy, work, None, 0.0
+
+    def __enter__(self) -> TimedUnit:
+        self.policy.start()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.seconds = time.perf_counter() - self._started
+            self.change = self.policy.finish(self.seconds, self.work)

@@ -1,0 +1,414 @@
+"""Many requests sampled as one batch: the core of `charnn serve`, without a web framework.
+
+A `Batcher` owns one model's engine and one worker thread. Every step of the thread advances every
+request in flight at once, one multi-stream step of a single `Streams` batch (each of a request's
+`n` choices is a stream). A new request first reads its prompt, a slice per step so that a long
+prompt never stalls the others, then joins the batch at the next step; a request that finished,
+or whose client went away, leaves at once and frees its columns. A request whose client has not
+taken its last `MAX_BACKLOG` steps of text is set aside (its streams kept, nothing drawn) until the
+client catches up: a client that stops reading costs memory for a few steps, never for its answer.
+
+Each request's streams draw from generators seeded by the request (`stream_rng(seed, i)`, as
+`charnn sample --seed`), so its text does not depend on its batch-mates, up to floating-point
+rounding in the batched matrix products. The worker hands text out through a callback; `open_stream`
+adapts it to asyncio, for the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..generate.choice import StreamOptions, stream_rng
+from ..config import SamplingConfig
+from ..model.engine import Engine
+from ..errors import CharnnError
+from ..generate.streams import Streams, default_prime, feed_each, fresh_seed
+from ..data.vocab import Vocab
+
+PROMPT_SLICE = 256  # prompt characters joining requests read per step: the others wait at most this long
+# The worker hands the GIL to the event loop at least this often (seconds). Python's own switch interval
+# is 5 ms, which a waiting event loop adds to every request's first character; handing over after every
+# step instead costs the loop a wake-up, and the clients a chunk, per character.
+HAND_OVER = 0.002
+MAX_BACKLOG = 32  # steps of text handed out and not yet taken by the client, before its request pauses
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One request, checked: what to continue, how, and how much."""
+
+    prompt: str = ""  # empty: the model's default start (after a newline)
+    max_tokens: int = 256  # characters per choice (bytes with a byte-level model)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop: tuple[str, ...] = ()  # a choice ends where it produces one of these (not included)
+    n: int = 1
+    seed: int | None = None  # None: a fresh one; choice i draws with stream_rng(seed, i)
+
+
+@dataclass
+class Piece:
+    """New text of one choice, and why it ended (None while it goes on)."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None  # "length" or "stop"
+
+
+class ChoiceText:
+    """One choice's characters into text: ends at a stop string (left out) or after max_tokens;
+    holds back only a tail that might begin a stop string."""
+
+    def __init__(self, vocab: Vocab, max_tokens: int, stop: Sequence[str]):
+        self.vocab, self.max_tokens, self.stop = vocab, max_tokens, tuple(stop)
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if vocab.mode == "byte" else None
+        self.held = ""  # made, not yet handed out
+        self.generated = 0  # characters drawn, a stop string's included
+        self.finish_reason: str | None = None
+
+    def add(self, token: int) -> str:
+        """The text that can be handed out after `token`; sets `finish_reason` when the choice ends."""
+        self.generated += 1
+        piece = self.decoder.decode(bytes((token,))) if self.decoder else self.vocab.chars[token]
+        self.held += piece
+        for stop in self.stop:
+            found = self.held.find(stop)
+            if found >= 0:
+                self.finish_reason = "stop"
+                return self._release(found)
+        if self.generated >= self.max_tokens:
+            self.finish_reason = "length"
+            if self.decoder:
+                self.held += self.decoder.decode(b"", final=True)
+            return self._release(len(self.held))
+        return self._release(len(self.held) - self._maybe_stop())
+
+    def _maybe_stop(self) -> int:
+        """The length of the longest tail of the held text that begins a stop string."""
+        for length in range(min(len(self.held), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
+            tail = self.held[-length:]
+            if any(stop.startswith(tail) for stop in self.stop):
+                return length
+        return 0
+
+    def _release(self, end: int) -> str:
+        text, self.held = self.held[:end], ("" if self.finish_reason else self.held[end:])
+        return text
+
+
+class Job:
+    """A request in flight: its streams until it joins the batch, its choices, and where text goes."""
+
+    def __init__(self, request: CompletionRequest, prompt_ids: np.ndarray, engine: Engine, vocab: Vocab,
+                 deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False):
+        config = request.sampling.validate(engine.vocab_size)
+        seed = fresh_seed() if request.seed is None else request.seed
+        rngs = [stream_rng(seed, i) for i in range(request.n)]
+        self.streams = Streams(engine, StreamOptions.of([config] * request.n), rngs)
+        self.unread = prompt_ids  # the prompt not yet read
+        self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
+        self.deliver = deliver
+        self.cancelled = False
+        self.paced = paced  # whether its reader counts what it takes: only then can it fall behind
+        self.delivered = 0  # steps of text handed out (the worker counts)
+        self.taken = 0  # of those, taken by the client (its reader counts)
+
+    @property
+    def behind(self) -> bool:
+        return self.paced and self.delivered - self.taken > MAX_BACKLOG
+
+    @property
+    def caught_up(self) -> bool:
+        return self.delivered - self.taken <= MAX_BACKLOG // 2
+
+    @property
+    def finished(self) -> bool:
+        return all(choice.finish_reason for choice in self.choices)
+
+
+class Batcher:
+    """One model's requests, stepped together by one worker thread (numpy's BLAS releases the GIL)."""
+
+    def __init__(self, engine: Engine, vocab: Vocab, name: str = "model"):
+        self.engine, self.vocab, self.name = engine, vocab, name
+        self._wake = threading.Condition()
+        self._arrivals: list[Job] = []
+        self._reading: list[Job] = []
+        self._rows: list[tuple[Job, int]] = []  # the batch's streams: (job, choice index), in order
+        self._paused: list[Job] = []  # out of the batch until their clients read (`Job.streams` holds them)
+        self._batch: Streams | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"charnn-serve-{name}", daemon=True)
+
+    # --- the other threads' side ---------------------------------------------------------------
+
+    def start(self) -> Batcher:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel whatever is in flight and end the worker."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """The prompt as ids (the model's default start when empty); CharnnError names unknown characters."""
+        if not prompt:
+            return np.asarray(default_prime(self.vocab, self.engine.config.reset_ids), dtype=np.int64)
+        return np.asarray(self.vocab.encode(prompt), dtype=np.int64)
+
+    def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None],
+               paced: bool = False) -> Job:
+        """Start a request; `deliver` is called from the worker thread with each step's new text (a list
+        of `Piece`, the last one of each choice with its finish reason), or an exception if it failed.
+        `paced`: the caller adds to `job.taken` what its client takes (and calls `wake`), and the job
+        pauses while more than MAX_BACKLOG steps wait for its client."""
+        job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver, paced)
+        with self._wake:
+            if self._stopping:
+                raise CharnnError("the server is shutting down")
+            self._arrivals.append(job)
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: the job leaves the batch at the next step."""
+        job.cancelled = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Look again at the paused requests (a client read, or left)."""
+        with self._wake:
+            self._wake.notify()
+
+    def load(self) -> dict:
+        """Requests and streams in flight, and the requests paused for their clients (a snapshot, for /health)."""
+        with self._wake:
+            waiting = self._reading + self._arrivals + self._paused
+            jobs = {id(job) for job, _ in self._rows} | {id(job) for job in waiting}
+            others = sum(len(job.choices) for job in self._reading + self._arrivals) + sum(
+                len(job.streams) for job in self._paused)
+            return {"requests": len(jobs), "streams": len(self._rows) + others, "paused": len(self._paused)}
+
+    # --- the worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        handed_over = time.perf_counter()
+        with self.engine.pool:  # BLAS's threads follow the engine's policies for the life of the server
+            while self._wait_for_work():
+                try:
+                    self._timed_step()
+                except Exception as err:  # a bug: fail what is in flight rather than hang its clients
+                    self._fail_all(err)
+                if time.perf_counter() - handed_over > HAND_OVER:
+                    time.sleep(0)  # releases the GIL: a thread waiting for it takes it now
+                    handed_over = time.perf_counter()
+
+    def _wait_for_work(self) -> bool:
+        with self._wake:
+            while not (self._arrivals or self._reading or self._rows or self._stopping
+                       or any(job.cancelled or job.caught_up for job in self._paused)):
+                self._wake.wait()
+            if self._stopping:
+                for job in self._arrivals + self._reading + self._paused + [job for job, _ in self._rows]:
+                    job.deliver(CharnnError("the server shut down"))
+                return False
+            self._reading += self._arrivals
+            self._arrivals = []
+            return True
+
+    def _timed_step(self) -> None:
+        """A step at the thread count the policy for a batch this wide says; timed for it when it only
+        samples (a step that also reads prompts is not comparable)."""
+        reading = bool(self._reading)
+        policy = self.engine.policy_for(len(self._rows) + sum(len(job.choices) for job in self._reading))
+        policy.start()
+        started = time.perf_counter()
+        self._step()
+        if not reading and self._rows:
+            policy.finish(time.perf_counter() - started, len(self._rows))
+
+    def _step(self) -> None:
+        """Drop the cancelled, read a slice of each new prompt, join the ready, advance every stream."""
+        self._reading = [job for job in self._reading if not job.cancelled]
+        self._keep([row for row, (job, _) in enumerate(self._rows) if not job.cancelled])
+        self._resume()
+        ready = self._read_prompts()
+        if ready:
+            with self._wake:
+                self._reading = [job for job in self._reading if job not in ready]
+            for job in ready:
+                self._join(job)
+        if self._batch is None:
+            return
+        ids = self._batch.advance()
+        self._hand_out(ids.tolist())
+
+    def _read_prompts(self) -> list[Job]:
+        """The new requests read the next stretch of their prompts, all as one batch (as long as the
+        shortest of them, so a short prompt never waits for a long one); those now read are returned."""
+        if not self._reading:
+            return []
+        length = min(PROMPT_SLICE, *(len(job.unread) for job in self._reading))
+        feed_each([job.streams for job in self._reading], [job.unread[:length] for job in self._reading])
+        for job in self._reading:
+            job.unread = job.unread[length:]
+        return [job for job in self._reading if len(job.unread) == 0]
+
+    def _join(self, job: Job) -> None:
+        if self._batch is None:
+            self._batch = job.streams
+        else:
+            self._batch.join(job.streams)
+        job.streams = None  # its columns now live in the batch
+        with self._wake:  # the unfinished choices, in order (a paused job's finished ones left before)
+            self._rows += [(job, index) for index, choice in enumerate(job.choices) if not choice.finish_reason]
+
+    def _resume(self) -> None:
+        """Paused jobs whose clients caught up join the batch again; those whose clients left are dropped."""
+        with self._wake:
+            back = [job for job in self._paused if job.caught_up and not job.cancelled]
+            self._paused = [job for job in self._paused if not (job.cancelled or job.caught_up)]
+        for job in back:
+            self._join(job)
+
+    def _pause_behind(self, rows: list[int]) -> list[int]:
+        """Of the rows to keep, set aside those of jobs whose clients are behind (each job's streams
+        copied out of the batch, in order); the rest are returned."""
+        behind = {id(job): job for job, _ in (self._rows[row] for row in rows) if job.behind}
+        for job in behind.values():
+            part = copy.copy(self._batch)  # `keep` replaces what it selects, so the copy shares nothing it changes
+            part.keep(np.asarray([row for row in rows if self._rows[row][0] is job], dtype=np.int64))
+            job.streams = part
+        with self._wake:
+            self._paused += behind.values()
+        return [row for row in rows if id(self._rows[row][0]) not in behind]
+
+    def _hand_out(self, ids: list[int]) -> None:
+        """Each stream's new character to its choice; each job's new text to its client; the finished leave."""
+        pieces: dict[int, tuple[Job, list[Piece]]] = {}
+        keep = []
+        for row, ((job, index), token) in enumerate(zip(self._rows, ids)):
+            choice = job.choices[index]
+            text = choice.add(token)
+            if text or choice.finish_reason:
+                pieces.setdefault(id(job), (job, []))[1].append(Piece(index, text, choice.finish_reason))
+            if not choice.finish_reason:
+                keep.append(row)
+        for job, job_pieces in pieces.values():
+            job.delivered += 1
+            job.deliver(job_pieces)
+        self._keep(self._pause_behind(keep))
+
+    def _keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self._rows):
+            return
+        with self._wake:
+            self._rows = [self._rows[row] for row in rows]
+        if not rows:
+            self._batch = None
+        elif self._batch is not None:
+            self._batch.keep(np.asarray(rows, dtype=np.int64))
+
+    def _fail_all(self, err: Exception) -> None:
+        with self._wake:
+            jobs = {id(job): job for job in self._reading + self._paused + [job for job, _ in self._rows]}
+            self._reading, self._paused, self._rows, self._batch = [], [], [], None
+        for job in jobs.values():
+            job.deliver(err)
+
+
+# --- asyncio's side ----------------------------------------------------------------------------
+
+
+class Mailbox:
+    """Items for an event loop's queues, posted from other threads and handed over in one wake-up of the
+    loop for everything posted since the last, not one per item (a step of 32 requests posts 32)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self._lock = loop, threading.Lock()
+        self._items: list[tuple[asyncio.Queue, object]] = []
+        self._scheduled = False
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+class CompletionStream:
+    """A submitted request's text as it is made, for asyncio code: `async for pieces in stream`
+    gives the new text of each step (several steps' text merged when the reader is slower than the
+    worker); `cancel()` takes the request out of the batch (a client that went away)."""
+
+    def __init__(self, batcher: Batcher, request: CompletionRequest, mailbox: Mailbox | None = None):
+        mailbox = mailbox or Mailbox(asyncio.get_running_loop())
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._batcher, self.request = batcher, request
+        self._open = request.n  # choices not yet finished
+        self.generated = 0  # characters drawn over every choice
+        self.job = batcher.submit(request, lambda item: mailbox.post(self._queue, item), paced=True)
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> list[Piece]:
+        if self._open == 0:
+            raise StopAsyncIteration
+        items = [await self._queue.get()]
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        self.job.taken += len(items)
+        if self.job.streams is not None and self.job.caught_up:  # perhaps paused: it may go on now
+            self._batcher.wake()
+        for item in items:
+            if isinstance(item, BaseException):
+                self._open = 0
+                raise item
+        merged = _merge([piece for item in items for piece in item])
+        self._open -= sum(1 for piece in merged if piece.finish_reason)
+        if self._open == 0:
+            self.generated = sum(choice.generated for choice in self.job.choices)
+        return merged
+
+    def cancel(self) -> None:
+        self._batcher.cancel(self.job)
+
+    async def collect(self) -> list[Piece]:
+        """Every choice's whole text and finish reason, in choice order."""
+        texts = [Piece(index, "") for index in range(self.request.n)]
+        async for pieces in self:
+            for piece in pieces:
+                texts[piece.index].text += piece.text
+                texts[piece.index].finish_reason = piece.finish_reason
+        return texts
+
+
+def _merge(pieces: list[Piece]) -> list[Piece]:
+    """One piece per choice, in choice order: its texts joined, the last finish reason."""
+    merged: dict[int, Piece] = {}
+    for piece in pieces:
+        if piece.index in merged:
+            merged[piece.index].text += piece.text
+            merged[piece.index].finish_reason = piece.finish_reason
+        else:
+            merged[piece.index] = Piece(piece.index, piece.text, piece.finish_reason)
+    return [merged[index] for index in sorted(merged)]
