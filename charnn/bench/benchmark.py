@@ -29,6 +29,7 @@ from ..config import BenchOptions, ModelConfig, TrainConfig
 from ..data.batches import TrainData
 from ..train.events import TrainEvents, TrainSnapshot
 from ..model.network import CharRNN
+from ..model.spec import FLOAT, forward_flops_per_char, step_weight_bytes
 from ..model.precision import mixed_candidate
 from ..generate.sampler import SamplingConfig, generate
 from ..train.trainer import Trainer
@@ -45,6 +46,9 @@ class TrainCase:
     @property
     def name(self) -> str:
         return f"{self.layers}x{self.hidden} b{self.batch} s{self.seq_len}"
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=VOCAB_SIZE, num_layers=self.layers, hidden_size=self.hidden, dropout=0.1)
 
 
 FULL_TRAIN = (TrainCase(2, 128, 32, 64), TrainCase(2, 512, 64, 100), TrainCase(3, 512, 64, 100))
@@ -116,25 +120,6 @@ def read_bandwidth(device: torch.device, megabytes: float = 512, seconds: float 
     return _best_rate(lambda: x.sum(), x.numel() * 4 / 1e9, device, seconds)
 
 
-def training_flops_per_char(cell: str, layers: int, hidden: int, embed: int, vocab: int) -> float:
-    """Matrix-multiply FLOPs per training character: forward, then twice that for the backward."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * hidden
-    forward = sum(2 * gates * ((embed if layer == 0 else hidden) + hidden) for layer in range(layers))
-    forward += 2 * hidden * vocab
-    return 3.0 * forward
-
-
-def sampling_bytes_per_step(layers: int, hidden: int, vocab: int) -> int:
-    """fp32 weights a one-stream step must read: layer 0's recurrent matrix (its input term is a
-    per-character table row), each later layer's input and recurrent matrices, and the output layer."""
-    gates = 4 * hidden
-    return 4 * (gates * hidden + (layers - 1) * gates * 2 * hidden + hidden * vocab)
-
-
-def sampling_flops_per_char(layers: int, hidden: int, vocab: int) -> float:
-    return 2.0 * sampling_bytes_per_step(layers, hidden, vocab) / 4
-
-
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -173,8 +158,7 @@ def training_rates(case: TrainCase, tokens: np.ndarray, device: str, seconds: fl
     reference = ReferenceLoop(case, tokens, device)
     timer = Alternating(seconds)
     turns = _TakeTurns(reference.step, timer)
-    model_config = ModelConfig(vocab_size=VOCAB_SIZE, num_layers=case.layers, hidden_size=case.hidden,
-                               embed_size=case.hidden, dropout=0.1)
+    model_config = case.model_config()
     config = TrainConfig(batch_size=case.batch, seq_len=case.seq_len, eval_every=10**9, save_every_seconds=None,
                          max_steps=10**9, device=device, precision=precision)
     vocab = Vocab(mode="char", chars="".join(chr(33 + i) for i in range(VOCAB_SIZE)))
@@ -191,7 +175,7 @@ def bench_training(cases, device: str, seconds: float, log: Callable[[str], None
         tokens = synthetic_tokens(max(2_000_000, case.batch * case.seq_len * 40))
         log(f"training {case.name}")
         ours, reference = training_rates(case, tokens, device, seconds)
-        flops = training_flops_per_char("lstm", case.layers, case.hidden, case.hidden, VOCAB_SIZE)
+        flops = 3 * forward_flops_per_char(case.model_config())  # the backward pass costs twice the forward
         rows.append({
             "config": case.name, "device": device,
             "chars_per_sec": round(ours, 1), "reference_chars_per_sec": round(reference, 1),
@@ -218,6 +202,12 @@ SAMPLING_CHUNK = 200
 # sampler) spin for a while after work, and a sampler timed right after the other would share the
 # cores with them (first steps of a turn measured at 12-37 ms instead of 0.3 ms without the pause).
 SAMPLING_PAUSE = 0.3
+
+
+def sampling_model() -> ModelConfig:
+    """The model of the sampling rows (SAMPLE_MODEL: layers, hidden)."""
+    layers, hidden = SAMPLE_MODEL
+    return ModelConfig(vocab_size=VOCAB_SIZE, num_layers=layers, hidden_size=hidden)
 
 
 def charnn_sampler(model: CharRNN, streams: int) -> Iterator[None]:
@@ -249,10 +239,9 @@ def bench_sampling(streams_list, device: str, seconds: float,
                    log: Callable[[str], None]) -> list[dict]:
     layers, hidden = SAMPLE_MODEL
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=VOCAB_SIZE, num_layers=layers, hidden_size=hidden,
-                                embed_size=hidden)).to(device).eval()
-    step_bytes = sampling_bytes_per_step(layers, hidden, VOCAB_SIZE)
-    flops = sampling_flops_per_char(layers, hidden, VOCAB_SIZE)
+    model = CharRNN(sampling_model()).to(device).eval()
+    step_bytes = step_weight_bytes(model.config)
+    flops = 2 * step_bytes / FLOAT  # a multiply and an add for every weight read
     rows = []
     for streams in streams_list:
         log(f"sampling {streams} stream(s)")
@@ -297,8 +286,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda mes
     seconds = options.measure_seconds
     report = BenchReport(machine=machine_info(device))
     ceiling_seconds = min(seconds, 3.0)
-    layers, hidden = SAMPLE_MODEL
-    weights_mb = sampling_bytes_per_step(layers, hidden, VOCAB_SIZE) / (1 << 20)
+    weights_mb = step_weight_bytes(sampling_model()) / (1 << 20)
 
     def ceilings() -> dict:
         found = {"gemm_gflops_torch": gemm_gflops(device, seconds=ceiling_seconds),

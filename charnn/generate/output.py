@@ -21,7 +21,8 @@ from typing import BinaryIO, Iterable
 from ..config import SampleRequest, SamplingConfig
 from ..model.engine import Engine
 from ..errors import CharnnError
-from ..runtime.memory import SAMPLE_HINT, beam_bytes, require_memory, sampling_bytes
+from ..model.spec import beam_bytes, sampling_bytes
+from ..runtime.memory import SAMPLE_HINT, require_memory
 from .streams import Streams, default_prime, require_prime
 from .streams import beam_search as engine_beam_search
 from ..runtime.threads import ThreadChoice

@@ -21,6 +21,7 @@ from ..config import ModelConfig
 from ..errors import CharnnError
 from ..data.files import TORCH_ARCHIVE_MAGIC, atomic_write
 from .network import CharRNN
+from .spec import weight_shapes
 from ..data.vocab import Vocab
 
 
@@ -78,23 +79,11 @@ def _torch_load(path: Path):
         raise CharnnError(f"{path}: cannot load checkpoint: {reason}") from None
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor a CharRNN of this configuration holds, by state_dict name."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell] * config.hidden_size
-    shapes = {"embedding.weight": (config.vocab_size, config.embed_size)}
-    for layer in range(config.num_layers):
-        inputs = config.embed_size if layer == 0 else config.hidden_size
-        shapes.update({f"rnn.weight_ih_l{layer}": (gates, inputs), f"rnn.weight_hh_l{layer}": (gates, config.hidden_size),
-                       f"rnn.bias_ih_l{layer}": (gates,), f"rnn.bias_hh_l{layer}": (gates,)})
-    shapes.update({"head.weight": (config.vocab_size, config.hidden_size), "head.bias": (config.vocab_size,)})
-    return shapes
-
-
 def check_weights(state: dict, config: ModelConfig, source) -> None:
     """The tensors are the ones the configuration describes, name for name and shape for shape."""
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CharnnError(f"{source}: checkpoint's model_state is not a set of tensors")
-    expected = expected_shapes(config)
+    expected = weight_shapes(config)
     missing, extra = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or extra:
         raise CharnnError(f"{source}: checkpoint's weights do not match its model config "

@@ -40,23 +40,7 @@ from threadpoolctl import ThreadpoolController
 from ..config import ModelConfig
 from ..runtime.threads import ThreadChoice, ThreadPolicy, resolve_threads
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of hidden_size rows in W_ih and W_hh
 READ_CHUNK = 1024  # prime characters per stretch: bounds the memory of a long prime's input terms
-
-
-def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a model has, by its PyTorch name, with its shape (the safetensors file's layout)."""
-    V, E, H = config.vocab_size, config.embed_size, config.hidden_size
-    G = GATES[config.cell] * H
-    shapes = {"embedding.weight": (V, E)}
-    for layer in range(config.num_layers):
-        shapes[f"rnn.weight_ih_l{layer}"] = (G, E if layer == 0 else H)
-        shapes[f"rnn.weight_hh_l{layer}"] = (G, H)
-        shapes[f"rnn.bias_ih_l{layer}"] = (G,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (G,)
-    shapes["head.weight"] = (V, H)
-    shapes["head.bias"] = (V,)
-    return shapes
 
 
 def _f32(array) -> np.ndarray:

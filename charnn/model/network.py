@@ -130,9 +130,6 @@ class CharRNN(nn.Module):
         zeros = torch.zeros(c.num_layers, batch_size, c.hidden_size, device=device)
         return (zeros, zeros.clone()) if c.cell == "lstm" else zeros
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def reset_segments(resets: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
     """A window cut where some stream resets (`resets`: (T, B), see `reset_mask`): the stretches

@@ -2,7 +2,7 @@
 
 Training writes best.safetensors beside best.pt whenever it writes best.pt, from the same weights;
 `charnn export` writes one for any checkpoint. The file holds the model's tensors under PyTorch's
-names and shapes (`CharRNN.state_dict()`, see `charnn.model.engine.weight_shapes`), float32, and in the
+names and shapes (`CharRNN.state_dict()`, see `charnn.model.spec`), float32, and in the
 header's metadata (text only, so each value is JSON) what they are: `format` ("charnn-weights"),
 `format_version`, `model_config`, `vocab`, `step`, `val_loss`, `train_config`, `corpus` and
 `weights_sha256` (of the tensors' bytes, in name order). Reading it executes nothing: the header is
@@ -24,12 +24,12 @@ import numpy as np
 
 from ..data.checked import finite, plain, read_model_config, whole
 from ..config import ModelConfig
-from .engine import weight_shapes
 from ..errors import CharnnError
 from ..data.files import atomic_write, is_torch_archive, require_file
 from ..printable import brief
 from ..runs.rundir import WEIGHTS_SUFFIX, RunDir, latest_run, resolve_checkpoint, weights_beside
 from .base import resolve_model
+from .spec import parameter_count, weight_shapes
 from ..data.vocab import Vocab
 
 FORMAT = "charnn-weights"
@@ -54,8 +54,7 @@ class Weights:
     @property
     def parameters(self) -> int:
         """Trainable numbers: a tied output matrix counts once."""
-        shared = {"head.weight"} if self.config.tie_weights else set()
-        return sum(a.size for name, a in self.arrays.items() if name not in shared)
+        return parameter_count(self.config)
 
     def payload(self) -> dict:
         """What a checkpoint file says about itself, for `charnn info`."""

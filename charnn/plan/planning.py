@@ -17,7 +17,8 @@ from ..data.corpus import corpus_files
 from ..data.batches import check_split_sizes
 from ..runtime.device import resolve_device
 from ..errors import CharnnError
-from ..runtime.memory import TRAIN_HINT, require_memory, training_bytes
+from ..model.spec import training_bytes
+from ..runtime.memory import TRAIN_HINT, require_memory
 from .request import check_request
 from ..model.precision import MIN_GAIN, check_precision, mixed_candidate
 from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab

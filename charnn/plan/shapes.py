@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import ModelConfig, TrainConfig
+from ..model.spec import parameter_count
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,8 @@ class Shape:
                            hidden_size=self.hidden_size, embed_size=self.embed_size, dropout=dropout)
 
     def parameters(self, vocab_size: int) -> int:
-        """The model's parameter count (as CharRNN.num_parameters() gives it)."""
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell] * self.hidden_size
-        rnn = sum(gates * ((self.embed if layer == 0 else self.hidden_size) + self.hidden_size) + 2 * gates
-                  for layer in range(self.num_layers))
-        return vocab_size * self.embed + rnn + (self.hidden_size + 1) * vocab_size
+        """The parameter count of the model of this shape."""
+        return parameter_count(self.model_config(vocab_size))
 
 
 def default_shape() -> Shape:

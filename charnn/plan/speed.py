@@ -18,7 +18,8 @@ import torch
 from ..config import TrainConfig
 from ..runtime.device import torch_trial
 from ..evaluate.score import evaluate
-from ..runtime.memory import available_bytes, training_bytes
+from ..model.spec import training_bytes
+from ..runtime.memory import available_bytes
 from ..model.network import CharRNN, detach_hidden
 from ..model.precision import MIN_GAIN, Precision, check_precision, mixed_candidate
 from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..data.checked import finite, odd_values, plain, section, text, texts, train_config, whole
+from ..data.checked import finite, odd_values, plain, read_model_config, section, text, texts, train_config, whole
 from ..data.corpus import corpus_name
 from ..errors import CharnnError
+from ..model.spec import parameter_count
 from .metrics import TAIL_BYTES, LossCurves, Progress, loss_curves, read_metrics
 from ..printable import printable_chars
 from .rundir import RunDir, latest_run, run_dirs, runs_root
@@ -30,15 +31,21 @@ from ..units import bits
 
 def _config_from_checkpoint(payload: dict) -> dict:
     """The config.json a run would have, rebuilt from a checkpoint."""
-    state = section(payload.get("model_state"))
-    unique = {t.data_ptr(): t.numel() for t in state.values() if hasattr(t, "data_ptr")}  # tied weights once
     return {
         "model": payload.get("model_config"),
         "train": payload.get("train_config"),
         "vocab": payload.get("vocab"),
         "corpus": payload.get("corpus"),
-        "parameters": sum(unique.values()),
+        "parameters": _parameters(payload.get("model_config")),
     }
+
+
+def _parameters(model_config) -> int | None:
+    """The parameter count of a model config read from a file (None: not a model charnn builds)."""
+    try:
+        return parameter_count(read_model_config(model_config))
+    except (CharnnError, TypeError, ValueError, OverflowError):
+        return None
 
 
 def _describe_corpus(corpus) -> str | None:

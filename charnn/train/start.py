@@ -25,7 +25,8 @@ from ..runtime.device import resolve_device
 from .distributed import SingleProcess
 from ..errors import CharnnError
 from .events import TrainEvents
-from ..runtime.memory import TRAIN_HINT, require_memory, training_bytes
+from ..model.spec import training_bytes
+from ..runtime.memory import TRAIN_HINT, require_memory
 from ..runs.claim import claim_for_resume, claim_new_run
 from ..plan.planning import Replanner, Sizing
 from ..plan.pretrained import (SUGGESTED_BASE, InitFrom, added_chars, fine_tuning_request, open_init, remap_tokens,

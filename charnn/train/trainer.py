@@ -25,9 +25,10 @@ from ..errors import CharnnError
 from ..evaluate.score import evaluate
 from .events import TrainEvents, TrainResult, TrainSnapshot
 from ..runtime.memory import TRAIN_HINT as MEMORY_HINT
-from ..runtime.memory import require_memory, training_bytes
+from ..runtime.memory import require_memory
 from ..model.network import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from ..model.precision import Precision
+from ..model.spec import parameter_count, training_bytes
 from ..plan.shapes import Shape
 from ..model.step import clip_gradients, forward_backward, make_optimizer, optimizer_step
 from ..runs.rundir import RunDir
@@ -96,7 +97,7 @@ class Trainer:
         self.precision = Precision(config.precision)
 
         self.model = build_model(model_config, config, self.device, self._streams)
-        self.parameters = self.model.num_parameters()
+        self.parameters = parameter_count(model_config)
         self.group.reseed(config.seed)
         self.net = self.model  # what the training step calls: DDP's wrapper once `run` starts on several processes
         self.optimizer = make_optimizer(self.model, config)
@@ -308,7 +309,7 @@ class Trainer:
         """Train a new model from its first step, the time spent on the old one counted as spent."""
         self.model_config, self.config = model_config.validate(), config.validate()
         self.model = self.net = build_model(model_config, config, self.device, self._streams)
-        self.parameters = self.model.num_parameters()
+        self.parameters = parameter_count(model_config)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = self.precision.scaler(self.device)
         self.state = TrainState(elapsed=self.state.elapsed)
