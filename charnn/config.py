@@ -1,5 +1,7 @@
-"""Configuration, and every default: what a model is (ModelConfig), how it is trained (TrainConfig),
-how each character is drawn (SamplingConfig) and what `charnn sample` prints (SampleRequest).
+"""Configuration, and every default: what a model is (ModelConfig), how it is trained (TrainConfig), what
+`charnn serve` listens on and holds requests to (ServeConfig), what `charnn bench` measures (BenchOptions).
+How each character is drawn and what `charnn sample` prints are the sampling settings' own, with their
+limits (`charnn.generate.settings`).
 
 Plain dataclasses that round-trip through JSON and checkpoints as dicts; `validate()` turns every
 bad value into a CharnnError that names the option. The command line passes only the options a
@@ -15,7 +17,6 @@ from pathlib import Path
 
 from .errors import CharnnError
 from .printable import brief
-from .runtime.threads import resolve_threads
 
 CELLS = ("lstm", "gru", "rnn")
 MAX_LAYERS = 64  # deeper stacks are no character model; building one takes minutes
@@ -27,7 +28,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # charnn.model.precision's; here 
 # others are fixed shapes, "small" being exactly ModelConfig's and TrainConfig's defaults
 SIZES = ("auto", "tiny", "small", "medium", "large")
 DEFAULT_SIZE = "auto"
-PENALTY_RANGE = (1e-6, 1e6)  # a float32 logit divided or multiplied by these stays finite (a denormal: inf, NaN)
 
 
 # the command-line flag of a config field, where it is not the field's name in kebab case
@@ -208,73 +208,6 @@ class TrainConfig:
         return cls(**_known_fields(cls, data))
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each character; the names follow transformers' generation config."""
-
-    temperature: float = 1.0  # 1 samples the model's own distribution; 0 is greedy argmax
-    top_k: int | None = None  # keep only the k most likely characters
-    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
-    min_p: float | None = None  # keep characters at least min_p times as likely as the likeliest
-    repetition_penalty: float = 1.0  # > 1 discourages characters seen in the last repetition_window
-    # transformers penalises every token of the context; on characters that soon covers the whole
-    # alphabet, so only the recent ones count (None: all of them)
-    repetition_window: int | None = 64
-
-    def validate(self, vocab_size: int) -> SamplingConfig:
-        """Check every value; top_k above the vocabulary size is clamped to it."""
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise CharnnError(f"--temp must be >= 0, not {self.temperature}", hint="use --temp 0 for greedy decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise CharnnError(f"--top-k must be at least 1, not {self.top_k}")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise CharnnError(f"--top-p must be in (0, 1], not {self.top_p}")
-        if self.min_p is not None and not (0 <= self.min_p <= 1):
-            raise CharnnError(f"--min-p must be in [0, 1], not {self.min_p}")
-        if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:  # NaN fails too
-            raise CharnnError(f"--repetition-penalty must be in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}], "
-                              f"not {self.repetition_penalty}",
-                              hint="1 turns it off; 1.1-1.5 discourages repeats")
-        if self.repetition_window is not None and self.repetition_window < 1:
-            raise CharnnError(f"--repetition-window must be at least 1, not {self.repetition_window}")
-        if self.top_k is not None and self.top_k > vocab_size:
-            return replace(self, top_k=vocab_size)
-        return self
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """What `charnn sample` prints: how much, from which prime, and how samples end and are joined."""
-
-    length: int = 1000  # characters per sample (bytes with a byte-level model); the most, with a stop string
-    interactive_length: int = 300  # per turn of --interactive
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    seed: int | None = None  # None: a fresh random seed
-    echo_prime: bool = True
-    stop: bytes = b""  # end a sample where it produces this (not printed)
-    num_samples: int = 1
-    separator: bytes = b"\n\n"
-    beam: int | None = None  # beam search with this many beams instead of sampling
-    # the CPU unless asked: it samples with numpy, without PyTorch's seconds of importing, and one stream
-    # is a chain of small products, not the big batches a GPU is built for
-    device: str = "cpu"
-
-    def validate(self) -> SampleRequest:
-        if self.seed is not None:
-            _require_seed(self.seed)
-        if self.length < 0:
-            raise CharnnError(f"--length must be >= 0, not {self.length}")
-        if self.num_samples < 1:
-            raise CharnnError(f"--num-samples must be at least 1, not {self.num_samples}")
-        if self.beam is not None and self.beam < 1:
-            raise CharnnError(f"--beam must be at least 1, not {self.beam}")
-        if self.beam is not None and self.num_samples != 1:
-            raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
-        _require(self.device in DEVICES, "--device", f"must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        self.sampling.validate(vocab_size=1 << 30)
-        return self
-
-
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -316,7 +249,6 @@ class ServeConfig:
         for origin in self.cors_origins:
             _require(re.fullmatch(r"https?://[^/\s]+", origin) is not None, "--cors-origin",
                      f"must be a web origin like http://localhost:3000 (scheme and host, no path), not {origin!r}")
-        resolve_threads(self.threads)
         if self.api_key is not None:
             _require(len(self.api_key) >= 1, "--api-key", "must not be empty")
             _require(self.api_key == self.api_key.strip(), "--api-key", "must not begin or end with white space "

@@ -1,15 +1,16 @@
-"""The numpy engine (charnn.model.engine, charnn.generate.choice, charnn.generate.streams) held to the PyTorch
-model and to the torch sampling path: the same next-character probabilities, the same filters, the same beams."""
+"""The one sampler (charnn.generate: choice, streams, beam) on the numpy engine (charnn.model.engine), held to
+the PyTorch model and to PyTorch's stepper: the same next-character probabilities, the same text from either
+stepper, filters equal to an independent implementation, the same beams."""
 
 import numpy as np
 import pytest
 import torch
 
-from charnn import CharnnError, CharRNN, SamplingConfig, TorchGenerator, engine_from_model
-from charnn.generate.choice import RecentWindow, StreamOptions, choose, min_p, penalize, top_k, top_p
+from charnn import CharnnError, CharRNN, SamplingConfig, TorchGenerator, TorchSteps, engine_from_model
+from charnn.generate.beam import beam_search
+from charnn.generate.choice import RecentWindow, StreamOptions, choose, filter_logits, min_p, penalize, top_k, top_p
+from charnn.generate.streams import Streams, sample_streams
 from charnn.model.network import reset_mask
-from charnn.generate.sampler import RecentCharacters, filter_logits, penalize_repeats, torch_beam_search
-from charnn.generate.streams import Streams, beam_search, sample_streams
 
 from conftest import tiny_model_config
 
@@ -62,7 +63,7 @@ def test_next_character_probabilities_equal_the_models_forward_pass(cell, layers
     assert len({tuple(column) for column in drawn.T}) == 3
     if resets:  # after a delimiter the prediction forgets everything before it
         streams.feed([3, 5])
-        other = Streams.start(streams.engine, seed=0)
+        other = Streams.start(streams.model, seed=0)
         other.feed([9, 3, 5])
         np.testing.assert_allclose(streams.logits, np.repeat(other.logits, 3, axis=0), atol=1e-6)
 
@@ -72,71 +73,90 @@ def test_a_delimiter_split_between_two_reads_still_resets():
     streams = Streams.start(engine_from_model(model), seed=1)
     streams.feed([1, 2, 3])
     streams.feed([5])
-    fresh = Streams.start(streams.engine, seed=1)
+    fresh = Streams.start(streams.model, seed=1)
     fresh.feed([3, 5])
     np.testing.assert_allclose(streams.logits, fresh.logits, atol=1e-6)
 
 
-# --- the filters, against their torch versions on the same logits ----------------------------------
+# --- the filters, against another implementation on the same logits -------------------------------
 
 
 def random_logits(rows=6, vocab=40, seed=0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((rows, vocab)) * 3).astype(np.float32)
 
 
+def reference_filters(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
+    """Temperature, top-k, top-p and min-p on (B, V) logits as PyTorch's sampling path applied them before
+    charnn sampled through one sampler: an implementation of its own, for the numpy filters to equal."""
+    logits = torch.from_numpy(logits)
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k is not None and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if config.top_p is not None and config.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= config.top_p
+        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), -torch.inf)
+    if config.min_p:
+        logits = logits.masked_fill(logits < logits.max(dim=-1, keepdim=True).values + float(np.log(config.min_p)),
+                                    -torch.inf)
+    return logits.numpy()
+
+
 @pytest.mark.parametrize("k", [1, 3, 39, 40])
-def test_top_k_equals_torch(k):
+def test_top_k_equals_the_reference(k):
     logits = random_logits()
-    want = filter_logits(torch.from_numpy(logits), SamplingConfig(top_k=k)).numpy()
+    want = reference_filters(logits, SamplingConfig(top_k=k))
     np.testing.assert_array_equal(top_k(logits, np.full(6, k)), want)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
-def test_top_p_equals_torch(p):
+def test_top_p_equals_the_reference(p):
     logits = random_logits(seed=1)
-    want = filter_logits(torch.from_numpy(logits), SamplingConfig(top_p=p)).numpy()
+    want = reference_filters(logits, SamplingConfig(top_p=p))
     np.testing.assert_array_equal(top_p(logits, np.full(6, p, dtype=np.float32)), want)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.01, 0.3, 1.0])
-def test_min_p_equals_torch(p):
+def test_min_p_equals_the_reference(p):
     logits = random_logits(seed=2)
-    want = filter_logits(torch.from_numpy(logits), SamplingConfig(min_p=p)).numpy()
+    want = reference_filters(logits, SamplingConfig(min_p=p))
     np.testing.assert_allclose(min_p(logits, np.full(6, p, dtype=np.float32)), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("penalty", [0.8, 1.3, 5.0])
-def test_repetition_penalty_equals_torch(penalty):
+def test_repetition_penalty_is_transformers_rule(penalty):
     logits = random_logits(seed=3)
     seen = np.random.default_rng(4).random(logits.shape) < 0.3
-    want = penalize_repeats(torch.from_numpy(logits), torch.from_numpy(seen), penalty).numpy()
+    want = np.where(seen, np.where(logits > 0, logits / np.float32(penalty), logits * np.float32(penalty)), logits)
     np.testing.assert_array_equal(penalize(logits, seen, np.full(6, penalty, dtype=np.float32)), want)
 
 
 def test_each_stream_filters_with_its_own_options():
-    """Per-stream options give, row by row, what torch gives each row with that row's config."""
+    """Per-stream options give, row by row, what the reference gives each row with that row's config."""
     logits = random_logits(rows=4, seed=5)
     configs = [SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(top_p=0.6),
                SamplingConfig(temperature=1.3, min_p=0.2), SamplingConfig(top_k=9, top_p=0.8, min_p=0.05)]
     options = StreamOptions.of(configs)
-    from charnn.generate.choice import filter_logits as numpy_filters
-
-    got = numpy_filters(logits * options.inverse_temperature, options)
+    got = filter_logits(logits * options.inverse_temperature, options)
     for row, config in enumerate(configs):
-        want = filter_logits(torch.from_numpy(logits[row : row + 1]), config).numpy()[0]
+        want = reference_filters(logits[row : row + 1], config)[0]
         np.testing.assert_allclose(got[row], want, rtol=1e-6)
 
 
-def test_recent_window_equals_torch_recent_characters():
+def test_recent_window_holds_each_streams_last_characters():
     rng = np.random.default_rng(6)
-    for window in (3, None):
-        numpy_recent = RecentWindow(np.full(2, window or 0), 7)
-        torch_recent = RecentCharacters(2, 7, window, torch.device("cpu"))
+    for window in (3, 0):  # 0: all of them
+        recent, history = RecentWindow(np.full(2, window), 7), [[], []]
         for length in (5, 1, 1, 9, 1, 2):
             ids = rng.integers(0, 7, (length, 2))
-            numpy_recent.add(ids)
-            torch_recent.add(torch.from_numpy(ids))
-            np.testing.assert_array_equal(numpy_recent.seen(), torch_recent.seen().numpy())
+            recent.add(ids)
+            for stream in range(2):
+                history[stream] += ids[:, stream].tolist()
+            want = [[c in (h[-window:] if window else h) for c in range(7)] for h in history]
+            assert recent.seen().tolist() == want
 
 
 def test_streams_with_different_windows_share_a_history():
@@ -180,14 +200,19 @@ def test_same_seed_same_text_and_sample_0_of_many_is_the_single_sample():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_greedy_text_equals_the_torch_path(cell):
+@pytest.mark.parametrize("config", [SamplingConfig(temperature=0, repetition_penalty=1.5, repetition_window=5),
+                                    SamplingConfig(temperature=0.9, top_p=0.9, min_p=0.02, repetition_penalty=1.2)],
+                         ids=["greedy", "sampled"])
+def test_either_stepper_gives_the_same_text(cell, config):
+    """One sampler: the numpy engine and PyTorch's stepper give the same text for the same seed (their logits
+    agree to rounding, far from any boundary a draw could fall on), streams and --reset-on included."""
     model = model_for(cell, resets=True)
-    config = SamplingConfig(temperature=0, repetition_penalty=1.5, repetition_window=5)
-    torch_path = TorchGenerator(model, config)
-    torch_path.feed([1, 3, 5, 2])
-    numpy_path = Streams.start(engine_from_model(model), config)
-    numpy_path.feed([1, 3, 5, 2])
-    assert [int(i[0]) for i in numpy_path.sample(60)] == [int(i[0]) for i in torch_path.sample(60)]
+    torch_path = TorchGenerator(model, config, num_samples=2, seed=5)
+    numpy_path = Streams.start(engine_from_model(model), config, num_samples=2, seed=5)
+    for path in (torch_path, numpy_path):
+        path.feed([1, 3, 5, 2])
+    assert isinstance(torch_path.model, TorchSteps)
+    assert np.stack(list(numpy_path.sample(60))).tolist() == np.stack(list(torch_path.sample(60))).tolist()
 
 
 # --- streams joining and leaving one batch -----------------------------------------------------------
@@ -224,9 +249,10 @@ def test_streams_started_apart_continue_together():
 
 
 @pytest.mark.parametrize("resets,penalty", [(False, 1.0), (True, 1.0), (False, 2.0)])
-def test_beam_search_equals_the_torch_path(resets, penalty):
+def test_beam_search_is_the_same_on_either_stepper(resets, penalty):
     model = model_for("gru", vocab_size=9, resets=resets, sharpen=2.0)
-    want = list(torch_beam_search(model, [1, 3, 5], 50, beams=5, repetition_penalty=penalty, repetition_window=8))
+    want = list(beam_search(TorchSteps(model), [1, 3, 5], 50, beams=5, repetition_penalty=penalty,
+                            repetition_window=8))
     got = list(beam_search(engine_from_model(model), [1, 3, 5], 50, beams=5, repetition_penalty=penalty,
                            repetition_window=8))
     assert got == want and len(got) == 50

@@ -80,13 +80,13 @@ def test_stepper_matches_the_model(stepper_class, cell, layers, streams):
         warm_up = torch.randint(0, 13, (4, streams))  # start from a state that is not zero
         _, start = model(warm_up)
         want, want_hidden = model(ids, start)
-        stepper = stepper_class(model, logit_scale=0.5)
+        stepper = stepper_class(model)
         state = stepper.state_from_hidden(start)
         got = []
         for t in range(12):
             logits, state = stepper(ids[t], state)
             got.append(logits)
-    torch.testing.assert_close(torch.stack(got), want * 0.5, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-5)
     got_hidden = stepper.hidden_from_state(state)
     for a, b in zip(got_hidden if cell == "lstm" else [got_hidden], want_hidden if cell == "lstm" else [want_hidden]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

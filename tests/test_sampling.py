@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from charnn import CharnnError, CharRNN, SamplingConfig, generate
-from charnn.generate.sampler import (RecentCharacters, TextGenerator, beam_search, draw_host, filter_logits,
-                                     penalize_repeats)
+from charnn import CharnnError, CharRNN, Engine, SamplingConfig, generate
+from charnn.generate.choice import RecentWindow, StreamOptions, draw, filter_logits, penalize
+from charnn.generate.sampler import TextGenerator, beam_search
 
 from conftest import tiny_model_config
 
@@ -76,7 +76,7 @@ def test_sampling_follows_the_model_distribution():
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_one_stream_on_the_cpu_follows_the_model_distribution(temperature):
-    """One stream samples through numpy end to end (draw_host): over many steps its frequencies match
+    """One stream samples through numpy end to end (the engine): over many steps its frequencies match
     softmax(logits / T). The output layer's bias alone sets the logits, so every step has the same
     distribution."""
     model = model_for(vocab_size=5, layers=1)
@@ -85,16 +85,16 @@ def test_one_stream_on_the_cpu_follows_the_model_distribution(temperature):
         model.head.weight.zero_()
         model.head.bias.copy_(bias)
     generator = TextGenerator(model, SamplingConfig(temperature=temperature), seed=5)
-    assert generator.draw_on_host
+    assert isinstance(generator.model, Engine)  # a model on the CPU is stepped by the numpy engine
     ids = np.concatenate(list(generate(model, [1], 30_000, SamplingConfig(temperature=temperature), seed=5)))
     freq = np.bincount(ids, minlength=5) / len(ids)
     assert np.abs(freq - (bias / temperature).softmax(-1).numpy()).max() < 0.01
 
 
-def test_draw_host_never_picks_an_impossible_character():
+def test_a_draw_never_picks_an_impossible_character():
     rng = np.random.default_rng(0)
     logits = np.array([[0.0, -200.0, 3.0, -np.inf], [-np.inf, -np.inf, 5.0, -300.0]], dtype=np.float32)
-    picks = np.stack([draw_host(logits, rng) for _ in range(5_000)])
+    picks = np.stack([draw(logits, [rng, rng]) for _ in range(5_000)])
     assert set(picks[:, 0]) == {0, 2} and set(picks[:, 1]) == {2}
 
 
@@ -106,9 +106,14 @@ def test_ids_come_out_as_int64_numpy_arrays_from_either_stepper(streams):
         assert all(isinstance(s, np.ndarray) and s.dtype == np.int64 and s.shape == (streams,) for s in steps)
 
 
+def kept_by(config: SamplingConfig) -> list[bool]:
+    """Which of four characters of probabilities 0.5, 0.3, 0.15 and 0.05 a config's filters keep."""
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
+    return np.isfinite(filter_logits(logits, StreamOptions.of([config])))[0].tolist()
+
+
 def test_top_k_and_top_p_filter():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg))[0].tolist()  # noqa: E731
+    kept = kept_by
     assert kept(SamplingConfig(top_k=2)) == [True, True, False, False]
     assert kept(SamplingConfig(top_p=0.5)) == [True, False, False, False]
     assert kept(SamplingConfig(top_p=0.7)) == [True, True, False, False]
@@ -130,32 +135,32 @@ def test_bad_sampling_values_are_clear_errors_and_top_k_is_clamped():
 
 
 def test_min_p_keeps_characters_at_least_that_fraction_of_the_likeliest():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda cfg: torch.isfinite(filter_logits(logits, cfg))[0].tolist()  # noqa: E731
+    kept = kept_by
     assert kept(SamplingConfig(min_p=0.5)) == [True, True, False, False]  # 0.15 < 0.25
     assert kept(SamplingConfig(min_p=0.1)) == [True, True, True, True]  # 0.05 >= 0.05
     assert kept(SamplingConfig(min_p=1.0)) == [True, False, False, False]
     for bad in (SamplingConfig(min_p=-0.1), SamplingConfig(min_p=2), SamplingConfig(repetition_penalty=0),
-                SamplingConfig(repetition_window=0)):
+                SamplingConfig(repetition_window=-1)):
         with pytest.raises(CharnnError):
             bad.validate(10)
+    assert SamplingConfig(repetition_window=0).validate(10).repetition_window == 0  # 0: all of them
 
 
 def test_repetition_penalty_follows_transformers_rule():
-    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
-    seen = torch.tensor([[True, True, False, False]])
-    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
+    logits = np.array([[2.0, -2.0, 2.0, -2.0]], dtype=np.float32)
+    seen = np.array([[True, True, False, False]])
+    assert penalize(logits, seen, np.array([2.0], dtype=np.float32)).tolist() == [[1.0, -4.0, 2.0, -2.0]]
 
 
 def test_recent_characters_forget_what_left_the_window():
-    recent = RecentCharacters(num_streams=2, vocab_size=5, window=3, device=torch.device("cpu"))
-    recent.add(torch.tensor([[0, 4], [1, 4]]))  # (T, B), oldest first
-    recent.add(torch.tensor([2, 3]))
+    recent = RecentWindow(np.array([3, 3]), vocab_size=5)
+    recent.add(np.array([[0, 4], [1, 4]]))  # (T, B), oldest first
+    recent.add(np.array([2, 3]))
     assert recent.seen().tolist() == [[True, True, True, False, False], [False, False, False, True, True]]
-    recent.add(torch.tensor([2, 3]))  # the oldest (0 and 4) leave the window
+    recent.add(np.array([2, 3]))  # the oldest (0 and 4) leave the window
     assert recent.seen().tolist() == [[False, True, True, False, False], [False, False, False, True, True]]
-    everything = RecentCharacters(1, 5, window=None, device=torch.device("cpu"))
-    everything.add(torch.tensor([[0], [1], [2], [3]]))
+    everything = RecentWindow(np.array([0]), 5)  # 0: every character counts
+    everything.add(np.array([[0], [1], [2], [3]]))
     assert everything.seen().tolist() == [[True, True, True, True, False]]
 
 
@@ -180,7 +185,7 @@ def test_generator_state_carries_across_calls():
     generator.feed([7, 8])
     with torch.no_grad():
         logits, _ = model(torch.tensor([1, 2, *whole, 7, 8]).view(-1, 1))
-    assert torch.allclose(generator.logits, logits[-1], atol=1e-5)
+    np.testing.assert_allclose(generator.logits, logits[-1].numpy(), atol=1e-5)
     generator.reset()
     with pytest.raises(CharnnError, match="feed"):
         next(generator.sample(1))

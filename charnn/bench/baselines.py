@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 
 from ..model.network import CharRNN
-from ..generate.sampler import make_generator
 
 VOCAB_SIZE = 65  # Tiny Shakespeare's
 
@@ -105,7 +104,8 @@ class ReferenceLoop:
 def naive_sampler(model: CharRNN, streams: int) -> Iterator[None]:
     """nn.LSTM on a length-1 input, softmax, multinomial and .item() (or .tolist()) every step."""
     device = model.head.weight.device
-    generator = make_generator(0, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
     ids = torch.zeros(1, streams, dtype=torch.long, device=device)
     hidden = None
     while True:

@@ -31,7 +31,8 @@ from ..train.events import TrainEvents, TrainSnapshot
 from ..model.network import CharRNN
 from ..model.spec import FLOAT, forward_flops_per_char, step_weight_bytes
 from ..model.precision import mixed_candidate
-from ..generate.sampler import SamplingConfig, generate
+from ..generate.sampler import generate
+from ..generate.settings import SamplingConfig
 from ..train.trainer import Trainer
 from ..data.vocab import Vocab
 

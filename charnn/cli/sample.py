@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..config import SampleRequest, SamplingConfig
+from ..generate.settings import LIMITS, SampleRequest, SamplingConfig
 from ..errors import CharnnError
 from ..runtime.signals import forget_interrupt, raise_pending
 from ..runtime.threads import resolve_threads
@@ -88,19 +88,16 @@ def sample(
     """Generate text from a trained model and stream it to stdout."""
     if stop == "":
         raise CharnnError("--stop needs a non-empty string", hint="leave it out to stop only at --length")
-    if interactive and num_samples not in (None, 1):
-        raise CharnnError("--interactive continues one text: it does not combine with --num-samples")
-    if repetition_window is not None and repetition_window < 0:
-        raise CharnnError(f"--repetition-window must be >= 0 (0: all characters), not {repetition_window}")
-    window = {} if repetition_window is None else {"repetition_window": repetition_window or None}
-    sampling = SamplingConfig(**given(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                      repetition_penalty=repetition_penalty), **window)
-    request = SampleRequest(sampling=sampling, echo_prime=echo_prime, **given(
+    drawing = given(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    sampling = SamplingConfig(**drawing, **given(repetition_penalty=repetition_penalty,
+                                                 repetition_window=repetition_window))
+    request = SampleRequest(sampling=sampling, echo_prime=echo_prime, interactive=interactive, **given(
         length=length, interactive_length=length, seed=seed, num_samples=num_samples, beam=beam, device=device,
         stop=_bytes(stop) if stop else None, separator=_bytes(separator) if separator is not None else None))
-    if beam is not None:
-        _check_beam_options(beam, temp, top_k, top_p, min_p, request.num_samples, interactive)
     request.validate()
+    if beam is not None and drawing:
+        options = ", ".join(LIMITS[name].option for name in drawing)
+        raise CharnnError(f"--beam searches for the most likely text; {options} only apply to sampling")
     if prime is not None and prime_file is not None:
         raise CharnnError("give --prime or --prime-file, not both")
     if interactive and prime_file == "-":
@@ -108,8 +105,8 @@ def sample(
     prime_bytes = _read_prime_file(prime_file) if prime_file is not None else None
     if prime is not None:
         prime_bytes = prime.encode("utf-8", "surrogateescape")
-    from ..generate.output import (BufferedOutput, Conversation, PipeClosed, encode_prime, open_sampling_model,
-                                   write_samples)
+    from ..generate.output import BufferedOutput, Conversation, PipeClosed, encode_prime, write_samples
+    from ..generate.sampler import open_sampling_model
 
     loaded = open_sampling_model(nonempty(model, "MODEL"), request.device, resolve_threads(threads))
     console = stderr()
@@ -140,17 +137,6 @@ def sample(
 
 def _bytes(text: str) -> bytes:
     return unescape(text).encode("utf-8", "surrogateescape")
-
-
-def _check_beam_options(beam, temp, top_k, top_p, min_p, num_samples, interactive) -> None:
-    if beam < 1:
-        raise CharnnError(f"--beam must be at least 1, not {beam}")
-    options = [name for name, value in (("--temp", temp), ("--top-k", top_k), ("--top-p", top_p), ("--min-p", min_p))
-               if value is not None]
-    if options:
-        raise CharnnError(f"--beam searches for the most likely text; {', '.join(options)} only apply to sampling")
-    if num_samples != 1 or interactive:
-        raise CharnnError("--beam gives one continuation: it does not combine with --num-samples or --interactive")
 
 
 def _read_prime_file(path: str) -> bytes:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import ServeConfig
+from ..runtime.threads import resolve_threads
 from .app import command, say, stderr
 from .options import EXIT_CODES_HELP, QuietFlag, ThreadsOption, default, given
 
@@ -78,6 +79,7 @@ def serve(
                                  body_timeout=body_timeout, write_timeout=write_timeout,
                                  max_connections=max_connections, allow_hosts=tuple(allow_host or ()) or None,
                                  cors_origins=tuple(cors_origin or ()) or None, threads=threads)).validate()
+    resolve_threads(config.threads)  # a mistake in --threads is answered before a model loads
     from ..serve.server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 
     console = stderr()

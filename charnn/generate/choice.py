@@ -3,8 +3,8 @@ min-p (transformers' names, applied in its order), then a draw, or the argmax at
 
 Every option is per stream, an array over the batch, and every stream draws from a random number
 generator of its own, so streams with different options and seeds can share one step (`charnn
-sample --num-samples` today; requests joining and leaving one batch, later). The filters equal their
-torch versions in `charnn.generate.sampler` on the same logits (a test holds them to it).
+sample --num-samples`; requests joining and leaving one batch in `charnn serve`). They work on numpy
+logits of whatever steps the model (`charnn.generate.streams`): the only filters and draw charnn has.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import SamplingConfig
+from .settings import SamplingConfig
 
 _COLUMNS = ("temperature", "top_k", "top_p", "min_p", "penalty", "window")
 

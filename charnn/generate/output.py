@@ -1,85 +1,25 @@
 """Generated text onto a byte stream: what `charnn sample` does, as a library.
 
-`open_sampling_model` opens the model to sample from: on the CPU the numpy engine, from the
-run's best.safetensors without PyTorch (from a checkpoint through PyTorch where there is none);
-on a GPU a torch model. `BufferedOutput` streams bytes without a system call per character;
-`SampleWriter` turns each step's ids into text, ending a sample at its stop string and printing the
-other samples after the first; `write_samples` runs a sampler (or beam search) into them;
-`Conversation` is --interactive's state, carried from turn to turn. Nothing here imports PyTorch:
-a torch model's sampler is imported only when a torch model is given.
+`BufferedOutput` streams bytes without a system call per character; `SampleWriter` turns each step's ids
+into text, ending a sample at its stop string and printing the other samples after the first;
+`write_samples` runs the sampler (or beam search) into them; `Conversation` is --interactive's state,
+carried from turn to turn. The model is `charnn.generate.sampler.open_sampling_model`'s, whatever steps it:
+nothing here imports PyTorch or asks where the model runs.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from ..config import SampleRequest, SamplingConfig
-from ..model.engine import Engine
+from ..data.vocab import Vocab
 from ..errors import CharnnError
 from ..model.spec import beam_bytes, sampling_bytes
 from ..runtime.memory import SAMPLE_HINT, require_memory
-from .streams import Streams, default_prime, require_prime
-from .streams import beam_search as engine_beam_search
-from ..runtime.threads import ThreadChoice
-from ..data.vocab import Vocab
-from ..model.weights import is_weights_file, read_weights, weights_for
-
-
-@dataclass(frozen=True)
-class SamplingModel:
-    """A model ready to sample, with the file it came from."""
-
-    path: Path  # best.safetensors, another .safetensors file, or a checkpoint
-    model: object  # an `Engine` on the CPU; a `CharRNN` on a GPU
-    vocab: Vocab
-    note: str | None = None  # something people should know about the choice of file
-
-
-def open_sampling_model(path: str | os.PathLike | None = None, device: str = SampleRequest.device,
-                        threads: ThreadChoice | None = None) -> SamplingModel:
-    """The model of a run directory (default: the newest run), checkpoint or safetensors file, to
-    sample on `device`: on the CPU, the numpy engine, read without PyTorch from a .safetensors file, its
-    BLAS threads chosen as `threads` says (default: charnn.runtime.threads' choice from the environment)."""
-    if device != "cpu":
-        from ..runtime.device import resolve_device  # noqa: PLC0415 (PyTorch: only off the CPU, or to resolve auto)
-
-        device = str(resolve_device(device))
-    source, note = weights_for(path)
-    if device == "cpu" and is_weights_file(source):
-        weights = read_weights(source)
-        return SamplingModel(source, Engine(weights.config, weights.arrays, threads), weights.vocab, note)
-    from ..model.checkpoint import model_from_weights, open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
-    from ..model.stepper import engine_from_model  # noqa: PLC0415
-
-    if is_weights_file(source):
-        weights = read_weights(source)
-        return SamplingModel(source, model_from_weights(weights, device), weights.vocab, note)
-    loaded = open_model(source, device)
-    model = engine_from_model(loaded.model, threads) if device == "cpu" else loaded.model
-    return SamplingModel(loaded.path, model, loaded.vocab, note)
-
-
-def open_sampler(model, config: SamplingConfig, num_samples: int = 1, seed: int | None = None):
-    """A sampling state (feed, sample, reset, logits) for an `Engine` (`Streams`) or a torch model."""
-    if isinstance(model, Engine):
-        return Streams.start(model, config, num_samples, seed)
-    from .sampler import TextGenerator  # noqa: PLC0415
-
-    return TextGenerator(model, config, num_samples, seed)
-
-
-def _beam_search(model, prime_ids, request: SampleRequest):
-    if isinstance(model, Engine):
-        search = engine_beam_search
-    else:
-        from .sampler import beam_search as search  # noqa: PLC0415
-    config = request.sampling
-    return search(model, prime_ids, request.length, request.beam, config.repetition_penalty, config.repetition_window)
+from .beam import beam_search
+from .settings import SampleRequest
+from .streams import Steps, Streams, default_prime, require_prime
 
 
 class PipeClosed(Exception):
@@ -193,29 +133,31 @@ def encode_prime(vocab: Vocab, prime: bytes, drop_unknown: bool = False) -> tupl
     return ids, given - len(ids)
 
 
-def check_memory(model, request: SampleRequest) -> None:
+def check_memory(model: Steps, request: SampleRequest) -> None:
     """Refuse a batch of samples or beams that cannot fit, before allocating it."""
-    device = "cpu" if isinstance(model, Engine) else str(model.head.weight.device)
     if request.beam is not None:
         need, what = beam_bytes(model.config, request.beam, request.length), f"beam search with {request.beam:,} beams"
     else:
         need = sampling_bytes(model.config, request.num_samples, request.length)
         what = f"{request.num_samples:,} samples of {request.length:,} characters"
-    require_memory(need, what, device, SAMPLE_HINT)
+    require_memory(need, what, model.device, SAMPLE_HINT)
 
 
-def write_samples(model, vocab: Vocab, request: SampleRequest, output: BufferedOutput, prime_ids=None) -> None:
-    """Generate `request`'s samples from `model` (an `Engine` or a torch model) after `prime_ids`
-    (default: the model's default prime, not printed) and write them to `output` as they are made."""
+def write_samples(model: Steps, vocab: Vocab, request: SampleRequest, output: BufferedOutput,
+                  prime_ids=None) -> None:
+    """Generate `request`'s samples from `model` (`SamplingModel.model`) after `prime_ids` (default: the
+    model's default prime, not printed) and write them to `output` as they are made."""
     check_memory(model, request)
     shown = vocab.decode_bytes(prime_ids) if prime_ids is not None and request.echo_prime else b""
     if prime_ids is None:
         prime_ids = default_prime(vocab, model.config.reset_ids)
     require_prime(prime_ids)
     if request.beam is not None:
-        steps = ([i] for i in _beam_search(model, prime_ids, request))
+        sampling = request.sampling
+        steps = ([i] for i in beam_search(model, prime_ids, request.length, request.beam,
+                                          sampling.repetition_penalty, sampling.repetition_window))
     else:
-        sampler = open_sampler(model, request.sampling, request.num_samples, request.seed)
+        sampler = Streams.start(model, request.sampling, request.num_samples, request.seed)
         sampler.feed(prime_ids)
         steps = (ids.tolist() for ids in sampler.sample(request.length))
     writer = SampleWriter(vocab, request.num_samples, request.stop, output)
@@ -230,9 +172,9 @@ def write_samples(model, vocab: Vocab, request: SampleRequest, output: BufferedO
 class Conversation:
     """--interactive: text read and continuations drawn alternately, the state carried from turn to turn."""
 
-    def __init__(self, model, vocab: Vocab, request: SampleRequest, prime_ids=None):
+    def __init__(self, model: Steps, vocab: Vocab, request: SampleRequest, prime_ids=None):
         self.vocab, self.request = vocab, request
-        self.generator = open_sampler(model, request.sampling, seed=request.seed)
+        self.generator = Streams.start(model, request.sampling, seed=request.seed)
         if prime_ids is not None:
             self.generator.feed(prime_ids)
 

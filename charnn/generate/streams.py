@@ -1,26 +1,57 @@
-"""Sampling on the CPU, without PyTorch: streams of text drawn side by side from an `Engine`.
+"""Streams of text drawn side by side from a model, whatever steps it: the one sampler.
 
-`Streams` is a batch: the recurrent state of every stream (columns of the engine's arrays), the logits
-of what each reads next, its sampling options, its random number generator, its repetition history
-and the characters that might begin a record delimiter. Text is fed to every stream at once; each
-step draws one character per stream and reads it back in. Streams can be dropped or reordered
-(`keep`) and batches joined (`join`) between steps, so streams started apart can share the steps
-that follow. `charnn sample` (one stream, `--num-samples`, `--interactive`, `--beam`) runs here.
+`Streams` is a batch: the recurrent state of every stream, the logits of what each reads next, its
+sampling options, its random number generator, its repetition history and the characters that might
+begin a record delimiter. Text is fed to every stream at once; each step draws one character per stream
+(`charnn.generate.choice`, on the logits as numpy arrays) and reads it back in. Streams can be dropped or
+reordered (`keep`) and batches joined (`join`) between steps, so streams started apart can share the
+steps that follow. `charnn sample` (one stream, `--num-samples`, `--interactive`, `--beam`) and `charnn
+serve` run here.
+
+What steps the model is a `Steps`: the numpy `Engine` on the CPU (without PyTorch), or `TorchSteps` over
+PyTorch's stepper on a GPU; `charnn.generate.sampler` chooses, once.
 """
 
 from __future__ import annotations
 
 import os
 from time import perf_counter
-from typing import Iterator, Sequence
+from typing import ContextManager, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .choice import RecentWindow, StreamOptions, choose, penalize, stream_rng
-from ..config import SamplingConfig
-from ..model.engine import Engine, join_streams, repeat_streams, select_streams, zero_streams
-from ..errors import CharnnError
+from ..config import ModelConfig
 from ..data.vocab import Vocab
+from ..errors import CharnnError
+from .choice import RecentWindow, StreamOptions, choose, stream_rng
+from .settings import SamplingConfig, check
+
+
+class Steps(Protocol):
+    """What steps a model, for `Streams`: the numpy `Engine` (charnn.model.engine) or `TorchSteps` (PyTorch's
+    stepper, charnn.model.stepper). Ids and logits are numpy arrays on the host, ids (T, B) or (B,) and
+    logits (B, V); a state is the stepper's own, a list with an entry per layer, its streams selected,
+    joined and zeroed by the stepper. `pool` is a context inside which `pool.set(n)` sizes the threads the
+    steps use, and `policy_for(streams)` the thread policy (`start`, `finish`, `threads`) for a batch."""
+
+    config: ModelConfig
+    vocab_size: int
+    device: str
+    pool: ContextManager
+
+    def policy_for(self, streams: int): ...
+
+    def zero_state(self, streams: int) -> list: ...
+
+    def read(self, ids: np.ndarray, state: list, resets: np.ndarray | None = None) -> tuple[np.ndarray, list]: ...
+
+    def step(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]: ...
+
+    def select(self, state: list, rows: np.ndarray) -> list: ...
+
+    def join(self, first: list, second: list) -> list: ...
+
+    def zero(self, state: list, mask: np.ndarray) -> list: ...
 
 
 def fresh_seed() -> int:
@@ -43,30 +74,36 @@ def require_prime(prime) -> None:
         raise CharnnError("the prime is empty", hint="give at least one character, or none to use the default")
 
 
+def alike(config: SamplingConfig, num_samples: int, seed: int | None,
+          vocab_size: int) -> tuple[StreamOptions, list[np.random.Generator]]:
+    """The options and generators of `num_samples` streams alike: the same (validated) options, and
+    generators from one seed (None: a fresh one), stream i's as `charnn sample --seed` gives sample i."""
+    check("num_samples", num_samples)
+    config = config.validate(vocab_size)
+    seed = fresh_seed() if seed is None else check("seed", seed)
+    return StreamOptions.of([config] * num_samples), [stream_rng(seed, i) for i in range(num_samples)]
+
+
 class Streams:
-    """Streams sampled side by side from one engine, each with its own options and random numbers.
+    """Streams sampled side by side from one model, each with its own options and random numbers.
 
     The state carries over between calls, so a conversation-like loop (`charnn sample --interactive`)
     can alternate `feed` and `sample`; `reset` forgets everything. With a model trained with
     --reset-on, a stream's state restarts at the delimiter, exactly as in training.
     """
 
-    def __init__(self, engine: Engine, options: StreamOptions, rngs: Sequence[np.random.Generator]):
+    def __init__(self, model: Steps, options: StreamOptions, rngs: Sequence[np.random.Generator]):
         if len(options) != len(rngs) or len(options) < 1:
             raise CharnnError(f"need one generator per stream and at least one stream, not {len(rngs)}")
-        self.engine, self.options, self.rngs = engine, options, list(rngs)
-        self.reset_ids = tuple(engine.config.reset_ids)
+        self.model, self.options, self.rngs = model, options, list(rngs)
+        self.reset_ids = tuple(model.config.reset_ids)
         self.reset()
 
-    @classmethod
-    def start(cls, engine: Engine, config: SamplingConfig = SamplingConfig(), num_samples: int = 1,
+    @staticmethod
+    def start(model: Steps, config: SamplingConfig = SamplingConfig(), num_samples: int = 1,
               seed: int | None = None) -> Streams:
-        """`num_samples` streams alike: the same options, generators from one seed (None: a fresh one)."""
-        if num_samples < 1:
-            raise CharnnError(f"--num-samples must be at least 1, not {num_samples}")
-        config = config.validate(engine.vocab_size)
-        seed = fresh_seed() if seed is None else seed
-        return cls(engine, StreamOptions.of([config] * num_samples), [stream_rng(seed, i) for i in range(num_samples)])
+        """`num_samples` streams alike (see `alike`)."""
+        return Streams(model, *alike(config, num_samples, seed, model.vocab_size))
 
     def __len__(self) -> int:
         return len(self.rngs)
@@ -79,7 +116,7 @@ class Streams:
         self.pending: np.ndarray | None = None  # (B,): drawn and handed out, not yet read
         # the last len(delimiter) - 1 characters read, (n, B): a delimiter may straddle two reads
         self.tail = np.full((max(len(self.reset_ids) - 1, 0), streams), -1, dtype=np.int64)
-        self.recent = RecentWindow(self.options.window, self.engine.vocab_size) if self.options.penalized else None
+        self.recent = RecentWindow(self.options.window, self.model.vocab_size) if self.options.penalized else None
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -90,13 +127,14 @@ class Streams:
             return
         streams = len(self)
         if self.state is None and self.pending is None:  # every stream is alike: read once, then copy
-            self.tail, state = self.tail[:, :1], self.engine.zero_state(1)
-            logits, state = self.engine.read(ids[:, None], state, self._delimiters(ids[:, None]))
-            self.logits, self.state = np.repeat(logits, streams, axis=0), repeat_streams(state, streams)
+            self.tail, state = self.tail[:, :1], self.model.zero_state(1)
+            logits, state = self.model.read(ids[:, None], state, self._delimiters(ids[:, None]))
+            self.logits = np.repeat(logits, streams, axis=0)
+            self.state = self.model.select(state, np.zeros(streams, dtype=np.int64))
             self.tail = np.repeat(self.tail, streams, axis=1)
         else:
             steps, state = self._steps(ids)
-            self.logits, self.state = self.engine.read(steps, state, self._delimiters(steps))
+            self.logits, self.state = self.model.read(steps, state, self._delimiters(steps))
         self._remember(ids)
 
     def _steps(self, ids: np.ndarray) -> tuple[np.ndarray, list]:
@@ -106,7 +144,7 @@ class Streams:
         if self.pending is not None:
             steps = np.concatenate((self.pending[None], steps))
             self.pending = None
-        return steps, self.state if self.state is not None else self.engine.zero_state(len(self))
+        return steps, self.state if self.state is not None else self.model.zero_state(len(self))
 
     def _remember(self, ids: np.ndarray) -> None:
         if self.recent is not None:
@@ -131,16 +169,16 @@ class Streams:
         ids, self.pending = self.pending, None
         state = self.state
         if self.reset_ids:  # a stream that completes the delimiter reads its last character from zero
-            state = zero_streams(state, self._delimiters(ids[None])[0])
-        self.logits, self.state = self.engine.step(ids, state)
+            state = self.model.zero(state, self._delimiters(ids[None])[0])
+        self.logits, self.state = self.model.step(ids, state)
 
     # --- drawing -----------------------------------------------------------------------------
 
     def sample(self, length: int) -> Iterator[np.ndarray]:
         """Yield `length` steps of (B,) int64 ids, each drawn and then read back in (numpy's BLAS held to
-        the engine's threads for this many streams meanwhile)."""
-        with self.engine.pool:
-            policy = self.engine.policy_for(len(self))
+        the model's threads for this many streams meanwhile)."""
+        with self.model.pool:
+            policy = self.model.policy_for(len(self))
             for _ in range(length):
                 policy.start()
                 started = perf_counter()
@@ -170,7 +208,7 @@ class Streams:
         rows = np.asarray(rows, dtype=np.int64)
         self.options, self.rngs = self.options.select(rows), [self.rngs[r] for r in rows]
         if self.state is not None:
-            self.state = select_streams(self.state, rows)
+            self.state = self.model.select(self.state, rows)
         if self.logits is not None:
             self.logits = self.logits[rows]
         if self.pending is not None:
@@ -180,17 +218,17 @@ class Streams:
             self.recent = self.recent.select(rows)
 
     def join(self, other: Streams) -> None:
-        """Take in the streams of `other` (read from the same engine) after these ones; both settle first."""
-        if other.engine is not self.engine:
+        """Take in the streams of `other` (read from the same model) after these ones; both settle first."""
+        if other.model is not self.model:
             raise CharnnError("only streams of the same model can share a batch")
         if self.logits is None or other.logits is None:
             raise CharnnError("feed both batches before joining them")
         self.settle()
         other.settle()
-        histories = [s.recent if s.recent is not None else RecentWindow(s.options.window, s.engine.vocab_size)
+        histories = [s.recent if s.recent is not None else RecentWindow(s.options.window, s.model.vocab_size)
                      for s in (self, other)]
         self.options, self.rngs = self.options.join(other.options), self.rngs + other.rngs
-        self.state = join_streams(self.state, other.state)
+        self.state = self.model.join(self.state, other.state)
         self.logits = np.concatenate((self.logits, other.logits))
         self.tail = np.concatenate((self.tail, other.tail), axis=1)
         self.recent = histories[0].join(histories[1]) if self.options.penalized else None
@@ -206,82 +244,29 @@ def feed_each(batches: Sequence[Streams], texts: Sequence[np.ndarray]) -> None:
     texts = [np.asarray(text, dtype=np.int64).ravel() for text in texts]
     if len({len(text) for text in texts}) != 1:
         raise CharnnError("feed_each reads texts of one length")
+    model = batches[0].model
     for batch in batches:
         batch.settle()  # the ids drawn last, read now: every batch then reads exactly its text
     parts = [batch._steps(text) for batch, text in zip(batches, texts)]
     state = parts[0][1]
     for _, more in parts[1:]:
-        state = join_streams(state, more)
+        state = model.join(state, more)
     resets = [batch._delimiters(steps) for batch, (steps, _) in zip(batches, parts)]
-    logits, state = batches[0].engine.read(np.concatenate([steps for steps, _ in parts], axis=1), state,
-                                           None if resets[0] is None else np.concatenate(resets, axis=1))
+    logits, state = model.read(np.concatenate([steps for steps, _ in parts], axis=1), state,
+                               None if resets[0] is None else np.concatenate(resets, axis=1))
     start = 0
     for batch, text in zip(batches, texts):
         columns = np.arange(start, start + len(batch))
-        batch.logits, batch.state = logits[columns], select_streams(state, columns)
+        batch.logits, batch.state = logits[columns], model.select(state, columns)
         batch._remember(text)
         start += len(batch)
 
 
-def sample_streams(engine: Engine, prime: Sequence[int] | np.ndarray, length: int,
+def sample_streams(model: Steps, prime: Sequence[int] | np.ndarray, length: int,
                    config: SamplingConfig = SamplingConfig(), num_samples: int = 1,
                    seed: int | None = None) -> Iterator[np.ndarray]:
     """Yield `length` steps of (num_samples,) int64 ids that follow `prime` (at least one id)."""
     require_prime(prime)
-    streams = Streams.start(engine, config, num_samples, seed)
+    streams = Streams.start(model, config, num_samples, seed)
     streams.feed(prime)
     yield from streams.sample(length)
-
-
-def beam_search(engine: Engine, prime: Sequence[int] | np.ndarray, length: int, beams: int = 8,
-                repetition_penalty: float = 1.0, repetition_window: int | None = 64) -> Iterator[int]:
-    """The most likely `length` characters after `prime` that a beam of `beams` finds, as ids.
-
-    Every step keeps the `beams` likeliest continuations so far (summed log-probabilities, after the
-    repetition penalty if one is given: the likeliest text is often a loop). Ids are yielded as soon
-    as every beam agrees on them, so the output streams where the search has settled; the rest of the
-    best beam follows at the end.
-    """
-    require_prime(prime)
-    if beams < 1:
-        raise CharnnError(f"--beam must be at least 1, not {beams}")
-    config = SamplingConfig(repetition_penalty=repetition_penalty, repetition_window=repetition_window)
-    search = Streams.start(engine, config, seed=0)  # nothing is drawn: the seed never matters
-    search.feed(prime)
-    with engine.pool:
-        engine.pool.set(engine.policy_for(beams).threads)
-        yield from _search(search, length, beams)
-
-
-def _search(search: Streams, length: int, beams: int) -> Iterator[int]:
-    vocab_size = search.engine.vocab_size
-    scores = np.zeros(1)
-    unsettled = np.zeros((1, 0), dtype=np.int64)  # (K, t): where the beams still differ
-    for step in range(length):
-        logits = search.logits
-        if search.recent is not None:
-            logits = penalize(logits, search.recent.seen(), search.options.penalty)
-        candidates = (scores[:, None] + _log_softmax(logits)).ravel()  # (K * V,)
-        top = _largest(candidates, min(beams, len(candidates)))
-        parents, ids = top // vocab_size, top % vocab_size
-        scores = candidates[top]
-        unsettled = np.concatenate((unsettled[parents], ids[:, None]), axis=1)
-        search.keep(parents)
-        search.take(ids)
-        agreed = int(np.cumprod((unsettled == unsettled[:1]).all(axis=0)).sum())
-        yield from unsettled[0, :agreed].tolist()
-        unsettled = unsettled[:, agreed:]
-        if step + 1 < length:
-            search.settle()
-    yield from unsettled[int(scores.argmax())].tolist()
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def _largest(values: np.ndarray, k: int) -> np.ndarray:
-    """The indices of the k largest values, largest first (ties: the lower index first)."""
-    top = np.argpartition(-values, k - 1)[:k] if k < len(values) else np.arange(len(values))
-    return top[np.lexsort((top, -values[top]))]

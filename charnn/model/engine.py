@@ -14,8 +14,9 @@ stores them), arranged once for numpy's BLAS:
   per step.
 
 State: a list with one entry per layer, (h, c) for an LSTM, h otherwise, each (H, B) float32.
-Streams are columns: selecting, joining and zeroing them is column work (`select_streams`,
-`join_streams`, `zero_streams`), so a batch can gain and lose streams between steps.
+Streams are columns: selecting, joining and zeroing them is column work (`select`, `join`, `zero`), so
+a batch can gain and lose streams between steps (`charnn.generate.streams`, which steps a model through
+this interface whatever computes it: here, or PyTorch's stepper on a GPU).
 
 BLAS's threads follow charnn's thread policy (charnn.runtime.threads), one policy for a few streams and one for
 many, each timing the steps it runs. They start where measurements put them on an idle machine: fewer
@@ -90,6 +91,8 @@ class Engine:
     """The network of a `ModelConfig` on numpy arrays: `step` one character per stream, `read` a
     stretch of text. Equal to the PyTorch model's forward pass to floating-point rounding."""
 
+    device = "cpu"
+
     def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], threads: ThreadChoice | None = None):
         """`threads`: who decides BLAS's thread count (default: charnn.runtime.threads' choice from the environment)."""
         self.config = config
@@ -138,6 +141,21 @@ class Engine:
         if self.cell == "lstm":
             return [(np.zeros((H, streams), np.float32), np.zeros((H, streams), np.float32)) for _ in self.layers]
         return [np.zeros((H, streams), np.float32) for _ in self.layers]
+
+    def select(self, state: list, columns: np.ndarray) -> list:
+        """The state of these streams, in this order (beam search: each beam continues its parent)."""
+        return [tuple(t[:, columns] for t in s) if isinstance(s, tuple) else s[:, columns] for s in state]
+
+    def join(self, first: list, second: list) -> list:
+        """Two states side by side: the streams of `first`, then those of `second`."""
+        return [tuple(np.concatenate(pair, axis=1) for pair in zip(a, b)) if isinstance(a, tuple)
+                else np.concatenate((a, b), axis=1) for a, b in zip(first, second)]
+
+    def zero(self, state: list, mask: np.ndarray) -> list:
+        """The state with the streams where `mask` (B,) is true back at zero (a record starts)."""
+        if not mask.any():
+            return state
+        return [_keep_streams(s, ~mask) for s in state]
 
     # --- one character per stream --------------------------------------------------------------
 
@@ -275,25 +293,3 @@ def _keep_streams(layer_state, keep: np.ndarray):
         return tuple(s * keep for s in layer_state)
     return layer_state * keep
 
-
-def zero_streams(state: list, mask: np.ndarray) -> list:
-    """The state with the streams where `mask` (B,) is true back at zero (a record starts)."""
-    if not mask.any():
-        return state
-    return [_keep_streams(s, ~mask) for s in state]
-
-
-def select_streams(state: list, columns: np.ndarray) -> list:
-    """The state of these streams, in this order (beam search: each beam continues its parent)."""
-    return [tuple(t[:, columns] for t in s) if isinstance(s, tuple) else s[:, columns] for s in state]
-
-
-def join_streams(first: list, second: list) -> list:
-    """Two states side by side: the streams of `first`, then those of `second`."""
-    return [tuple(np.concatenate(pair, axis=1) for pair in zip(a, b)) if isinstance(a, tuple)
-            else np.concatenate((a, b), axis=1) for a, b in zip(first, second)]
-
-
-def repeat_streams(state: list, streams: int) -> list:
-    """A one-stream state copied into `streams` streams."""
-    return select_streams(state, np.zeros(streams, dtype=np.int64))

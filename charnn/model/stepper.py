@@ -3,10 +3,11 @@
 Stepping `nn.LSTM` on a length-1 input is slow (a heavyweight kernel set up for every call), so
 `Stepper` runs the recurrence with the model's own matrices, pre-arranged for one matrix product
 per layer and step. Its output equals the model's forward pass to floating-point rounding (a test
-checks every cell type).
+checks every cell type). `TorchSteps` puts it behind the numpy engine's interface, so that one sampler
+(`charnn.generate`) draws from either: ids in and logits out as numpy arrays on the host.
 
 On the CPU, sampling runs in numpy instead (`charnn.model.engine`, without PyTorch); `engine_from_model`
-makes that engine from a model, and `BlasStepper` gives it `Stepper`'s interface.
+makes that engine from a model, and `BlasStepper` gives it `Stepper`'s interface (for tests).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .engine import Engine, select_streams
-from .network import CharRNN
+from .engine import Engine
+from .network import CharRNN, reset_streams
 from ..runtime.threads import ThreadChoice
 
 
@@ -41,8 +42,7 @@ class Stepper:
     """The step on torch tensors, on any device. State: a list with one entry per layer, (h, c) for
     an LSTM, h otherwise, each (B, H)."""
 
-    def __init__(self, model: CharRNN, logit_scale: float = 1.0):
-        """`logit_scale` multiplies the logits for free (folded into the output layer): 1/temperature."""
+    def __init__(self, model: CharRNN):
         config = model.config
         # A one-row matrix product runs on one core in the CPU's BLAS; cut into one block of rows per
         # thread and run as a batched product, it uses every core (twice as fast on two, at any batch).
@@ -53,8 +53,8 @@ class Stepper:
         with torch.no_grad():
             self.layers = [self._arrange(model, layer, *layer_weights(model, layer))
                            for layer in range(config.num_layers)]
-            self.head_w = (model.head.weight.detach() * logit_scale).contiguous()
-            self.head_b = (model.head.bias.detach() * logit_scale).contiguous()
+            self.head_w = model.head.weight.detach().contiguous()
+            self.head_b = model.head.bias.detach().contiguous()
 
     def _arrange(self, model, layer, w_ih, w_hh, b_ih, b_hh) -> dict:
         # matrices stay (out, in), used transposed: for one stream the multiply is then a row-by-row
@@ -136,6 +136,85 @@ class Stepper:
         return h, h
 
 
+class _TorchThreads:
+    """Threads of the torch path: PyTorch's own (a GPU's kernels need none), so nothing to time or set; the
+    engine's thread pool and policy in name only."""
+
+    threads = None
+
+    def __enter__(self) -> _TorchThreads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def set(self, threads) -> None:
+        return None
+
+    def start(self) -> None:
+        return None
+
+    def finish(self, seconds: float, work: float = 1.0) -> None:
+        return None
+
+
+class TorchSteps:
+    """PyTorch's `Stepper` behind the numpy engine's interface (`charnn.generate.streams.Steps`): ids in and
+    logits out as numpy arrays on the host (B x V floats a step, a small copy: the ids drawn from them are
+    needed there anyway), the state on the model's device; a prime is read by the model's forward pass. What
+    samples on a GPU; on the CPU, the reference the tests hold the engine to."""
+
+    PRIME_CHUNK = 1024  # prime steps per forward pass: bounds the logits kept for a long prime
+
+    def __init__(self, model: CharRNN):
+        self.model = model.eval()
+        self.config, self.vocab_size = model.config, model.config.vocab_size
+        self.torch_device = model.head.weight.device
+        self.device = str(self.torch_device)
+        self.stepper = Stepper(model)
+        self.pool = _TorchThreads()
+
+    def policy_for(self, streams: int) -> _TorchThreads:
+        return self.pool
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array), device=self.torch_device)
+
+    def zero_state(self, streams: int) -> list:
+        return self.stepper.state_from_hidden(self.model.init_hidden(streams, self.torch_device))
+
+    @torch.inference_mode()
+    def read(self, ids: np.ndarray, state: list, resets: np.ndarray | None = None) -> tuple[np.ndarray, list]:
+        """ids (T, B) after `state`: the logits (B, V) of what follows the last one, and the state."""
+        ids, resets = self._tensor(ids), None if resets is None else self._tensor(resets)
+        hidden = self.stepper.hidden_from_state(state)
+        for start in range(0, len(ids), self.PRIME_CHUNK):
+            chunk = slice(start, start + self.PRIME_CHUNK)
+            logits, hidden = self.model(ids[chunk], hidden, None if resets is None else resets[chunk])
+        return _array(logits[-1]), self.stepper.state_from_hidden(hidden)
+
+    @torch.inference_mode()
+    def step(self, ids: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+        """ids (B,) -> the next character's logits (B, V) and the new state."""
+        logits, state = self.stepper(self._tensor(ids), state)
+        return _array(logits), state
+
+    @torch.inference_mode()
+    def select(self, state: list, rows: np.ndarray) -> list:
+        return self.stepper.select(state, self._tensor(rows))
+
+    @torch.inference_mode()
+    def join(self, first: list, second: list) -> list:
+        return [tuple(torch.cat(pair) for pair in zip(a, b)) if isinstance(a, tuple) else torch.cat((a, b))
+                for a, b in zip(first, second)]
+
+    @torch.inference_mode()
+    def zero(self, state: list, mask: np.ndarray) -> list:
+        if not mask.any():
+            return state
+        return self.stepper.state_from_hidden(reset_streams(self.stepper.hidden_from_state(state), self._tensor(mask)))
+
+
 def engine_from_model(model: CharRNN, threads: ThreadChoice | None = None) -> Engine:
     """The numpy engine of a model's weights as they are now (copied: training may go on changing them)."""
     arrays = {name: tensor.detach().float().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
@@ -147,9 +226,8 @@ class BlasStepper:
     tensors in and out, the engine's feature-major numpy arrays, (H, B) per layer, as the state.
     Tests hold the engine to the model through it."""
 
-    def __init__(self, model: CharRNN, logit_scale: float = 1.0):
+    def __init__(self, model: CharRNN):
         self.engine = engine_from_model(model)
-        self.logit_scale = logit_scale
 
     def state_from_hidden(self, hidden) -> list:
         if isinstance(hidden, tuple):
@@ -164,12 +242,12 @@ class BlasStepper:
         return torch.stack([torch.from_numpy(h.T.copy()) for h in state])
 
     def select(self, state: list, rows: torch.Tensor) -> list:
-        return select_streams(state, rows.cpu().numpy())
+        return self.engine.select(state, rows.cpu().numpy())
 
     def __call__(self, ids: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         """ids (B,) -> logits (B, V) and the new state, like `Stepper`'s."""
         logits, state = self.engine.step(ids.cpu().numpy(), state)
-        return torch.from_numpy(np.ascontiguousarray(logits)) * self.logit_scale, state
+        return torch.from_numpy(np.ascontiguousarray(logits)), state
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

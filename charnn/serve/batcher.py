@@ -26,11 +26,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..generate.choice import StreamOptions, stream_rng
-from ..config import SamplingConfig
+from ..generate.settings import SamplingConfig
 from ..model.engine import Engine
 from ..errors import CharnnError
-from ..generate.streams import Streams, default_prime, feed_each, fresh_seed
+from ..generate.streams import Streams, alike, default_prime, feed_each
 from ..data.vocab import Vocab
 
 PROMPT_SLICE = 256  # prompt characters joining requests read per step: the others wait at most this long
@@ -108,10 +107,7 @@ class Job:
 
     def __init__(self, request: CompletionRequest, prompt_ids: np.ndarray, engine: Engine, vocab: Vocab,
                  deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False):
-        config = request.sampling.validate(engine.vocab_size)
-        seed = fresh_seed() if request.seed is None else request.seed
-        rngs = [stream_rng(seed, i) for i in range(request.n)]
-        self.streams = Streams(engine, StreamOptions.of([config] * request.n), rngs)
+        self.streams = Streams(engine, *alike(request.sampling, request.n, request.seed, engine.vocab_size))
         self.unread = prompt_ids  # the prompt not yet read
         self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
         self.deliver = deliver

@@ -8,21 +8,22 @@ Every mistake in a request is an `ApiError`: an HTTP status and OpenAI's error o
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from dataclasses import dataclass
 
-from ..config import PENALTY_RANGE, SamplingConfig, ServeConfig
+from ..config import ServeConfig
+from ..generate.settings import LIMITS, SamplingConfig, SettingError, check
 from .batcher import CompletionRequest, Piece
 
 MAX_STOPS = 16  # OpenAI allows 4; characters are cheap to check
-MAX_SEED = 2**63 - 1
 # fields the official clients may send that change nothing here, when left at these values
 _NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "logprobs": None, "suffix": None,
             "logit_bias": None, "echo": False}
-_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-           "stop", "n", "seed", "stream", "stream_options", "user", *_NEUTRAL}
+# the sampling settings the API has, by field: their limits are charnn.generate.settings'
+_SETTINGS = {limit.param: name for name, limit in LIMITS.items() if limit.param}
+_SAMPLING = [name for name in SamplingConfig.__dataclass_fields__ if LIMITS[name].param]
+_FIELDS = {"model", "prompt", "stop", "stream", "stream_options", "user", *_SETTINGS, *_NEUTRAL}
 
 
 class ApiError(Exception):
@@ -66,9 +67,13 @@ def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> Par
             raise ApiError(400, f"{name} is not supported by charnn (leave it out or at {json.dumps(neutral)})",
                            param=name, code="unsupported_parameter")
     model = _model(data, models)
-    completion = CompletionRequest(prompt=_prompt(data, limits), max_tokens=_int(
-        data, "max_tokens", limits.default_max_tokens, 1, limits.max_tokens), sampling=_sampling(data),
-        stop=_stop(data), n=_int(data, "n", 1, 1, limits.max_n), seed=_int(data, "seed", None, 0, MAX_SEED))
+    try:  # each setting's limits, a server's narrowing some: user -> server default -> charnn's default
+        completion = CompletionRequest(
+            prompt=_prompt(data, limits), sampling=_sampling(data), stop=_stop(data),
+            max_tokens=check("length", _setting(data, "max_tokens", limits.default_max_tokens), 1, limits.max_tokens),
+            n=check("num_samples", _setting(data, "n", 1), high=limits.max_n), seed=check("seed", _setting(data, "seed")))
+    except SettingError as err:
+        raise ApiError(400, err.api_message, param=err.param, code=None if err.wrong_type else "out_of_range") from None
     stream = _bool(data, "stream")
     options = data.get("stream_options")
     if options is not None and (not isinstance(options, dict) or not stream):
@@ -132,28 +137,14 @@ def _prompt(data: dict, limits: ServeConfig) -> str:
     return prompt
 
 
-def _int(data: dict, name: str, default, low: int, high: int):
-    value = data.get(name)
+def _setting(data: dict, field: str, default=None):
+    """A setting's value as a request gives it (JSON's 2.0 is a whole number), else `default`."""
+    value = data.get(field)
     if value is None:
         return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{name} must be an integer, not {_json_type(value)}", param=name)
-    if not low <= value <= high:
-        raise ApiError(400, f"{name} must be in [{low}, {high}], not {value}", param=name, code="out_of_range")
+    if isinstance(value, float) and value.is_integer() and LIMITS[_SETTINGS[field]].whole:
+        return int(value)
     return value
-
-
-def _number(data: dict, name: str, default, ok, rule: str):
-    value = data.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ApiError(400, f"{name} must be a number, not {_json_type(value)}", param=name)
-    if not (math.isfinite(value) and ok(value)):
-        raise ApiError(400, f"{name} must be {rule}, not {value}", param=name, code="out_of_range")
-    return float(value)
 
 
 def _bool(data: dict, name: str) -> bool:
@@ -166,16 +157,10 @@ def _bool(data: dict, name: str) -> bool:
 
 
 def _sampling(data: dict) -> SamplingConfig:
-    defaults = SamplingConfig()
-    top_k = _int(data, "top_k", None, 0, 2**31 - 1)
-    return SamplingConfig(
-        temperature=_number(data, "temperature", defaults.temperature, lambda v: v >= 0, ">= 0 (0: greedy)"),
-        top_k=top_k or None,  # 0 turns it off, as in transformers
-        top_p=_number(data, "top_p", defaults.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
-        min_p=_number(data, "min_p", defaults.min_p, lambda v: 0 <= v <= 1, "in [0, 1]"),
-        repetition_penalty=_number(data, "repetition_penalty", defaults.repetition_penalty,
-                                   lambda v: PENALTY_RANGE[0] <= v <= PENALTY_RANGE[1],
-                                   f"in [{PENALTY_RANGE[0]:g}, {PENALTY_RANGE[1]:g}] (1: off)"))
+    given = {name: _setting(data, LIMITS[name].param) for name in _SAMPLING}
+    if given["top_k"] == 0:
+        given["top_k"] = None  # 0 turns it off, as in transformers
+    return SamplingConfig(**{name: value for name, value in given.items() if value is not None}).validate()
 
 
 def _stop(data: dict) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ def model_name(path: Path) -> str:
 def open_batchers(sources: list[str | None], threads: ThreadChoice | None = None) -> dict[str, Batcher]:
     """A batcher for each model (a run directory, checkpoint or .safetensors file; None: the newest
     run), named for clients; the first is the default. Not started."""
-    from ..generate.output import open_sampling_model  # noqa: PLC0415
+    from ..generate.sampler import open_sampling_model  # noqa: PLC0415
 
     batchers: dict[str, Batcher] = {}
     for source in sources:
