@@ -37,15 +37,15 @@ _EXPORTS = {
     "generate.settings": ["SampleRequest", "SamplingConfig"],
     "generate.streams": ["Streams", "feed_each", "sample_streams"],
     "model.archive": ["peek_checkpoint"],
-    "model.checkpoint": ["LoadedModel", "load_checkpoint", "model_from_checkpoint", "model_from_weights",
-                         "open_model", "save_checkpoint"],
+    "model.checkpoint": ["load_checkpoint", "model_from_checkpoint", "model_from_weights", "save_checkpoint"],
     "model.engine": ["Engine"],
     "model.network": ["CharRNN", "detach_hidden"],
     "model.stepper": ["BlasStepper", "Stepper", "TorchSteps", "engine_from_model"],
-    "model.weights": ["Weights", "export_weights", "read_weights", "write_weights"],
+    "model.weights": ["Weights", "read_weights", "write_weights"],
     "plan.request": ["TrainRequest", "check_request"],
     "runs.history": ["RunInfo", "RunSummary", "list_runs", "run_info", "run_loss_curves", "summarize_run"],
     "runs.metrics": ["LossCurves", "Metrics", "Progress", "loss_curves", "read_metrics"],
+    "runs.locate": ["LoadedModel", "export_weights", "open_model"],
     "runs.rundir": ["RunDir", "latest_run", "resolve_checkpoint"],
     "runtime.device": ["resolve_device"],
     "runtime.processes": ["StopFlag", "launch_processes"],
@@ -86,7 +86,7 @@ def __dir__() -> list[str]:
 
 def load_model(path=None, device="cpu"):
     """(model, vocab) from a checkpoint file or run directory (default: the newest run)."""
-    from .model.checkpoint import open_model
+    from .runs.locate import open_model
 
     loaded = open_model(path, device)
     return loaded.model, loaded.vocab

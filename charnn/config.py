@@ -200,6 +200,18 @@ class TrainConfig:
             return self.DEFAULT_EPOCHS
         return self.epochs
 
+    def limit_reached(self, step: int, elapsed: float | None, epochs: float | None, rounded: bool = False) -> str | None:
+        """Which limit a run at this point has reached ('max_steps', 'max_time', 'epochs'), if any. `rounded`:
+        the figures were read back from metrics.jsonl, which rounds seconds to 1 ms and epochs to 1e-4."""
+        time_slack, epoch_slack = (1e-3, 1e-4) if rounded else (0.0, 1e-9)
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        if self.max_time is not None and elapsed is not None and elapsed >= self.max_time - time_slack:
+            return "max_time"
+        if self.stop_epochs is not None and epochs is not None and epochs >= self.stop_epochs - epoch_slack:
+            return "epochs"
+        return None
+
     def to_dict(self) -> dict:
         return asdict(self)
 

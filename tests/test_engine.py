@@ -10,7 +10,7 @@ from charnn import CharnnError, CharRNN, SamplingConfig, TorchGenerator, TorchSt
 from charnn.generate.beam import beam_search
 from charnn.generate.choice import RecentWindow, StreamOptions, choose, filter_logits, min_p, penalize, top_k, top_p
 from charnn.generate.streams import Streams, sample_streams
-from charnn.model.network import reset_mask
+from charnn.data.batches import reset_mask
 
 from conftest import tiny_model_config
 

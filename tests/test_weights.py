@@ -13,7 +13,8 @@ from safetensors.numpy import save
 from charnn import CharnnError, CharRNN, Vocab, load_checkpoint, read_weights, write_weights
 from charnn.model.checkpoint import FORMAT
 from charnn.cli import main
-from charnn.model.weights import Weights, _checksum, encode_weights, weights_for
+from charnn.model.weights import Weights, _checksum, encode_weights
+from charnn.runs.locate import weights_for
 
 from conftest import run_cli, tiny_model_config
 

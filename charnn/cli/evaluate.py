@@ -17,7 +17,7 @@ from .app import command, print_json, say, stderr, write_stdout
 from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, ThreadsOption, nonempty
 
 if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them
-    from ..model.checkpoint import LoadedModel
+    from ..runs.locate import LoadedModel
     from ..evaluate.score import EvalText
 
 PICTURES = "Pictures"
@@ -57,7 +57,7 @@ def eval_command(
     Characters the model has never seen are left out of the text (not fed, not scored) and counted.
     --show, --html and --neuron draw the text coloured by what the model made of it.
     """
-    from ..model.checkpoint import open_model  # noqa: PLC0415
+    from ..runs.locate import open_model  # noqa: PLC0415
     from ..runtime.device import torch_thread_policy  # noqa: PLC0415
     from ..evaluate.score import evaluate, text_to_score  # noqa: PLC0415
     from ..evaluate.trace import find_neurons, parse_neuron  # noqa: PLC0415

@@ -24,7 +24,7 @@ def export_command(
     Training writes best.safetensors beside best.pt by itself; this writes one for any checkpoint,
     including runs trained before charnn did. `charnn sample` reads it without PyTorch.
     """
-    from ..model.weights import export_weights  # noqa: PLC0415 (numpy, and PyTorch for a checkpoint)
+    from ..runs.locate import export_weights  # noqa: PLC0415 (numpy, and PyTorch for a checkpoint)
 
     if out == "-":
         stdout_bytes()  # a closed stdout is an error before anything is loaded

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from ..errors import CharnnError
-from ..model.network import reset_mask
 
 if TYPE_CHECKING:
     from .vocab import Vocab
@@ -129,3 +128,21 @@ def as_tensor(tokens: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     elif array.dtype == np.uint32 and not native:
         array = array.astype(np.int64)
     return torch.from_numpy(array).to(device)
+
+
+def reset_mask(tokens: torch.Tensor, reset_ids: tuple[int, ...], before: torch.Tensor | None = None) -> torch.Tensor:
+    """True where tokens[t] (time first: (T,) or (T, B)) completes the delimiter `reset_ids`.
+
+    `before` holds the tokens just before tokens[0] (same trailing shape), so a delimiter that
+    straddles the start of a window is found; without them the match needs all its characters here.
+    """
+    mask = tokens == reset_ids[-1]
+    full = tokens if before is None else torch.cat([before.to(tokens.dtype), tokens])
+    context = len(full) - len(tokens)
+    for back in range(1, len(reset_ids)):  # tokens[t - back] must be reset_ids[-1 - back]
+        earlier = torch.zeros_like(mask)
+        first = max(back - context, 0)
+        if first < len(tokens):
+            earlier[first:] = full[first + context - back : len(tokens) + context - back] == reset_ids[-1 - back]
+        mask &= earlier
+    return mask

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from ..errors import CharnnError
 
 TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+WEIGHTS_SUFFIX = ".safetensors"  # weights without pickle (charnn.model.weights): a checkpoint X.pt's are X.safetensors
 MAX_JSON_BYTES = 16 << 20  # a run's config.json is a few kB; a larger one is not charnn's
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CharnnError
-from ..model.network import CharRNN, Hidden, join_streams, reset_mask, select_streams
+from ..data.batches import reset_mask
+from ..model.network import CharRNN, Hidden, join_streams, select_streams
 from ..runtime.threads import ThreadPolicy, TimedUnit
 from ..units import LN2
 from ..data.vocab import Vocab

@@ -21,7 +21,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import CharnnError
 from .score import split_into_pieces, warm_start
-from ..model.network import CharRNN, Hidden, reset_mask, reset_segments, reset_streams
+from ..data.batches import reset_mask
+from ..model.network import CharRNN, Hidden, reset_segments, reset_streams
 from ..units import LN2
 from ..data.vocab import Vocab
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..data.vocab import Vocab
 from ..model.engine import Engine
-from ..model.weights import is_weights_file, read_weights, weights_for
+from ..model.weights import is_weights_file, read_weights
+from ..runs.locate import weights_for
 from ..runtime.threads import ThreadChoice
 from .beam import beam_search as search_beams
 from .settings import SampleRequest, SamplingConfig
@@ -63,7 +64,7 @@ def open_sampling_model(path: str | os.PathLike | None = None, device: str = Sam
     if device == "cpu" and is_weights_file(source):
         weights = read_weights(source)
         return SamplingModel(source, Engine(weights.config, weights.arrays, threads), weights.vocab, note)
-    from ..model.checkpoint import open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
+    from ..runs.locate import open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
 
     loaded = open_model(source, device)
     return SamplingModel(loaded.path, steps_for(loaded.model, threads), loaded.vocab, note)

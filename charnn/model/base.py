@@ -4,7 +4,6 @@ and for how long), stored here as safetensors. Torch-free."""
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -18,11 +17,3 @@ def base_model_path(name: str) -> Path | None:
         return None
     path = Path(str(resources.files(__package__) / file))
     return path if path.is_file() else None
-
-
-def resolve_model(source: str | os.PathLike) -> Path:
-    """What a model argument names: an existing path as given; else a base model's name ('english')."""
-    path = Path(source)
-    if path.exists() or not isinstance(source, str):
-        return path
-    return base_model_path(source) or path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -118,32 +117,6 @@ def model_from_checkpoint(payload: dict, source: str | os.PathLike = "checkpoint
         raise CharnnError(f"{source}: checkpoint does not describe a valid model ({first})") from None
     model.eval()
     return model, vocab
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready to sample or evaluate, with where it came from."""
-
-    path: Path  # the checkpoint file
-    model: CharRNN  # in eval mode, on the device asked for
-    vocab: Vocab
-    payload: dict  # the whole checkpoint (training config, corpus, step)
-
-
-def open_model(path: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
-    """The model of a checkpoint file, .safetensors file or run directory (its best.pt, else last.pt;
-    default: the newest run)."""
-    from ..runtime.device import resolve_device  # noqa: PLC0415
-    from ..runs.rundir import resolve_checkpoint  # noqa: PLC0415
-    from .weights import is_weights_file, read_weights  # noqa: PLC0415
-
-    checkpoint = resolve_checkpoint(path)
-    if checkpoint.is_file() and is_weights_file(checkpoint):
-        weights = read_weights(checkpoint)
-        return LoadedModel(checkpoint, model_from_weights(weights, device), weights.vocab, weights.payload())
-    payload = load_checkpoint(checkpoint)
-    model, vocab = model_from_checkpoint(payload, checkpoint)
-    return LoadedModel(checkpoint, model.to(resolve_device(device)), vocab, payload)
 
 
 def model_from_weights(weights, device: str = "auto") -> CharRNN:

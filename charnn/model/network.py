@@ -57,7 +57,7 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None, resets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (T, B) -> logits (T, B, V) and the final state. `resets` (T, B) marks the steps whose
-        incoming state is zeroed first (see `reset_mask`): the recurrence restarts there, per stream."""
+        incoming state is zeroed first (`charnn.data.batches.reset_mask`): the recurrence restarts there, per stream."""
         p = self.config.dropout
         x = dropout(self.embedding(idx), p, self.training)  # (T, B, E)
         if resets is not None and bool(resets.any()):
@@ -132,7 +132,7 @@ class CharRNN(nn.Module):
 
 
 def reset_segments(resets: torch.Tensor) -> list[tuple[int, int, torch.Tensor | None]]:
-    """A window cut where some stream resets (`resets`: (T, B), see `reset_mask`): the stretches
+    """A window cut where some stream resets (`resets`: (T, B), `charnn.data.batches.reset_mask`): the stretches
     (start, end, mask), where mask (B,) marks the streams whose state is zeroed before `start`
     (None for a stretch that does not start at a reset). The fused kernels cannot zero a state
     half-way, so each stretch is one kernel call."""
@@ -155,24 +155,6 @@ def reset_streams(hidden: Hidden, mask: torch.Tensor) -> Hidden:
     if isinstance(hidden, torch.Tensor):
         return hidden * keep
     return tuple(h * keep for h in hidden)
-
-
-def reset_mask(tokens: torch.Tensor, reset_ids: tuple[int, ...], before: torch.Tensor | None = None) -> torch.Tensor:
-    """True where tokens[t] (time first: (T,) or (T, B)) completes the delimiter `reset_ids`.
-
-    `before` holds the tokens just before tokens[0] (same trailing shape), so a delimiter that
-    straddles the start of a window is found; without them the match needs all its characters here.
-    """
-    mask = tokens == reset_ids[-1]
-    full = tokens if before is None else torch.cat([before.to(tokens.dtype), tokens])
-    context = len(full) - len(tokens)
-    for back in range(1, len(reset_ids)):  # tokens[t - back] must be reset_ids[-1 - back]
-        earlier = torch.zeros_like(mask)
-        first = max(back - context, 0)
-        if first < len(tokens):
-            earlier[first:] = full[first + context - back : len(tokens) + context - back] == reset_ids[-1 - back]
-        mask &= earlier
-    return mask
 
 
 def detach_hidden(hidden: Hidden | None) -> Hidden | None:

@@ -6,7 +6,8 @@ names and shapes (`CharRNN.state_dict()`, see `charnn.model.spec`), float32, and
 header's metadata (text only, so each value is JSON) what they are: `format` ("charnn-weights"),
 `format_version`, `model_config`, `vocab`, `step`, `val_loss`, `train_config`, `corpus` and
 `weights_sha256` (of the tensors' bytes, in name order). Reading it executes nothing: the header is
-JSON, the tensors raw numbers, and every value is checked against the others before it is used.
+JSON, the tensors raw numbers, and every value is checked against the others before it is used. Which
+file of a run to read, and `charnn export`, are `charnn.runs.locate`'s.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -25,10 +24,7 @@ import numpy as np
 from ..data.checked import finite, plain, read_model_config, whole
 from ..config import ModelConfig
 from ..errors import CharnnError
-from ..data.files import atomic_write, is_torch_archive, require_file
-from ..printable import brief
-from ..runs.rundir import WEIGHTS_SUFFIX, RunDir, latest_run, resolve_checkpoint, weights_beside
-from .base import resolve_model
+from ..data.files import WEIGHTS_SUFFIX, atomic_write, require_file
 from .spec import parameter_count, weight_shapes
 from ..data.vocab import Vocab
 
@@ -218,112 +214,7 @@ def is_weights_file(path: str | os.PathLike) -> bool:
     return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < path.stat().st_size
 
 
-def weights_for(model: str | os.PathLike | None = None) -> tuple[Path, str | None]:
-    """The file to sample from, and a note for people when it is not the obvious one.
-
-    A safetensors file as given; for a run directory (default: the newest run) or a checkpoint, the
-    safetensors file beside its checkpoint (best.safetensors beside best.pt) when it holds the same
-    weights, else the checkpoint itself, which needs PyTorch to load.
-    """
-    path = latest_run() if model is None else resolve_model(model)
-    if path.is_file() and is_weights_file(path):
-        return path, None
-    run = RunDir(path)
-    if path.is_dir() and run.weights.is_file() and not run.best.is_file():  # best.pt gone: its weights are here
-        return run.weights, None
-    checkpoint = resolve_checkpoint(path)
-    beside = weights_beside(checkpoint)
-    if not beside.is_file():
-        return checkpoint, None
-    try:
-        mismatch = _mismatch(read_records(beside), checkpoint)
-    except CharnnError as err:  # damaged: the checkpoint holds the same weights
-        return checkpoint, (f"{err.message}; sampling from {checkpoint.name} (`charnn export {checkpoint}` "
-                            "writes it again)")
-    if mismatch:
-        return checkpoint, (f"{beside} does not hold {checkpoint.name}'s weights ({mismatch}); sampling from "
-                            f"{checkpoint.name} (`charnn export {checkpoint}` writes it again)")
-    return beside, None
-
-
-def _mismatch(weights: Weights, checkpoint: Path) -> str | None:
-    """How a safetensors file's records differ from its checkpoint's (a crash between writing the two,
-    or a checkpoint copied over): None when they agree, or when the checkpoint cannot be read here."""
-    from .archive import NotPeekable, peek_checkpoint  # noqa: PLC0415
-
-    try:
-        payload = peek_checkpoint(checkpoint)
-    except NotPeekable:
-        return None
-    for key in ("step", "val_loss"):
-        if payload.get(key) != weights.records.get(key):
-            return f"{key} {brief(weights.records.get(key))} against {brief(payload.get(key))}"
-    return None
-
-
-# --- charnn export ---------------------------------------------------------------------------------
-
-
-def load_weights(source: Path) -> Weights:
-    """The weights of a checkpoint (loaded with PyTorch, as `load_checkpoint` does) or of a safetensors file."""
-    if is_weights_file(source):
-        return read_weights(source)
-    from .checkpoint import load_checkpoint, model_from_checkpoint  # noqa: PLC0415 (PyTorch: a checkpoint)
-
-    payload = load_checkpoint(source)
-    model_from_checkpoint(payload, source)  # the same checks as for sampling from it
-    return weights_from_payload(payload)
-
-
-def export_weights(model: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> tuple[str, Weights]:
-    """Write the safetensors file of a run directory's checkpoint (its best.pt, else last.pt; default:
-    the newest run) or of a checkpoint file: to `out`, by default beside the checkpoint (best.pt ->
-    best.safetensors), or to stdout with "-". Returns where it went and what it holds."""
-    source = resolve_checkpoint(model)
-    weights = load_weights(source)
-    if out is not None and str(out) == "-":
-        try:
-            sys.stdout.buffer.write(encode_weights(weights))
-            sys.stdout.buffer.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as err:  # a full disk behind a redirection, /dev/full
-            raise CharnnError(f"cannot write to stdout ({err.strerror or err})") from None
-        return "-", weights
-    target = Path(out) if out is not None else weights_beside(source)
-    if target.resolve() == source.resolve():
-        raise CharnnError(f"{target}: is the file being exported", hint="name another file with -o")
-    check_export_target(target)
-    write_weights(target, weights)
-    return str(target), weights
-
-
-def check_export_target(target: Path) -> None:
-    """`export` writes a new regular file, or replaces one charnn wrote (weights with charnn's metadata):
-    never a device, FIFO, socket or symbolic link (the rename would put a file in its place), never
-    another file of a run directory, never a file of someone else's."""
-    try:
-        mode = target.lstat().st_mode
-    except FileNotFoundError:
-        mode = None
-    except OSError as err:
-        raise CharnnError(f"-o {target}: cannot look at it ({err.strerror})") from None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise CharnnError(f"-o {target}: is a directory", hint=f"name a file, e.g. {target / 'model.safetensors'}")
-    if not target.parent.is_dir():
-        raise CharnnError(f"-o {target}: no such directory {target.parent}")
-    if mode is not None and not stat.S_ISREG(mode):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a device, FIFO or socket)"
-        raise CharnnError(f"-o {target}: is {kind}; refusing to replace it", hint="name a new file, or - for stdout")
-    if RunDir.is_run(target.parent) and target.name in RunDir.FILES and target.name != RunDir.WEIGHTS:
-        raise CharnnError(f"-o {target}: is the run's own {target.name}; refusing to replace it",
-                          hint=f"name another file, e.g. {target.parent / RunDir.WEIGHTS}")
-    if mode is not None and not _charnn_weights(target):
-        what = "a PyTorch checkpoint" if is_torch_archive(target) else "a file charnn did not write"
-        raise CharnnError(f"-o {target}: is {what}; refusing to overwrite it", hint="name a new file, or remove it first")
-
-
-def _charnn_weights(path: Path) -> bool:
+def is_charnn_weights(path: Path) -> bool:
     """Whether a file is a safetensors file with charnn's metadata (its header alone is read)."""
     try:
         with _open(path) as handle:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.base import BASE_MODELS, base_model_path, resolve_model
+from ..model.base import BASE_MODELS, base_model_path
 from ..config import ModelConfig, TrainConfig, flag
 from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..data.vocab import Vocab
-from ..model.weights import Weights, load_weights, weights_for
+from ..model.weights import Weights
+from ..runs.locate import load_weights, resolve_model, weights_for
 
 # fine-tuning starts from trained weights: a lower peak and a shorter warm-up than from nothing (measured by
 # scripts/finetune.py; see the README)

@@ -22,7 +22,6 @@ from ..model.spec import parameter_count
 from .metrics import TAIL_BYTES, LossCurves, Progress, loss_curves, read_metrics
 from ..printable import printable_chars
 from .rundir import RunDir, latest_run, run_dirs, runs_root
-from ..train.schedule import limit_reached
 from ..units import bits
 
 
@@ -68,7 +67,7 @@ def _finished(config: dict | None, last: dict | None, evals: list[dict] = ()) ->
         return False
     epochs, elapsed = finite(last.get("epoch")), finite(last.get("elapsed"))
     try:
-        if limit_reached(train, last["step"], elapsed, epochs, rounded=True) is not None:
+        if train.limit_reached(last["step"], elapsed, epochs, rounded=True) is not None:
             return True
     except OverflowError:  # a limit of 400 digits: float arithmetic refuses it, and no run reached it
         return False

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CharnnError
-from ..data.files import (append_line, atomic_write, is_torch_archive, keep_copy, read_json, remove_temporaries,
-                          write_json)
+from ..data.files import (WEIGHTS_SUFFIX, append_line, atomic_write, is_torch_archive, keep_copy, read_json,
+                          remove_temporaries, write_json)
 
 if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
     import numpy as np
@@ -37,7 +37,6 @@ RUNS_DIR_ENV = "CHARNN_RUNS_DIR"
 LATEST = "latest"
 RUN_FORMAT, RUN_FORMAT_VERSION = "charnn-run", 1
 _LEGACY_SECTIONS = ("model", "train", "vocab", "corpus")  # a config.json written before the marker
-WEIGHTS_SUFFIX = ".safetensors"  # a checkpoint's weights without pickle: X.pt -> X.safetensors
 
 
 def runs_root() -> Path:

@@ -1,7 +1,7 @@
 """The learning-rate schedule and the stop rules: pure functions of the configuration and the progress.
 
-The trainer applies them step by step; `charnn runs` applies the same rules to a run's metrics to
-tell a finished run from an interrupted one.
+The trainer applies them step by step; `charnn runs` applies the same limits (`TrainConfig.limit_reached`)
+to a run's metrics to tell a finished run from an interrupted one.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
 
 PLATEAU_PATIENCE = 2  # evaluations without improvement before the plateau schedule halves the rate
 PLATEAU_FACTOR = 0.5
-# metrics.jsonl rounds elapsed seconds to 1 ms and epochs to 1e-4: the rules read back allow for that
-_ROUNDED_SLACK = {"time": 1e-3, "epochs": 1e-4}
-_EXACT_SLACK = {"time": 0.0, "epochs": 1e-9}
 
 
 def budget_fraction(config: TrainConfig, step: int, elapsed: float, epochs: float) -> float:
@@ -43,23 +40,9 @@ def learning_rate(config: TrainConfig, step: int, fraction: float, lr_scale: flo
     return config.lr * warmup * decay * lr_scale
 
 
-def limit_reached(config: TrainConfig, step: int, elapsed: float | None, epochs: float | None,
-                  rounded: bool = False) -> str | None:
-    """Which limit the run has reached ('max_steps', 'max_time', 'epochs'), if any. `rounded`: the
-    figures were read back from metrics.jsonl."""
-    slack = _ROUNDED_SLACK if rounded else _EXACT_SLACK
-    if config.max_steps is not None and step >= config.max_steps:
-        return "max_steps"
-    if config.max_time is not None and elapsed is not None and elapsed >= config.max_time - slack["time"]:
-        return "max_time"
-    if config.stop_epochs is not None and epochs is not None and epochs >= config.stop_epochs - slack["epochs"]:
-        return "epochs"
-    return None
-
-
 def stop_reason(config: TrainConfig, state: TrainState, epochs: float) -> str | None:
     """Why training should stop now: a limit, or --patience run out."""
-    reached = limit_reached(config, state.step, state.elapsed, epochs)
+    reached = config.limit_reached(state.step, state.elapsed, epochs)
     if reached:
         return reached
     if config.patience is not None and state.evals_since_best >= config.patience:
