@@ -53,9 +53,9 @@ _EXPORTS = {
     "serve.completions": ["ApiError", "parse_completion"],
     "serve.server": ["create_app", "serve"],
     "train.events": ["TrainEvents", "TrainResult", "TrainSnapshot"],
-    "train.start": ["TrainHooks", "open_training", "resume_training", "start_training"],
+    "train.start": ["Training", "open_training", "resume_training", "start_training"],
     "train.state": ["TrainState"],
-    "train.trainer": ["Trainer"],
+    "train.trainer": ["TrainHooks", "Trainer"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

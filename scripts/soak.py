@@ -90,9 +90,10 @@ def soak(corpus: Path, run: Path, seconds: float, kill_every: tuple[float, float
 
 
 def reference(corpus: Path, run: Path, steps: int) -> None:
-    trainer = start_training([str(corpus)], MODEL, TrainConfig(**TRAIN), out=run, overwrite=True)
+    training = start_training([str(corpus)], MODEL, TrainConfig(**TRAIN), out=run, overwrite=True)
+    trainer = training.trainer
     trainer.should_stop = lambda: "interrupted" if trainer.state.step >= steps else None
-    trainer.run()
+    training.run()
 
 
 def compare(soaked: Path, straight: Path) -> list[str]:

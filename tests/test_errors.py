@@ -328,12 +328,12 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_model(world):
 
 
 def test_a_replacement_killed_halfway_is_undone_by_the_next_command_that_claims_the_run(world):
-    from charnn.runs.claim import claim_new_run
+    from charnn.runs.session import RunSession
 
     old = snapshot_files(world / "good")
-    claim = claim_new_run("good", world / "good", overwrite=True)  # what a killed --overwrite leaves behind
+    session = RunSession.new("good", world / "good", overwrite=True)  # what a killed --overwrite leaves behind
     (world / "good" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 3.0}\n')
-    claim.release()  # the lock goes with the process; the old run is still set aside
+    session.lock.release()  # the lock goes with the process; the old run is still set aside
     assert (world / "good" / ".replaced").is_dir() and not (world / "good" / "best.pt").exists()
     result = charnn(world, "charnn train --resume good --max-steps 31")
     assert result.returncode == 0, result.stderr.decode()

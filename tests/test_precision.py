@@ -71,12 +71,12 @@ def test_a_bf16_run_keeps_float32_weights_state_and_evaluates_in_float32(tmp_pat
     trainer = make_trainer(tmp_path, max_steps=30, eval_every=30, precision="bf16")
     result = trainer.run()
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert all(h.dtype == torch.float32 for h in trainer.hidden)  # the state carried between windows
+    assert all(h.dtype == torch.float32 for h in trainer.learner.hidden)  # the state carried between windows
     payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert all(t.dtype == torch.float32 for t in payload["model_state"].values())
     assert payload["train_config"]["precision"] == "bf16"
     # the figure best.pt was chosen by is float32 arithmetic, as `charnn eval` gives it
-    assert result.state.best_val_loss == pytest.approx(evaluate(trainer.model, trainer.val_data).loss, abs=1e-9)
+    assert result.state.best_val_loss == pytest.approx(evaluate(trainer.model, trainer.validation.tokens).loss, abs=1e-9)
 
 
 def test_bf16_learns_what_fp32_learns(tmp_path):
@@ -96,17 +96,18 @@ class ScaledFloat32(Precision):
 
 def test_in_fp16_a_non_finite_step_is_the_scalers_to_handle(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=20, eval_every=20)
-    trainer.precision, trainer.scaler = ScaledFloat32("fp16"), torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    forward, calls = trainer.net.forward, []
+    learner = trainer.learner
+    learner.precision, learner.scaler = ScaledFloat32("fp16"), torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    forward, calls = learner.net.forward, []
 
     def overflowing(*args):
         logits, hidden = forward(*args)
         calls.append(1)
         return (logits * float("inf"), hidden) if len(calls) in (5, 6) else (logits, hidden)
 
-    trainer.net.forward = overflowing
+    learner.net.forward = overflowing
     result = trainer.run()
-    assert trainer.scaler.get_scale() == 2.0**6  # halved twice, no learning rate lost, no warning
+    assert learner.scaler.get_scale() == 2.0**6  # halved twice, no learning rate lost, no warning
     assert result.state.lr_scale == 1.0 and result.state.step == 20 and result.state.window == 22
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train_state"]["scaler"]
     assert saved["scale"] == 2.0**6  # resumes with the scale it reached

@@ -8,7 +8,7 @@ import torch
 from charnn import (CharnnError, CharRNN, SamplingConfig, TextGenerator, TrainData, Vocab, evaluate,
                     hidden_activations, split_train_val, trace_text)
 from charnn.data.batches import reset_mask
-from charnn.train.start import delimiter_ids
+from charnn.plan.request import delimiter_ids
 from charnn.train.trainer import Trainer
 
 from conftest import tiny_model_config, tiny_train_config

@@ -455,7 +455,8 @@ def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gai
     monkeypatch.setattr("charnn.plan.speed.time_training", clock.time_training)
     monkeypatch.setattr(planning, "mixed_candidate", lambda device: "bf16")
     config = TrainConfig(max_time=600.0, device="cpu")
-    sized = planning.Sizing(TrainRequest(corpus=("x",)), config, 80, (1_000_000, 110_000))
+    sized = planning.Sizing(TrainRequest(corpus=("x",), train=config, given=frozenset({"max_time", "device"})), 80,
+                            (1_000_000, 110_000))
     plan = sized.plan()
     assert plan.train["precision"] == chosen and plan.precision["chosen"] == chosen
     assert plan.precision["gain"] == pytest.approx(gain, rel=0.01)

@@ -106,13 +106,13 @@ def test_runs_keep_their_own_tokens_when_the_corpus_changes(tmp_path):
     path.write_text("the quick brown fox\n" * 300, encoding="utf-8")
     model = dict(num_layers=1, hidden_size=16, embed_size=8, dropout=0.0)
     first = start_training([str(path)], model, tiny_train_config(max_steps=1), out=tmp_path / "one")
-    before = np.load(first.run_dir / "tokens.npy").copy()
+    before = np.load(first.trainer.run_dir / "tokens.npy").copy()
     cache_files = list((runs_root() / CACHE_DIR).glob("*.npy"))
-    assert len(cache_files) == 1 and os.path.samefile(cache_files[0], first.run_dir / "tokens.npy")
+    assert len(cache_files) == 1 and os.path.samefile(cache_files[0], first.trainer.run_dir / "tokens.npy")
     path.write_text("a different text entirely\n" * 300, encoding="utf-8")
     second = start_training([str(path)], model, tiny_train_config(max_steps=1), out=tmp_path / "two")
-    assert np.array_equal(np.load(first.run_dir / "tokens.npy"), before)
-    assert not np.array_equal(np.load(second.run_dir / "tokens.npy")[: len(before)], before)
+    assert np.array_equal(np.load(first.trainer.run_dir / "tokens.npy"), before)
+    assert not np.array_equal(np.load(second.trainer.run_dir / "tokens.npy")[: len(before)], before)
 
 
 def test_training_reads_memory_mapped_tokens_and_stdin_leaves_no_temporary_files(tmp_path):

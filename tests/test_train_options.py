@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import torch
 
-from charnn import EvalResult, TrainData, TrainEvents, Trainer, Vocab, split_train_val
+from charnn import EvalResult, TrainData, TrainEvents, Trainer, TrainHooks, Vocab, split_train_val
+from charnn.train.trainer import ReplanCheck
 
 from conftest import tiny_model_config, tiny_train_config
 
@@ -18,7 +19,7 @@ def make_trainer(tmp_path, name, events=None, **overrides) -> Trainer:
     tokens, _ = vocab.encode_bytes(TEXT.encode())
     train, val = split_train_val(tokens, 0.1)
     return Trainer(tiny_model_config(vocab.size, dropout=0.1), tiny_train_config(**overrides),
-                   TrainData(vocab, train, val), tmp_path / name, events=events)
+                   TrainData(vocab, train, val), tmp_path / name, TrainHooks(events=events))
 
 
 def test_patience_stops_after_that_many_evaluations_without_a_new_best(tmp_path):
@@ -75,13 +76,13 @@ class PlanAgainAt:
 
 def test_a_run_planned_again_for_another_model_starts_that_model_afresh_and_says_so(tmp_path):
     trainer = make_trainer(tmp_path, "replanned", max_steps=200, eval_every=10)
-    trainer.replanner = PlanAgainAt(trainer, 25, hidden_size=48, max_steps=40)
+    trainer.replanning = ReplanCheck(PlanAgainAt(trainer, 25, hidden_size=48, max_steps=40))
     result = trainer.run()
     run = tmp_path / "replanned"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "plan" and records[0]["first"] == "the first"  # the first model's lines are gone
     assert max(r["step"] for r in records) == 40 == result.state.step
-    assert trainer.replanner is None and result.state.elapsed > 0
+    assert trainer.replanning.replanner is None and result.state.elapsed > 0
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["model_config"]["hidden_size"] == 48 and best["step"] <= 40
     config = json.loads((run / "config.json").read_text())
@@ -92,8 +93,9 @@ def test_a_run_planned_again_for_another_model_starts_that_model_afresh_and_says
 def test_a_run_planned_again_for_the_same_model_only_changes_its_steps(tmp_path):
     trainer = make_trainer(tmp_path, "longer", max_steps=30, eval_every=10)
     first = trainer.model
-    trainer.replanner = PlanAgainAt(trainer, 22, hidden_size=32, max_steps=50)
-    trainer.replanner.replan = replace(trainer.replanner.replan, model_config=trainer.model_config)
+    replanner = PlanAgainAt(trainer, 22, hidden_size=32, max_steps=50)
+    replanner.replan = replace(replanner.replan, model_config=trainer.model_config)
+    trainer.replanning = ReplanCheck(replanner)
     result = trainer.run()
     assert trainer.model is first and result.state.step == 50
     records = [json.loads(line) for line in (tmp_path / "longer" / "metrics.jsonl").read_text().splitlines()]

@@ -33,7 +33,7 @@ from ..model.spec import FLOAT, forward_flops_per_char, step_weight_bytes
 from ..model.precision import mixed_candidate
 from ..generate.sampler import generate
 from ..generate.settings import SamplingConfig
-from ..train.trainer import Trainer
+from ..train.trainer import Trainer, TrainHooks
 from ..data.vocab import Vocab
 
 
@@ -165,7 +165,7 @@ def training_rates(case: TrainCase, tokens: np.ndarray, device: str, seconds: fl
     vocab = Vocab(mode="char", chars="".join(chr(33 + i) for i in range(VOCAB_SIZE)))
     with tempfile.TemporaryDirectory(prefix="charnn-bench-") as run_dir:
         data = TrainData(vocab, tokens, tokens[: case.seq_len * 4])
-        trainer = Trainer(model_config, config, data, run_dir, events=turns, should_stop=turns.done)
+        trainer = Trainer(model_config, config, data, run_dir, TrainHooks(events=turns, should_stop=turns.done))
         trainer.run()
     return timer.rates(case.batch * case.seq_len)
 

@@ -13,7 +13,7 @@ from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, par
 from ..errors import CharnnError
 from ..train.events import TrainEvents
 from ..runtime.processes import Ranks, StopFlag, launch_processes, ranks_from_environment
-from ..plan.request import TrainRequest, check_request
+from ..plan.request import ModelOptions, TrainRequest, check_request
 from ..runs.rundir import RunDir
 from ..units import bits
 from .app import command, say, stderr
@@ -160,11 +160,12 @@ def train(
         options["eval_chars"] = eval_chars or None  # 0: the whole validation text
     if save_every is not None:  # "0" legitimately sets both to None
         options["save_every_steps"], options["save_every_seconds"] = parse_save_every(save_every)
-    model = given(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
-                  tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
-    request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=options,
-                           vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"), overwrite=overwrite,
-                           resume=_path(resume, "--resume"), **given(size=size, threads=threads, init_from=init_from))
+    model = ModelOptions(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
+                         tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
+    request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=TrainConfig(**options),
+                           given=frozenset(options), vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"),
+                           overwrite=overwrite, resume=_path(resume, "--resume"),
+                           **given(size=size, threads=threads, init_from=init_from))
     if init_from is not None and size is not None:
         raise CharnnError("--init-from keeps the shape of the model it starts from: --size does not apply",
                           hint="leave --size out")
@@ -217,7 +218,8 @@ def _discarded(console, result, stop: StopFlag, silent: bool) -> None:
 def _run(request: TrainRequest, ranks: Ranks, quiet: bool) -> None:
     """Train as the request says, with progress on stderr; Ctrl-C and SIGTERM stop after a step and save."""
     from ..train.distributed import leave_process_group, process_group  # noqa: PLC0415 (PyTorch: not for mistakes)
-    from ..train.start import TrainHooks, open_training  # noqa: PLC0415
+    from ..train.start import open_training  # noqa: PLC0415
+    from ..train.trainer import TrainHooks  # noqa: PLC0415
 
     group = process_group(ranks)
     console = stderr()
@@ -225,14 +227,14 @@ def _run(request: TrainRequest, ranks: Ranks, quiet: bool) -> None:
     events = ConsoleTrainEvents(console, quiet=quiet) if group.is_main else TrainEvents()
     stop = StopFlag()  # until training starts, a signal ends the command at once (reading a pipe, say)
     try:
-        trainer = open_training(request, TrainHooks(events, stop, group))
+        training = open_training(request, TrainHooks(events, stop, group))
         try:
             with stop:
-                result = trainer.run()
+                result = training.run()
         finally:
-            trainer.release()
+            training.release()
             if group.is_main:
-                events.close(trainer.snapshot())
+                events.close(training.trainer.snapshot())
     except BaseException:
         leave_process_group()  # no waiting: the other ranks may be gone
         raise
@@ -246,7 +248,7 @@ def _run(request: TrainRequest, ranks: Ranks, quiet: bool) -> None:
         raise typer.Exit(stop.exit_code)
     reason = result.stop_reason.replace("_", "-")
     if result.stop_reason == "patience":
-        reason = f"no new best validation loss in {trainer.config.patience} evaluations"
+        reason = f"no new best validation loss in {training.trainer.config.patience} evaluations"
     best = state.best_val_loss
     say(console, f"done ({reason}): {state.step:,} steps, best validation loss {best:.4f} nats/char "
                  f"({bits(best):.4f} bpc); model in {result.run_dir}", quiet=quiet)

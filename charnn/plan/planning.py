@@ -19,7 +19,7 @@ from ..runtime.device import resolve_device
 from ..errors import CharnnError
 from ..model.spec import training_bytes
 from ..runtime.memory import TRAIN_HINT, require_memory
-from .request import check_request
+from .request import TrainRequest, check_request
 from ..model.precision import MIN_GAIN, check_precision, mixed_candidate
 from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab
 from .speed import MeasuredSpeeds
@@ -41,15 +41,15 @@ class Sizing:
     device's speeds, timed within TIMING_SHARE of the budget at the threads charnn's policy may use and in
     the precision the run will use (with --precision auto on a device with a mixed precision, in both)."""
 
-    def __init__(self, request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
+    def __init__(self, request: TrainRequest, vocab_size: int, split: tuple[int, int], world_size: int = 1,
                  threads: ThreadChoice | None = None):
         if request.size not in sizing.PRESETS and request.size != "auto":
             raise CharnnError(f"--size must be auto or one of {', '.join(sizing.PRESETS)}, not {request.size!r}")
-        self.size = request.size
+        self.size, config = request.size, request.train
         budget = sizing.Budget(seconds=config.max_time, steps=config.max_steps, epochs=config.epochs)
-        model = {k: v for k, v in request.model.items() if k in sizing.MODEL_OPTIONS}
+        model = {k: v for k, v in request.model.given().items() if k in sizing.MODEL_OPTIONS}
         self.situation = sizing.Situation(train_chars=split[0], vocab_size=vocab_size, budget=budget, model=model,
-                                          train=dict(request.train), val_chars=split[1], streams_multiple=world_size)
+                                          train=request.given_train(), val_chars=split[1], streams_multiple=world_size)
         device = resolve_device(config.device)
         self.requested = config.precision
         self.mixed = mixed_candidate(device) if config.precision == "auto" else None
@@ -107,11 +107,11 @@ class Sizing:
         return replace(plan, train={**plan.train, "precision": precision}, timings=speeds.record(), precision=chosen)
 
 
-def choose_size(request, config: TrainConfig, vocab_size: int, split: tuple[int, int], world_size: int = 1,
+def choose_size(request: TrainRequest, vocab_size: int, split: tuple[int, int], world_size: int = 1,
                 estimate_time: bool = False, threads: ThreadChoice | None = None) -> sizing.Plan:
-    """The plan for `request` (a runs.TrainRequest): its --size, the user's options and limits, the corpus's
-    training and validation characters (`split`) and this device's speed (see `Sizing.plan`)."""
-    return Sizing(request, config, vocab_size, split, world_size, threads).plan(estimate_time)
+    """The plan for `request`: its --size, the user's options and limits, the corpus's training and
+    validation characters (`split`) and this device's speed (see `Sizing.plan`)."""
+    return Sizing(request, vocab_size, split, world_size, threads).plan(estimate_time)
 
 
 @dataclass(frozen=True)
@@ -155,36 +155,36 @@ class Replanner:
         return Replan(plan, *self.build(plan))
 
 
-def plan_training(request, stdin: BinaryIO | None = None, processes: int = 1) -> list[tuple[str, sizing.Plan]]:
+def plan_training(request: TrainRequest, stdin: BinaryIO | None = None,
+                  processes: int = 1) -> list[tuple[str, sizing.Plan]]:
     """`charnn train --dry-run`: the plan a new run would follow, after the checks that run would make
     (its options, paths and --nproc, the corpus, the memory), titled. For a small corpus started from
     nothing, the plan from the English base model too. The corpus is read (stdin into a temporary file
     that is removed), nothing is written and nothing trained."""
     if request.resume is not None:
         raise CharnnError("--dry-run plans a new run; a resumed run keeps its own configuration")
-    config = check_request(request, processes)
+    check_request(request, processes)
     init = open_init(request.init_from, request.out) if request.init_from is not None else None
     mode = init.weights.vocab.mode if init is not None and request.vocab_mode is None else request.vocab_mode
     with corpus_files(request.corpus, stdin=stdin) as corpus:
         vocab, count = Vocab.scan(corpus.chunks(), mode or Vocab.mode, corpus.describe_offset)
-    plans = [("", _dry_plan(request, config, vocab, count, processes, init))]
+    plans = [("", _dry_plan(request, vocab, count, processes, init))]
     if init is None and suggests_base(vocab, count):
         base = open_init(SUGGESTED_BASE)
-        plans.append((f"with --init-from {SUGGESTED_BASE}", _dry_plan(request, config, vocab, count, processes, base)))
+        plans.append((f"with --init-from {SUGGESTED_BASE}", _dry_plan(request, vocab, count, processes, base)))
     return plans
 
 
-def _dry_plan(request, config: TrainConfig, vocab: Vocab, count: int, processes: int, init) -> sizing.Plan:
+def _dry_plan(request: TrainRequest, vocab: Vocab, count: int, processes: int, init) -> sizing.Plan:
     if init is not None:
-        request, config = fine_tuning_request(init, request)
+        request = fine_tuning_request(init, request)
         vocab = union_vocab(init.weights.vocab, vocab)
-    n_train = int(round(count * (1.0 - config.val_frac)))  # as data.split_train_val cuts it
-    plan = choose_size(request, config, vocab.size, (n_train, count - n_train), processes, estimate_time=True,
+    n_train = int(round(count * (1.0 - request.train.val_frac)))  # as data.split_train_val cuts it
+    plan = choose_size(request, vocab.size, (n_train, count - n_train), processes, estimate_time=True,
                        threads=resolve_threads(request.threads))
     batch, seq_len = plan.shape.batch_size, plan.shape.seq_len
     check_split_sizes(range(n_train), range(count - n_train), batch, seq_len)
-    shape = {name: value for name, value in request.model.items() if name != "reset_on"}  # no size of its own
-    model = ModelConfig(vocab_size=vocab.size, **plan.model, **shape).validate()
+    model = ModelConfig(vocab_size=vocab.size, **plan.model, **request.model.given()).validate()
     require_memory(training_bytes(model, batch // processes, seq_len), "building the model and training it",
-                   str(resolve_device(config.device)), TRAIN_HINT)
+                   str(resolve_device(request.train.device)), TRAIN_HINT)
     return plan

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from ..model.base import BASE_MODELS, base_model_path
-from ..config import ModelConfig, TrainConfig, flag
+from ..config import ModelConfig, flag
 from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..data.vocab import Vocab
 from ..model.weights import Weights
 from ..runs.locate import load_weights, resolve_model, weights_for
+from .request import TrainRequest
 
 # fine-tuning starts from trained weights: a lower peak and a shorter warm-up than from nothing (measured by
 # scripts/finetune.py; see the README)
@@ -70,16 +71,15 @@ def open_init(source: str, out: Path | None = None) -> InitFrom:
     return InitFrom(str(source), file, load_weights(file))
 
 
-def fine_tuning_request(init: InitFrom, request):
-    """A request (charnn.plan.request.TrainRequest) to start from `init`: the base's shape as the model's
-    options, and the fine-tuning learning rate and warm-up unless given; and its TrainConfig."""
+def fine_tuning_request(init: InitFrom, request: TrainRequest) -> TrainRequest:
+    """`request` to start from `init`: the base's shape as the model's options, and the fine-tuning learning
+    rate and warm-up unless given."""
     base = init.weights.config
-    check_options(base, request.model)
-    model = {**{name: getattr(base, name) for name in SHAPE_OPTIONS}, **request.model}
+    check_options(base, request.model.given())
+    model = replace(request.model, **{name: getattr(base, name) for name in SHAPE_OPTIONS})
     tuning = {"lr": FINETUNE_LR, "warmup_steps": FINETUNE_WARMUP}
-    train = {**{k: v for k, v in tuning.items() if k not in request.train}, **request.train}
-    request = replace(request, model=model, train=train)
-    return request, TrainConfig(**train).validate()
+    request = request.with_train(**{k: v for k, v in tuning.items() if k not in request.given})
+    return replace(request, model=model)
 
 
 def suggests_base(vocab: Vocab, chars: int) -> bool:

@@ -1,5 +1,6 @@
-"""Claiming a run directory to train in: charnn writes only where it may, one writer at a time, and
-replaces an old run only once the new one has a model to put in its place.
+"""Who may write a run directory: charnn writes only where it may, one writer at a time, and replaces an
+old run only once the new one has a model to put in its place. `RunSession` (charnn.runs.session) is
+the one that claims a directory and carries these out; `check_out` answers an --out early.
 
 - A new run goes into a new or empty directory, or (with --overwrite) into one that holds a run
   charnn made (`RunDir.owned`); a directory holding anything else is refused, with or without
@@ -21,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CharnnError
-from .rundir import RunDir, runs_root
+from .rundir import RunDir
 
 
 class RunLock:
@@ -63,59 +64,39 @@ def _holder(path: Path) -> str:
     return "another charnn process"
 
 
-class RunClaim:
-    """A run directory this process may write: locked, and (for --overwrite) the old run set aside."""
-
-    def __init__(self, run: RunDir, created: bool):
-        self.run, self.created = run, created
-        self.lock = RunLock(run)
-        self.replacing = False
-        self.fresh = created  # a new run's directory: new, or empty when claimed
-        _restore_unfinished_replacement(run)
-
-    def set_aside(self) -> None:
-        """Move the old run's files out of the way (--overwrite), to delete once the new run has a model."""
-        aside = self.run.path / RunDir.SET_ASIDE
-        aside.mkdir()
-        for entry in self.run.own_entries():
-            target = aside / entry.relative_to(self.run.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(entry, target)
-        _remove_if_empty(self.run.kept_dir)
-        self.replacing = True
-
-    def settle(self) -> None:
-        """The new run has a model: the old one goes for good."""
-        if self.replacing:
-            shutil.rmtree(self.run.path / RunDir.SET_ASIDE, ignore_errors=True)
-            self.replacing = False
-
-    def abandon(self) -> None:
-        """The new run stopped before it had a model: remove what it wrote and put back what was there."""
-        if self.replacing or self.fresh:
-            for entry in self.run.own_entries():
-                entry.unlink(missing_ok=True)
-            _remove_if_empty(self.run.kept_dir)
-        if self.replacing:
-            _restore_unfinished_replacement(self.run)
-            self.replacing = False
-        self.release()
-        if self.created:
-            _remove_if_empty(self.run.path)
-
-    def release(self) -> None:
-        self.lock.release()
+def set_aside(run: RunDir) -> None:
+    """Move an old run's files out of the way (--overwrite), to delete once the new run has a model."""
+    aside = run.path / RunDir.SET_ASIDE
+    aside.mkdir()
+    for entry in run.own_entries():
+        target = aside / entry.relative_to(run.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(entry, target)
+    remove_if_empty(run.kept_dir)
 
 
-def _remove_if_empty(directory: Path) -> None:
+def drop_set_aside(run: RunDir) -> None:
+    """The new run has a model: the old one goes for good."""
+    shutil.rmtree(run.path / RunDir.SET_ASIDE, ignore_errors=True)
+
+
+def remove_own_entries(run: RunDir) -> None:
+    """What charnn wrote in a run directory, gone (a new run that never had a model)."""
+    for entry in run.own_entries():
+        entry.unlink(missing_ok=True)
+    remove_if_empty(run.kept_dir)
+
+
+def remove_if_empty(directory: Path) -> None:
     try:
         directory.rmdir()
     except OSError:
         pass
 
 
-def _restore_unfinished_replacement(run: RunDir) -> None:
-    """Put back an old run that a replacement set aside and never finished (the process was killed)."""
+def restore_set_aside(run: RunDir) -> None:
+    """Put back an old run that a replacement set aside and never finished (it stopped before a model, or the
+    process was killed)."""
     aside = run.path / RunDir.SET_ASIDE
     if not aside.is_dir() or not RunDir(aside).owned():  # only a run charnn set aside there
         return
@@ -165,53 +146,3 @@ def _has_entries(path: Path) -> bool:
         return any(path.iterdir())
     except OSError as err:
         raise CharnnError(f"--out {path}: cannot read ({err.strerror})") from None
-
-
-def claim_new_run(name: str, out: str | os.PathLike | None, overwrite: bool) -> RunClaim:
-    """The locked directory for a new run: `out` (checked again under the lock), or runs/NAME,
-    runs/NAME-2, ... whichever this process creates first."""
-    if out is None:
-        return _claim_numbered(runs_root(), name)
-    check_out(out, overwrite)
-    path = Path(out)
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CharnnError(f"--out {path}: cannot create ({err.strerror})") from None
-    claim = RunClaim(RunDir(path), created)
-    try:
-        check_out(out, overwrite)  # another process may have made a run here before we locked it
-        if claim.run.owned():
-            claim.set_aside()
-        else:
-            claim.fresh = True  # new or empty (check_out refused anything else)
-    except BaseException:
-        claim.abandon()
-        raise
-    return claim
-
-
-def _claim_numbered(root: Path, name: str) -> RunClaim:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CharnnError(f"{root}: cannot create the runs directory ({err.strerror})") from None
-    for n in range(1, 100_000):
-        path = root / (name if n == 1 else f"{name}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise CharnnError(f"{path}: cannot create ({err.strerror})") from None
-        return RunClaim(RunDir(path), created=True)
-    raise CharnnError(f"{root}: no free run name for {name}")
-
-
-def claim_for_resume(run: RunDir) -> RunClaim:
-    """The lock on a run that training continues."""
-    if not os.access(run.path, os.W_OK):
-        raise CharnnError(f"--resume {run.path}: cannot write there (read-only)",
-                          hint="a resumed run writes its checkpoints and metrics into its directory")
-    return RunClaim(run, created=False)
