@@ -200,6 +200,13 @@ class TrainConfig:
             return self.DEFAULT_EPOCHS
         return self.epochs
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return cls(**_known_fields(cls, data))
+
     def limit_reached(self, step: int, elapsed: float | None, epochs: float | None, rounded: bool = False) -> str | None:
         """Which limit a run at this point has reached ('max_steps', 'max_time', 'epochs'), if any. `rounded`:
         the figures were read back from metrics.jsonl, which rounds seconds to 1 ms and epochs to 1e-4."""
@@ -211,13 +218,6 @@ class TrainConfig:
         if self.stop_epochs is not None and epochs is not None and epochs >= self.stop_epochs - epoch_slack:
             return "epochs"
         return None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return cls(**_known_fields(cls, data))
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -18,10 +18,13 @@ LIMITS = {"file": 400, "body": 60, "class": 250, "params": 8}
 
 
 def is_command(node: ast.FunctionDef) -> bool:
-    """A Typer command: decorated with something.command(...) or .callback(...)."""
+    """A Typer command: decorated with something.command(...) or .callback(...), or with charnn.cli's own
+    `command(...)`, which registers the function with the app (`app.command`)."""
     for decorator in node.decorator_list:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator
         if isinstance(target, ast.Attribute) and target.attr in ("command", "callback"):
+            return True
+        if isinstance(target, ast.Name) and target.id == "command":
             return True
     return False
 

@@ -147,7 +147,7 @@ def test_the_startup_benchmark_times_every_command(tmp_path, monkeypatch):
 TORCH_FREE = ("config", "errors", "units", "printable", "runtime.threads", "runtime.memory", "runtime.processes",
               "runtime.signals", "data.files", "data.checked", "data.corpus", "data.vocab", "data.tokens", "model.spec",
               "model.archive", "model.base", "model.weights", "model.engine", "runs.rundir", "runs.claim", "runs.metrics",
-              "runs.history", "plan.request", "generate.settings", "generate.choice", "generate.streams",
+              "runs.history", "runs.info", "runs.locate", "plan.request", "generate.settings", "generate.choice", "generate.streams",
               "generate.beam", "generate.sampler", "generate.output", "cli")
 
 

@@ -23,7 +23,6 @@ from . import sample  # noqa: E402, F401
 from . import evaluate  # noqa: E402, F401
 from . import bench  # noqa: E402, F401
 from . import runs  # noqa: E402, F401
-from . import export  # noqa: E402, F401
 from . import serve  # noqa: E402, F401
 
 try:  # typer >= 0.22 vendors click; older releases raise click's own exceptions

@@ -13,8 +13,8 @@ from ..errors import CharnnError
 from ..runs.rundir import RunDir, looks_like_checkpoint
 from ..runtime.threads import resolve_threads
 from ..units import bits
-from .app import command, print_json, say, stderr, write_stdout
-from .options import EXIT_CODES_HELP, DeviceOption, JsonFlag, ThreadsOption, nonempty
+from .app import (DeviceOption, EXIT_CODES_HELP, JsonFlag, ThreadsOption, command, nonempty, print_json, say, stderr,
+                  write_stdout)
 
 if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them
     from ..runs.locate import LoadedModel

@@ -1,4 +1,5 @@
-"""`charnn runs`, `charnn info` and `charnn plot`: runs read back, as tables and charts on stderr or JSON."""
+"""`charnn runs`, `charnn info` and `charnn plot`: runs read back, as tables and charts on stderr or JSON; and
+`charnn export`: a run's weights as a safetensors file, which loads without pickle or PyTorch."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from rich.text import Text
 
 from ..data.checked import texts, whole
 from ..errors import CharnnError
-from ..runs.history import RunInfo, RunSummary, list_runs, run_info, run_loss_curves
+from ..runs.history import RunSummary, list_runs, run_loss_curves
+from ..runs.info import RunInfo, run_info
 from ..printable import brief, printable_chars
 from ..runs.rundir import runs_root
 from ..units import bits, format_duration
-from .app import command, print_json, say, shown, stderr
-from .options import EXIT_CODES_HELP, JsonFlag, WeightsArgument, XAxis, nonempty
+from .app import (EXIT_CODES_HELP, JsonFlag, ModelArgument, QuietFlag, WeightsArgument, XAxis, command, nonempty,
+                  print_json, say, shown, stderr, stdout_bytes)
 from .plotting import PNG_SIZE, parse_size, print_chart, save_png
 
 
@@ -234,3 +236,29 @@ def plot_command(
         say(console, f"wrote {png} ({size[0]}x{size[1]})")
         return
     print_chart(console, curves, width, height)
+
+
+@command("export", epilog=EXIT_CODES_HELP)
+def export_command(
+    model: ModelArgument = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", "-o", help="Where to write it; - for stdout. \\[default: beside the checkpoint: best.pt -> "
+        "best.safetensors]", show_default=False)] = None,
+    quiet: QuietFlag = False,
+) -> None:
+    """Write a checkpoint's weights, configuration and vocabulary as a .safetensors file.
+
+    Training writes best.safetensors beside best.pt by itself; this writes one for any checkpoint,
+    including runs trained before charnn did. `charnn sample` reads it without PyTorch.
+    """
+    from ..runs.locate import export_weights  # noqa: PLC0415 (numpy, and PyTorch for a checkpoint)
+
+    if out == "-":
+        stdout_bytes()  # a closed stdout is an error before anything is loaded
+    where, weights = export_weights(model, out)
+    loss = weights.records.get("val_loss")
+    what = f"step {weights.step:,}" if weights.step is not None else "no step recorded"
+    if isinstance(loss, float):
+        what += f", validation loss {loss:.4f} ({bits(loss):.4f} bpc)"
+    say(stderr(), f"wrote {'stdout' if where == '-' else where} ({weights.config.num_layers}x"
+                  f"{weights.config.hidden_size} {weights.config.cell.upper()}, {what})", quiet=quiet)

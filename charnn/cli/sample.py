@@ -18,9 +18,8 @@ from ..generate.settings import LIMITS, SampleRequest, SamplingConfig
 from ..errors import CharnnError
 from ..runtime.signals import forget_interrupt, raise_pending
 from ..runtime.threads import resolve_threads
-from .app import Interrupted, command, quiet_broken_pipe, say, stderr, stdout_bytes
-from .options import (EXIT_CODES_HELP, Device, QuietFlag, ThreadsOption, WeightsArgument, default, given, nonempty,
-                      unescape)
+from .app import (Device, EXIT_CODES_HELP, Interrupted, QuietFlag, ThreadsOption, WeightsArgument, command, default,
+                  given, nonempty, quiet_broken_pipe, say, stderr, stdout_bytes, unescape)
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`
     from ..generate.output import BufferedOutput, Conversation

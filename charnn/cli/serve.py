@@ -8,8 +8,7 @@ import typer
 
 from ..config import ServeConfig
 from ..runtime.threads import resolve_threads
-from .app import command, say, stderr
-from .options import EXIT_CODES_HELP, QuietFlag, ThreadsOption, default, given
+from .app import EXIT_CODES_HELP, QuietFlag, ThreadsOption, command, default, given, say, stderr
 
 LIMITS = "Limits"
 NETWORK = "Network"

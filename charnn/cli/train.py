@@ -16,9 +16,8 @@ from ..runtime.processes import Ranks, StopFlag, launch_processes, ranks_from_en
 from ..plan.request import ModelOptions, TrainRequest, check_request
 from ..runs.rundir import RunDir
 from ..units import bits
-from .app import command, say, stderr
-from .options import (EXIT_CODES_HELP, Cell, Device, Precision, Schedule, Size, default, device_option, given,
-                      threads_option, unescape)
+from .app import (Cell, Device, EXIT_CODES_HELP, Precision, Schedule, Size, command, default, device_option, given,
+                  say, stderr, threads_option, unescape)
 from .progress import ConsoleTrainEvents, plan_lines
 
 

@@ -27,6 +27,9 @@ from ..model.step import clip_gradients, forward_backward, make_optimizer, optim
 from ..runtime.threads import ThreadChoice, resolve_threads, viable
 
 
+MAX_TIMED_STEPS = 50  # a timing's steps at most: a small model's steps agree long before
+
+
 @dataclass(frozen=True)
 class Timing:
     """One shape's measured speed on one device."""
@@ -45,12 +48,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training(shape: Shape, vocab_size: int, device: torch.device, seconds: float = 1.0,
-                  warmup: int = 2, max_steps: int = 50, threads: int | None = None,
-                  give_up: float | None = None, precision: str = "fp32") -> Timing:
-    """The median training step of `shape` in `precision`: `warmup` steps, then steps for about `seconds`,
-    at least 3 unless a loaded machine makes that take three times as long; on `threads` threads (None: as
-    set).
+def time_training(shape: Shape, vocab_size: int, device: torch.device, seconds: float = 1.0, warmup: int = 2,
+                  threads: int | None = None, give_up: float | None = None, precision: str = "fp32") -> Timing:
+    """The median training step of `shape` in `precision`: `warmup` steps, then steps for about `seconds`
+    (at most MAX_TIMED_STEPS), at least 3 unless a loaded machine makes that take three times as long; on
+    `threads` threads (None: as set).
     A step that takes longer than `give_up` seconds ends the timing at once (a thread count that waits
     for a busy neighbour can make a step take seconds: one such step is answer enough)."""
     rng_state, before = torch.random.get_rng_state(), torch.get_num_threads()
@@ -60,7 +62,7 @@ def time_training(shape: Shape, vocab_size: int, device: torch.device, seconds: 
             torch.set_num_threads(threads)
         step = _training_step(shape, vocab_size, device, Precision(precision))
         times, start = [], time.perf_counter()
-        while len(times) < max_steps:
+        while len(times) < MAX_TIMED_STEPS:
             started = time.perf_counter()
             step()
             took = time.perf_counter() - started

@@ -19,16 +19,15 @@ from ..data.checked import finite, odd_values, plain, read_model_config, section
 from ..data.corpus import corpus_name
 from ..errors import CharnnError
 from ..model.spec import parameter_count
-from .metrics import TAIL_BYTES, LossCurves, Progress, loss_curves, read_metrics
-from ..printable import printable_chars
-from .rundir import RunDir, latest_run, run_dirs, runs_root
 from ..units import bits
+from .metrics import TAIL_BYTES, LossCurves, Progress, loss_curves, read_metrics
+from .rundir import RunDir, latest_run, run_dirs, runs_root
 
 
 # --- one run, cheaply ---------------------------------------------------------------------------
 
 
-def _config_from_checkpoint(payload: dict) -> dict:
+def config_from_checkpoint(payload: dict) -> dict:
     """The config.json a run would have, rebuilt from a checkpoint."""
     return {
         "model": payload.get("model_config"),
@@ -128,7 +127,7 @@ class RunSummary:
         }
 
 
-def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[str]) -> dict | None:
+def config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[str]) -> dict | None:
     """config.json, else what a checkpoint says; values not as charnn writes them are a problem."""
     config, source = run.read_config(), run.CONFIG
     if config is None:
@@ -143,13 +142,13 @@ def _config_or_checkpoint(run: RunDir, checkpoints: list[str], problems: list[st
 def _config_from_checkpoints(run: RunDir, checkpoints: list[str], problems: list[str]) -> tuple[dict | None, str]:
     for name in reversed(checkpoints):  # best.pt is smaller than last.pt: no optimiser state
         try:
-            return _config_from_checkpoint(_load_checkpoint(run.file(name))), name
+            return config_from_checkpoint(read_checkpoint(run.file(name))), name
         except CharnnError:
             problems.append(f"{name} unreadable")
     return None, ""
 
 
-def _load_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
     """A checkpoint's payload, read without PyTorch where it can be (tensors as their shapes)."""
     from ..model.archive import NotPeekable, peek_checkpoint  # noqa: PLC0415
 
@@ -167,7 +166,7 @@ def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummar
     summary = RunSummary(name=run.name, path=run.path.resolve(), latest=latest, updated=run.updated())
     summary.checkpoints = run.checkpoints()
     problems = summary.problems
-    config = _config_or_checkpoint(run, summary.checkpoints, problems)
+    config = config_or_checkpoint(run, summary.checkpoints, problems)
     if config is not None:
         model = section(config.get("model"))
         summary.cell, summary.num_layers = text(model.get("cell")), whole(model.get("num_layers"))
@@ -193,7 +192,7 @@ def summarize_run(run_dir: str | os.PathLike, latest: bool = False) -> RunSummar
 # --- every run under a root ---------------------------------------------------------------------
 
 
-def _latest_path(root: Path) -> Path | None:
+def latest_path(root: Path) -> Path | None:
     try:
         return latest_run(root).resolve()
     except (CharnnError, OSError):
@@ -213,7 +212,7 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
     Hidden directories (the token cache) are skipped.
     """
     root, default_root = runs_dir(root), runs_root()
-    latest = _latest_path(default_root)
+    latest = latest_path(default_root)
     found = {path.resolve(): path for path in run_dirs(root)}
     if latest is not None and latest not in found and root.resolve() == default_root.resolve():
         found[latest] = latest
@@ -221,169 +220,6 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
     summaries.sort(key=lambda s: s.name)
     summaries.sort(key=lambda s: s.updated.timestamp() if s.updated else 0.0, reverse=True)
     return summaries
-
-
-# --- one run or checkpoint, in full -------------------------------------------------------------
-
-
-@dataclass
-class CheckpointInfo:
-    """A checkpoint file of a run: which, at which step, how big, and whether training can resume from it."""
-
-    file: str  # relative to the run directory
-    role: str  # "last", "best" or "kept"
-    bytes: int
-    step: int | None = None
-    val_loss: float | None = None
-    resumable: bool | None = None  # holds the optimiser and data position (last.pt, kept checkpoints)
-    error: str | None = None  # why it could not be read
-
-    def to_dict(self) -> dict:
-        return {"file": self.file, "role": self.role, "bytes": self.bytes, "step": self.step,
-                "val_loss": self.val_loss, "resumable": self.resumable, "error": self.error}
-
-
-def _checkpoint_info(path: Path, file: str, role: str, payload: dict | None = None) -> CheckpointInfo:
-    info = CheckpointInfo(file=file, role=role, bytes=path.stat().st_size)
-    try:
-        payload = payload if payload is not None else _load_checkpoint(path)
-    except CharnnError as err:
-        info.error = str(err).removeprefix(f"{path}: ")
-        return info
-    info.step = whole(payload.get("step"))
-    info.val_loss = finite(payload.get("val_loss"))
-    info.resumable = "train_state" in payload
-    return info
-
-
-def weights_info(path: Path, file: str) -> CheckpointInfo:
-    """A safetensors weights file, from its header alone."""
-    from ..model.weights import read_records  # noqa: PLC0415 (numpy: `charnn runs` starts without it)
-
-    info = CheckpointInfo(file=file, role="weights", bytes=path.stat().st_size, resumable=False)
-    try:
-        records = read_records(path).records
-    except CharnnError as err:
-        info.error = str(err).removeprefix(f"{path}: ")
-        return info
-    info.step = whole(records.get("step"))
-    info.val_loss = finite(records.get("val_loss"))
-    return info
-
-
-def run_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
-    """last.pt, best.pt and the kept checkpoints/step-N.pt of a run, each loaded to read its step."""
-    run = RunDir(run_dir)
-    found = [_checkpoint_info(run.file(name), name, name.removesuffix(".pt")) for name in run.checkpoints()]
-    for path in run.kept_checkpoints():
-        found.append(_checkpoint_info(path, str(path.relative_to(run.path)), "kept"))
-    return found
-
-
-@dataclass
-class RunInfo:
-    """Everything `charnn info` shows about a run directory or a checkpoint file."""
-
-    path: Path
-    kind: str  # "run", "checkpoint" or "weights" (a .safetensors file)
-    model: dict
-    train: dict | None
-    vocab: dict
-    corpus: dict | None
-    parameters: int | None
-    progress: Progress
-    checkpoints: list[CheckpointInfo]
-    summary: RunSummary | None = None  # for a run directory
-    weights: CheckpointInfo | None = None  # a run's best.safetensors
-
-    def __post_init__(self):
-        """Each section as a file may hold it, made plain: a dict (or None), its values JSON can write."""
-        self.model, self.vocab = plain(section(self.model)), plain(section(self.vocab))
-        self.train = plain(self.train) if isinstance(self.train, dict) else None
-        self.corpus = plain(self.corpus) if isinstance(self.corpus, dict) else None
-        self.parameters = whole(self.parameters)
-
-    @property
-    def vocab_chars(self) -> str | None:
-        return text(self.vocab.get("chars")) if self.vocab.get("mode") == "char" else None
-
-    @property
-    def vocab_size(self) -> int | None:
-        if self.vocab.get("mode") == "byte":
-            return 256
-        chars = self.vocab.get("chars")
-        return len(chars) if isinstance(chars, str) else whole(self.model.get("vocab_size"))
-
-    def to_dict(self) -> dict:
-        chars = self.vocab_chars
-        return {
-            "path": str(self.path),
-            "kind": self.kind,
-            "status": self.summary.status if self.summary else None,
-            "latest": self.summary.latest if self.summary else None,
-            "updated": self.summary.to_dict()["updated"] if self.summary else None,
-            "model": self.model,
-            "train": self.train,
-            "vocab": {"mode": self.vocab.get("mode"), "size": self.vocab_size, "chars": chars,
-                      "printable": printable_chars(chars) if chars is not None else None},
-            "corpus": self.corpus,
-            "parameters": self.parameters,
-            "metrics": self.progress.to_dict(),
-            "checkpoints": [c.to_dict() for c in self.checkpoints],
-            "weights": self.weights.to_dict() if self.weights else None,
-            "problems": list(self.summary.problems) if self.summary else [],
-        }
-
-
-def _info_from_checkpoint(path: Path) -> RunInfo:
-    payload = _load_checkpoint(path)
-    config = _config_from_checkpoint(payload)
-    return RunInfo(path=path.resolve(), kind="checkpoint", model=config["model"], train=config["train"],
-                   vocab=config["vocab"] or {}, corpus=config["corpus"], parameters=config["parameters"],
-                   progress=Progress.from_checkpoint(payload),
-                   checkpoints=[_checkpoint_info(path, path.name, "checkpoint", payload)])
-
-
-def _info_from_weights(path: Path) -> RunInfo:
-    from ..model.weights import read_records  # noqa: PLC0415
-
-    weights = read_records(path)
-    payload = weights.payload()
-    return RunInfo(path=path.resolve(), kind="weights", model=payload["model_config"],
-                   train=payload.get("train_config"), vocab=payload["vocab"], corpus=payload.get("corpus"),
-                   parameters=weights.parameters, progress=Progress.from_checkpoint(payload),
-                   checkpoints=[weights_info(path, path.name)])
-
-
-def run_info(path: str | os.PathLike | None = None) -> RunInfo:
-    """A RunInfo of a run directory or checkpoint file (default: the newest run).
-
-    Raises CharnnError for a path that is neither, and for a checkpoint file that is damaged or foreign.
-    """
-    root_latest = None
-    if path is None:
-        path = root_latest = latest_run()
-    path = Path(path)
-    if not path.exists():
-        raise CharnnError(f"{path}: no such run directory or checkpoint")
-    if path.is_file():
-        from ..model.weights import is_weights_file  # noqa: PLC0415
-
-        if is_weights_file(path):
-            return _info_from_weights(path)
-        return _info_from_checkpoint(path)
-    run = RunDir(path).require()
-    latest = root_latest.resolve() if root_latest else _latest_path(runs_root())
-    summary = summarize_run(path, latest=path.resolve() == latest)
-    problems = []
-    config = _config_or_checkpoint(RunDir(path), summary.checkpoints, problems)
-    if config is None:
-        raise CharnnError(f"{path}: neither config.json nor a checkpoint of this run can be read")
-    return RunInfo(path=path.resolve(), kind="run", model=config.get("model") or {}, train=config.get("train"),
-                   vocab=config.get("vocab") or {}, corpus=config.get("corpus"), parameters=config.get("parameters"),
-                   progress=Progress.from_metrics(read_metrics(RunDir(path).metrics_path)),
-                   checkpoints=run_checkpoints(path), summary=summary,
-                   weights=weights_info(run.weights, run.WEIGHTS) if run.weights.is_file() else None)
 
 
 # --- loss curves of a run --------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from ..config import ServeConfig
 from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..runtime.threads import ThreadChoice, resolve_threads
-from .batcher import Batcher, CompletionStream, Mailbox
+from .batcher import Batcher
+from .relay import CompletionStream, Mailbox
 
 CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
 
@@ -129,9 +130,6 @@ class CompletionServer:
 def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = None):
     """The FastAPI application: the batchers' threads start with it and stop after it."""
     from fastapi import FastAPI  # noqa: PLC0415 (the serve extra)
-    from fastapi.responses import HTMLResponse, JSONResponse  # noqa: PLC0415
-    from starlette.exceptions import HTTPException  # noqa: PLC0415
-    from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -147,6 +145,16 @@ def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = N
     # no redirect to add or drop a trailing slash: its location would repeat the client's Host header
     app = FastAPI(title="charnn", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
                   redirect_slashes=False)
+    _answer_errors(app)
+    _add_routes(app, server)
+    return app
+
+
+def _answer_errors(app) -> None:
+    """Every error in OpenAI's shape: charnn's own, and unknown paths and methods."""
+    from fastapi.responses import JSONResponse  # noqa: PLC0415
+    from starlette.exceptions import HTTPException  # noqa: PLC0415
+    from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
@@ -154,9 +162,15 @@ def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = N
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException):  # unknown paths and methods, in OpenAI's shape too
+    async def http_error(request: Request, err: HTTPException):
         body = ApiError(err.status_code, f"{request.method} {request.url.path}: {err.detail}").body()
         return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+def _add_routes(app, server: CompletionServer) -> None:
+    """The page, /health, and the API: /v1/models and /v1/completions."""
+    from fastapi.responses import HTMLResponse  # noqa: PLC0415
+    from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -188,8 +202,6 @@ def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = N
             return await _complete(server, parsed, stream, request)
         finally:
             slot.free()
-
-    return app
 
 
 async def _read_body(request, limit: int) -> bytes:
