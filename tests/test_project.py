@@ -1,6 +1,7 @@
-"""The project keeps its promises about itself: CI runs the README's test command, and the
-library imports without the CLI's dependencies on a terminal."""
+"""The project keeps its promises about itself: CI runs the README's test command, the library imports
+without the CLI's dependencies on a terminal, and the house is built by stage with imports pointing one way."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -55,3 +56,50 @@ def test_the_readme_library_example_runs_as_written(tmp_path):
     bpc = float(lines[-2].removesuffix(" bits per character"))
     assert 0 < bpc < 6  # 200 steps already beat the 6.0 bits of a uniform guess over 65 characters
     assert (tmp_path / "runs" / "demo" / "best.pt").is_file()
+
+
+# the stages, lowest first: a package imports only from its own stage and the ones before it (and charnn's
+# top-level modules); packages of one stage do not import each other
+STAGES = (("runtime",), ("data",), ("model",), ("runs",), ("evaluate", "generate"), ("plan",), ("train",),
+          ("serve", "bench"), ("cli",))
+TOP_LEVEL = {"__init__", "__main__", "config", "errors", "printable", "units"}
+
+
+def _imports(path):
+    """(line, target module) of every relative import in a module of charnn, lazy ones included."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    package = parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            targets = [node.module] if node.module else [alias.name for alias in node.names]
+            for target in targets:
+                yield node.lineno, ".".join(base + tuple(target.split(".")))
+
+
+def test_the_house_is_built_by_stage_and_imports_point_one_way():
+    charnn = REPO / "charnn"
+    assert {p.stem for p in charnn.glob("*.py")} == TOP_LEVEL
+    rank = {name: i for i, stage in enumerate(STAGES) for name in stage}
+    packages = sorted(p for p in charnn.iterdir() if (p / "__init__.py").is_file())
+    assert {p.name for p in packages} == set(rank)
+    wrong = []
+    for package in packages:
+        assert len(list(package.glob("*.py"))) <= 12, package.name
+        doc = ast_docstring(package / "__init__.py")
+        assert "Owns:" in doc or "One module per" in doc, package.name
+        assert "May import:" in doc, package.name
+        for module in package.glob("*.py"):
+            for line, target in _imports(module):
+                stage = target.split(".")[1] if target.split(".")[1] in rank else None
+                if stage is not None and stage != package.name and rank[stage] >= rank[package.name]:
+                    wrong.append(f"{module.relative_to(REPO)}:{line} imports {target}")
+    for module in charnn.glob("*.py"):
+        if module.stem not in ("__init__", "__main__"):  # the lazy exports and the entry point reach everywhere
+            wrong += [f"{module.name}:{line} imports {target}" for line, target in _imports(module)
+                      if target.split(".")[1] in rank]
+    assert not wrong, "\n".join(wrong)
+
+
+def ast_docstring(path) -> str:
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
