@@ -145,10 +145,11 @@ def test_the_startup_benchmark_times_every_command(tmp_path, monkeypatch):
 
 
 TORCH_FREE = ("config", "errors", "units", "printable", "runtime.threads", "runtime.memory", "runtime.processes",
-              "runtime.signals", "data.files", "data.checked", "data.corpus", "data.vocab", "data.tokens", "model.spec",
-              "model.archive", "model.base", "model.weights", "model.engine", "runs.rundir", "runs.claim", "runs.metrics",
-              "runs.history", "runs.info", "runs.locate", "plan.request", "generate.settings", "generate.choice", "generate.streams",
-              "generate.beam", "generate.sampler", "generate.output", "cli")
+              "runtime.signals", "data.files", "data.checked", "data.corpus", "data.vocab", "data.tokens",
+              "model.spec", "model.archive", "model.base", "model.weights", "model.engine", "runs.rundir",
+              "runs.locate", "runs.claim", "runs.metrics", "runs.history", "runs.info", "plan.request",
+              "generate.settings", "generate.choice", "generate.streams", "generate.beam", "generate.sampler",
+              "generate.output", "serve.completions", "serve.batcher", "serve.relay", "serve.server", "cli")
 
 
 def test_the_modules_that_read_runs_and_sample_never_import_torch():
