@@ -22,19 +22,19 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..config import BenchOptions, ModelConfig, TrainConfig
+from ..data.batches import TrainData
+from ..data.vocab import Vocab
+from ..generate.sampler import generate
+from ..generate.settings import SamplingConfig
+from ..model.network import CharRNN
+from ..model.precision import mixed_candidate
+from ..model.spec import FLOAT, forward_flops_per_char, step_weight_bytes
+from ..train.events import TrainEvents, TrainSnapshot
+from ..train.trainer import Trainer, TrainHooks
 from .baselines import VOCAB_SIZE, Alternating, ReferenceLoop, naive_sampler
 from .corpora import bench_corpora
 from .startup import bench_startup
-from ..config import BenchOptions, ModelConfig, TrainConfig
-from ..data.batches import TrainData
-from ..train.events import TrainEvents, TrainSnapshot
-from ..model.network import CharRNN
-from ..model.spec import FLOAT, forward_flops_per_char, step_weight_bytes
-from ..model.precision import mixed_candidate
-from ..generate.sampler import generate
-from ..generate.settings import SamplingConfig
-from ..train.trainer import Trainer, TrainHooks
-from ..data.vocab import Vocab
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..config import BenchOptions
 from ..errors import CharnnError
-from .app import Device, EXIT_CODES_HELP, command, default, given, stderr, write_stdout
+from .app import EXIT_CODES_HELP, Device, command, default, given, stderr, write_stdout
 
 
 @command(epilog=EXIT_CODES_HELP)

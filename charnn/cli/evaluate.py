@@ -13,7 +13,7 @@ from ..errors import CharnnError
 from ..runs.rundir import RunDir, looks_like_checkpoint
 from ..runtime.threads import resolve_threads
 from ..units import bits
-from .app import (DeviceOption, EXIT_CODES_HELP, JsonFlag, ThreadsOption, command, nonempty, print_json, say, stderr,
+from .app import (EXIT_CODES_HELP, DeviceOption, JsonFlag, ThreadsOption, command, nonempty, print_json, say, stderr,
                   write_stdout)
 
 if TYPE_CHECKING:  # the modules that score text import PyTorch: only `charnn eval` itself loads them

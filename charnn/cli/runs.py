@@ -15,9 +15,9 @@ from rich.text import Text
 
 from ..data.checked import texts, whole
 from ..errors import CharnnError
+from ..printable import brief, printable_chars
 from ..runs.history import RunSummary, list_runs, run_loss_curves
 from ..runs.info import RunInfo, run_info
-from ..printable import brief, printable_chars
 from ..runs.rundir import runs_root
 from ..units import bits, format_duration
 from .app import (EXIT_CODES_HELP, JsonFlag, ModelArgument, QuietFlag, WeightsArgument, XAxis, command, nonempty,

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..generate.settings import LIMITS, SampleRequest, SamplingConfig
 from ..errors import CharnnError
+from ..generate.settings import LIMITS, SampleRequest, SamplingConfig
 from ..runtime.signals import forget_interrupt, raise_pending
 from ..runtime.threads import resolve_threads
-from .app import (Device, EXIT_CODES_HELP, Interrupted, QuietFlag, ThreadsOption, WeightsArgument, command, default,
+from .app import (EXIT_CODES_HELP, Device, Interrupted, QuietFlag, ThreadsOption, WeightsArgument, command, default,
                   given, nonempty, quiet_broken_pipe, say, stderr, stdout_bytes, unescape)
 
 if TYPE_CHECKING:  # sampling loads numpy: only `charnn sample` itself needs it, not `charnn --help`

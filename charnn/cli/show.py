@@ -11,9 +11,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..evaluate.trace import FEATURES, CharTrace, NeuronReport
-from ..evaluate.render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
 from ..data.vocab import Vocab
+from ..evaluate.render import RGB, colours, glyph, ink_for, legend_stops, legend_title, token_chars
+from ..evaluate.trace import FEATURES, CharTrace, NeuronReport
 
 
 def _style(background: RGB) -> Style:

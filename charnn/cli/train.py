@@ -11,12 +11,12 @@ import typer
 
 from ..config import DEFAULT_SIZE, ModelConfig, TrainConfig, parse_duration, parse_save_every
 from ..errors import CharnnError
-from ..train.events import TrainEvents
-from ..runtime.processes import Ranks, StopFlag, launch_processes, ranks_from_environment
 from ..plan.request import ModelOptions, TrainRequest, check_request
 from ..runs.rundir import RunDir
+from ..runtime.processes import Ranks, StopFlag, launch_processes, ranks_from_environment
+from ..train.events import TrainEvents
 from ..units import bits
-from .app import (Cell, Device, EXIT_CODES_HELP, Precision, Schedule, Size, command, default, device_option, given,
+from .app import (EXIT_CODES_HELP, Cell, Device, Precision, Schedule, Size, command, default, device_option, given,
                   say, stderr, threads_option, unescape)
 from .progress import ConsoleTrainEvents, plan_lines
 

@@ -24,8 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .corpus import CorpusFiles, corpus_files
 from ..errors import CharnnError
+from .corpus import CorpusFiles, corpus_files
 from .files import writing
 from .vocab import Vocab
 

@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from .trace import CharTrace
-from ..printable import printable
 from ..data.vocab import Vocab
+from ..printable import printable
+from .trace import CharTrace
 
 MAX_BITS = 8.0  # the top of the surprisal scale: 8 bits is a 1-in-256 character, as red as it gets
 RGB = tuple[int, int, int]

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CharnnError
 from ..data.batches import reset_mask
+from ..data.vocab import Vocab
+from ..errors import CharnnError
 from ..model.network import CharRNN, Hidden, join_streams, select_streams
 from ..runtime.threads import ThreadPolicy, TimedUnit
 from ..units import LN2
-from ..data.vocab import Vocab
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..errors import CharnnError
-from .score import split_into_pieces, warm_start
 from ..data.batches import reset_mask
+from ..data.vocab import Vocab
+from ..errors import CharnnError
 from ..model.network import CharRNN, Hidden, reset_segments, reset_streams
 from ..units import LN2
-from ..data.vocab import Vocab
+from .score import split_into_pieces, warm_start
 
 
 def layer_states(model: CharRNN, idx: torch.Tensor, hidden: Hidden | None = None,

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .archive import FORMAT, FORMAT_VERSION
-from ..data.checked import read_model_config
 from ..config import ModelConfig
-from ..errors import CharnnError
+from ..data.checked import read_model_config
 from ..data.files import TORCH_ARCHIVE_MAGIC, atomic_write
+from ..data.vocab import Vocab
+from ..errors import CharnnError
+from .archive import FORMAT, FORMAT_VERSION
 from .network import CharRNN
 from .spec import weight_shapes
-from ..data.vocab import Vocab
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..runtime.threads import ThreadChoice
 from .engine import Engine
 from .network import CharRNN, reset_streams
-from ..runtime.threads import ThreadChoice
 
 
 def layer_weights(model: CharRNN, layer: int) -> tuple[torch.Tensor, ...]:

@@ -21,12 +21,12 @@ from typing import Mapping
 
 import numpy as np
 
-from ..data.checked import finite, plain, read_model_config, whole
 from ..config import ModelConfig
-from ..errors import CharnnError
+from ..data.checked import finite, plain, read_model_config, whole
 from ..data.files import WEIGHTS_SUFFIX, atomic_write, require_file
-from .spec import parameter_count, weight_shapes
 from ..data.vocab import Vocab
+from ..errors import CharnnError
+from .spec import parameter_count, weight_shapes
 
 FORMAT = "charnn-weights"
 FORMAT_VERSION = 1

@@ -11,20 +11,20 @@ import math
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from . import sizing
 from ..config import ModelConfig, TrainConfig
-from ..data.corpus import corpus_files
 from ..data.batches import check_split_sizes
-from ..runtime.device import resolve_device
-from ..errors import CharnnError
-from ..model.spec import training_bytes
-from ..runtime.memory import TRAIN_HINT, require_memory
-from .request import TrainRequest, check_request
-from ..model.precision import MIN_GAIN, check_precision, mixed_candidate
-from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab
-from .speed import MeasuredSpeeds
-from ..runtime.threads import ThreadChoice, resolve_threads
+from ..data.corpus import corpus_files
 from ..data.vocab import Vocab
+from ..errors import CharnnError
+from ..model.precision import MIN_GAIN, check_precision, mixed_candidate
+from ..model.spec import training_bytes
+from ..runtime.device import resolve_device
+from ..runtime.memory import TRAIN_HINT, require_memory
+from ..runtime.threads import ThreadChoice, resolve_threads
+from . import sizing
+from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab
+from .request import TrainRequest, check_request
+from .speed import MeasuredSpeeds
 
 TIMING_SHARE = 0.02  # of the budget, at most, goes into timing shapes before choosing
 CHECKS = 2  # rounds of timing the shapes a choice turns on and choosing again

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.base import BASE_MODELS, base_model_path
 from ..config import ModelConfig, flag
-from ..errors import CharnnError
-from ..runs.rundir import RunDir
 from ..data.vocab import Vocab
+from ..errors import CharnnError
+from ..model.base import BASE_MODELS, base_model_path
 from ..model.weights import Weights
 from ..runs.locate import load_weights, resolve_model, weights_for
+from ..runs.rundir import RunDir
 from .request import TrainRequest
 
 # fine-tuning starts from trained weights: a lower peak and a shorter warm-up than from nothing (measured by

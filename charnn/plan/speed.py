@@ -16,15 +16,15 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
-from ..runtime.device import torch_trial
 from ..evaluate.score import evaluate
-from ..model.spec import training_bytes
-from ..runtime.memory import available_bytes
 from ..model.network import CharRNN, detach_hidden
 from ..model.precision import MIN_GAIN, Precision, check_precision, mixed_candidate
-from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
+from ..model.spec import training_bytes
 from ..model.step import clip_gradients, forward_backward, make_optimizer, optimizer_step
+from ..runtime.device import torch_trial
+from ..runtime.memory import available_bytes
 from ..runtime.threads import ThreadChoice, resolve_threads, viable
+from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
 
 
 MAX_TIMED_STEPS = 50  # a timing's steps at most: a small model's steps agree long before

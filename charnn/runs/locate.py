@@ -18,8 +18,8 @@ from ..data.files import is_torch_archive
 from ..data.vocab import Vocab
 from ..errors import CharnnError
 from ..model.base import base_model_path
-from ..model.weights import (Weights, encode_weights, is_charnn_weights, is_weights_file, read_records,
-                             read_weights, weights_from_payload, write_weights)
+from ..model.weights import (Weights, encode_weights, is_charnn_weights, is_weights_file, read_records, read_weights,
+                             weights_from_payload, write_weights)
 from ..printable import brief
 from .rundir import RunDir, latest_run, resolve_checkpoint, weights_beside
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..data.checked import finite, section, whole
-from ..errors import CharnnError
 from ..data.files import is_regular
+from ..errors import CharnnError
 from ..units import bits
 
 TAIL_BYTES = 1 << 16  # a summary needs only the last records; long runs have megabytes of metrics

@@ -26,9 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CharnnError
 from ..data.files import (WEIGHTS_SUFFIX, append_line, atomic_write, is_torch_archive, keep_copy, read_json,
                           remove_temporaries, write_json)
+from ..errors import CharnnError
 
 if TYPE_CHECKING:  # `charnn --help` and `charnn runs` start without numpy
     import numpy as np

@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..generate.settings import SamplingConfig
-from ..model.engine import Engine
-from ..errors import CharnnError
-from ..generate.streams import Streams, alike, default_prime, feed_each
 from ..data.vocab import Vocab
+from ..errors import CharnnError
+from ..generate.settings import SamplingConfig
+from ..generate.streams import Streams, alike, default_prime, feed_each
+from ..model.engine import Engine
 
 PROMPT_SLICE = 256  # prompt characters joining requests read per step: the others wait at most this long
 # The worker hands the GIL to the event loop at least this often (seconds). Python's own switch interval

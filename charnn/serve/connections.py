@@ -31,10 +31,10 @@ from typing import Callable
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .completions import ApiError
 from ..config import ServeConfig
 from ..errors import CharnnError
 from ..printable import printable
+from .completions import ApiError
 
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
 # the kernel's send buffer per connection: without a size it grows to megabytes for a client that does

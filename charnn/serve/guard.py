@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from .completions import ApiError
 from ..config import LOOPBACK_HOSTS
+from .completions import ApiError
 
 WILDCARDS = ("0.0.0.0", "::", "")  # listening on every address names none of them
 PREFLIGHT_SECONDS = 600  # how long a browser may remember an answered preflight

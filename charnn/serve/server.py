@@ -20,13 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from .completions import (STREAM_END, ApiError, ParsedRequest, completion_id, completion_response, parse_completion,
-                          stream_chunk, usage)
 from ..config import ServeConfig
 from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..runtime.threads import ThreadChoice, resolve_threads
 from .batcher import Batcher
+from .completions import (STREAM_END, ApiError, ParsedRequest, completion_id, completion_response, parse_completion,
+                          stream_chunk, usage)
 from .relay import CompletionStream, Mailbox
 
 CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
