@@ -20,10 +20,10 @@ BLAS pool's), so `charnn sample` uses the same policy without PyTorch.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -146,8 +146,9 @@ class ThreadPolicy:
     PROBE_ROUNDS = 2
     PER_TURN = 4
     TURN_SECONDS = 0.2
-    MAX_PER_TURN = 64
-    WINDOW = 6
+    MAX_PER_TURN = 256
+    WINDOW = 6  # units, at least, whose median is compared with the reference
+    WINDOW_SECONDS = 0.1  # and this long at least (256 units at most)
     DRIFT = 0.25
     MARGIN = 0.05
     GIVE_UP = 2.0  # a unit this many times slower than the best count's ends its count's part of a probe
@@ -165,8 +166,10 @@ class ThreadPolicy:
         self.adaptive = choice.fixed is None and len(choice.candidates) > 1
         self.threads = choice.fixed or initial or max(choice.candidates)
         self._used: set[int] = set()
-        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._recent: list[float] = []
+        self._window = self.WINDOW
         self._reference: float | None = None
+        self._last_times: dict[int, float] = {}  # each count's time per unit of work, at the last probe
         self._interval = self.RECHECK
         self._next_check = 0.0
         self._last_probe, self._probe_started, self._probe_took = -float("inf"), 0.0, 0.0
@@ -199,6 +202,8 @@ class ThreadPolicy:
                 return None
             return self._decide()
         self._recent.append(seconds / work)
+        if len(self._recent) > self._window:
+            del self._recent[0]
         now = self.clock()
         moved = self._moved()
         since = now - self._last_probe
@@ -210,16 +215,21 @@ class ThreadPolicy:
         return None
 
     def _moved(self) -> str | None:
-        """"at once" if the last two units are both GIVE_UP times as slow as the reference (a neighbour that
-        makes a unit take seconds is not waited for); "drift" if the median of the last WINDOW units moved
-        by more than DRIFT either way; else None."""
+        """"at once" if the last two units are both GIVE_UP times as slow as the reference and slower than
+        another count was at the last probe (a neighbour that makes a unit take seconds is not waited for;
+        a machine slower for every count is no reason to try the others again); "drift" if the median of
+        a window of units (WINDOW of them and WINDOW_SECONDS at least) moved by more than DRIFT either way,
+        the window then starting afresh; else None."""
         if self._reference is None or len(self._recent) < 2:
             return None
-        if min(self._recent[-1], self._recent[-2]) > self.GIVE_UP * self._reference:
+        latest = min(self._recent[-1], self._recent[-2])
+        others = [t for count, t in self._last_times.items() if count != self.threads]
+        if latest > self.GIVE_UP * self._reference and others and latest > min(others):
             return "at once"
-        if len(self._recent) < self.WINDOW:
+        if len(self._recent) < self._window:
             return None
         ratio = sorted(self._recent)[len(self._recent) // 2] / self._reference
+        self._recent.clear()
         return "drift" if ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT) else None
 
     def _begin_probe(self, reason: str) -> None:
@@ -232,13 +242,15 @@ class ThreadPolicy:
         self._recent.clear()
 
     def _decide(self) -> ThreadChange | None:
-        times = {count: statistics.median(samples) for count, samples in self._probe.samples.items()}
-        self._probe = None
+        probe, self._probe = self._probe, None
+        times = {count: statistics.median(samples) for count, samples in probe.samples.items()}
         best = min(times, key=times.get)
         if self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
             best = self.threads  # not clearly faster: stay, rather than follow noise
         before, self.threads = self.threads, best
-        self._reference = times[best]
+        self._reference, self._last_times = times[best], times
+        unit = statistics.median(probe.seconds[best])
+        self._window = max(self.WINDOW, min(256, math.ceil(self.WINDOW_SECONDS / max(unit, 1e-6))))
         changed = best != before or self._reason == "start"
         self._interval = self.RECHECK if best != before else min(self._interval * 2, self.MAX_RECHECK)
         self._last_probe = self.clock()
@@ -256,7 +268,8 @@ class _Probe:
 
     def __init__(self, policy: ThreadPolicy, order: list[int]):
         self.policy, self.order = policy, list(order)
-        self.samples: dict[int, list[float]] = {}
+        self.samples: dict[int, list[float]] = {}  # time per unit of work, by count
+        self.seconds: dict[int, list[float]] = {}  # time per unit
         self.round = self.turn = 0
         self._begin_turn()
 
@@ -277,6 +290,7 @@ class _Probe:
         if settling and not slower:
             return True  # the unit that paid for starting the threads: not a measurement
         self.samples.setdefault(count, []).append(per_work)
+        self.seconds.setdefault(count, []).append(seconds)
         self.units, self.spent = self.units + 1, self.spent + seconds
         if slower:  # two threads beside a busy neighbour have taken 150 times as long as one: enough said
             self.order.remove(count)

@@ -158,11 +158,10 @@ def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():
 def test_a_probe_of_millisecond_units_takes_enough_of_them_to_hold_against_noise():
     machine = FakeMachine({1: 0.001, 2: 0.0008})
     policy = adaptive(machine)
-    machine.run(policy, 400)
-    start = policy.changes[0]
-    assert start.after == 2
-    per_turn = ThreadPolicy.MAX_PER_TURN  # 0.2 s of millisecond units is more than a turn may take
-    assert machine.applied[: 2 * per_turn + 2].count(1) >= per_turn
+    machine.run(policy, 2000)
+    assert policy.changes[0].after == 2
+    turn = int(ThreadPolicy.TURN_SECONDS / 0.001)  # a turn of millisecond units: 0.2 s of them
+    assert machine.applied[: turn + 1].count(1) >= turn
 
 
 def test_a_noisy_neighbour_cannot_make_the_policy_probe_all_the_time():
