@@ -41,7 +41,8 @@ def train() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHARNN_RUNS_DIR": str(RUN.parent)}
     command = ["--resume", str(RUN)] if (RUN / "last.pt").is_file() else [*map(str, CORPORA), *OPTIONS, "--out",
                                                                           str(RUN), "--overwrite"]
-    subprocess.run([sys.executable, "-m", "charnn", "train", *command], env=env, check=True)
+    RUN.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "charnn", "train", *command], env=env, check=True, cwd=RUN.parent)
 
 
 def half(weights: Weights) -> Weights:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from charnn.plan import sizing  # noqa: E402
-from charnn.bench.busy import LOADS, _environment, competitors, run_busy  # noqa: E402
+from charnn.bench.busy import LOADS, WORKLOADS, _environment, competitors, run_busy  # noqa: E402
 from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: st
     run = workdir / f"run-{len(kinds)}-{corpus.stem}"
     env = {**_environment(), "CHARNN_RUNS_DIR": str(workdir / "runs")}
     with competitors(kinds):
-        subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus), "--max-time", budget, "--out", str(run),
-                        "--quiet"], env=env, check=True, stdin=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus.resolve()), "--max-time", budget, "--out",
+                        str(run), "--quiet"], env=env, check=True, stdin=subprocess.DEVNULL, cwd=workdir)
     config = json.loads((run / "config.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
@@ -79,7 +79,7 @@ def plan_at_seen_speed(result: dict) -> str:
     table = {**{k: v * factor for k, v in CPU_SPEEDS.items()},
              **{k: v["chars_per_sec"] for k, v in sized["timings"].items()}}
     speeds = sizing.ScaledSpeeds(SpeedTable(table), result["seen"] / sized["chars_per_sec"])
-    situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=result["config"]["vocab"]["size"],
+    situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=result["config"]["model"]["vocab_size"],
                                  budget=sizing.Budget(seconds=600.0), val_chars=corpus["val_tokens"])
     plan = sizing.choose(situation, speeds)
     return f"{plan.shape.num_layers}x{plan.shape.hidden_size} d{plan.model['dropout']}"
@@ -87,17 +87,21 @@ def plan_at_seen_speed(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement (default 8)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per measurement (default 15)")
     parser.add_argument("--plans", type=int, default=10, help="--dry-run plans under each load (default 10)")
     parser.add_argument("--corpus", type=Path, default=REPO / "corpora" / "tinyshakespeare.txt")
     parser.add_argument("--before", type=Path, help="a checkout of charnn whose plans to take too")
     parser.add_argument("--whole-run", action="store_true", help="a ten-minute run beside two spinning processes")
     parser.add_argument("--eval-share", type=Path, metavar="CORPUS", help="a ten-minute run on CORPUS, idle")
+    parser.add_argument("--no-speeds", action="store_true", help="only the plans (and the runs asked for)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, log=lambda m: print(m, file=sys.stderr))
+    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, log=lambda m: print(m, file=sys.stderr),
+                      workloads=() if args.no_speeds else WORKLOADS)
     figures = report.to_dict()
-    print(speed_table(report), "", plan_table(report), sep="\n")
+    print(speed_table(report), "", plan_table(report), sep="\n", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
         if args.whole_run:
             result = train_beside(args.corpus, LOADS["two cores"], Path(tmp))

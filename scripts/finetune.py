@@ -77,7 +77,8 @@ def corpus(name: str) -> Path:
 
 def charnn(*args: str) -> str:
     env = {**os.environ, "CHARNN_RUNS_DIR": str(WORK / "runs"), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "charnn", *args], env=env, check=True, capture_output=True,
+    WORK.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "charnn", *args], env=env, check=True, capture_output=True, cwd=WORK,
                           text=True, stdin=subprocess.DEVNULL).stdout
 
 

@@ -34,7 +34,9 @@ COMMON = ["--size", "small", "--seed", "1337", "--eval-every", "1000", "--eval-c
 
 def charnn(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CHARNN_RUNS_DIR": str(WORK / "runs"), "PYTHONPATH": str(REPO)}
+    WORK.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "charnn", *args], env=env, check=True, capture_output=True, text=True,
+                          cwd=WORK,
                           stdin=subprocess.DEVNULL)
 
 

@@ -305,7 +305,8 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads),
            "CHARNN_RUNS_DIR": str(WORK / "runs")}
     started = time.time()
-    subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu", "-q"], env=env, check=True,
+    # the working directory is not the checkout: `-m` puts it first on the path, before the snapshot
+    subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu", "-q"], env=env, check=True, cwd=WORK,
                    stdin=subprocess.DEVNULL)
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "eval"]
     return {"kind": "cell", "key": cell.key, "corpus": cell.corpus, "budget": cell.budget, "config": cell.config.name,

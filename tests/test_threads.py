@@ -153,3 +153,26 @@ def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():
     times = {1: 0.0010, 2: 0.0006, 4: 0.0030, 8: 0.0011}
     assert viable([2, 1, 4, 8], times.get, 2.0) == [2, 1, 8]
     assert viable([1, 2], None, 2.0) == [1, 2]
+
+
+def test_a_probe_of_millisecond_units_takes_enough_of_them_to_hold_against_noise():
+    machine = FakeMachine({1: 0.001, 2: 0.0008})
+    policy = adaptive(machine)
+    machine.run(policy, 2000)
+    assert policy.changes[0].after == 2
+    turn = int(ThreadPolicy.TURN_SECONDS / 0.001)  # a turn of millisecond units: 0.2 s of them
+    assert machine.applied[: turn + 1].count(1) >= turn
+
+
+def test_a_noisy_neighbour_cannot_make_the_policy_probe_all_the_time():
+    machine = FakeMachine({1: 0.001, 2: 0.010})
+    policy = adaptive(machine)
+    machine.run(policy, 500)
+    slow = dict(machine.seconds)
+    probes = 0
+    for i in range(20_000):  # every other pair of units is preempted for 4 ms: "twice as slow" all the time
+        machine.seconds = {k: v + (0.004 if i % 4 < 2 else 0) for k, v in slow.items()}
+        was = policy.probing
+        machine.run(policy, 1)
+        probes += policy.probing and not was
+    assert probes <= machine.now / ThreadPolicy.MIN_GAP + 1

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ def _environment() -> dict[str, str]:
 def measure(work: str, threads: str, seconds: float) -> float:
     """Characters a second of `work` in a fresh process on `threads` ('auto': the policy)."""
     done = subprocess.run([sys.executable, "-m", "charnn.bench.busy", work, threads, str(seconds)],
-                          capture_output=True, text=True, env=_environment(), timeout=seconds * 10 + 120)
+                          capture_output=True, text=True, env=_environment(), timeout=seconds * 10 + 120,
+                          cwd=tempfile.gettempdir())
     if done.returncode != 0:
         raise RuntimeError(f"{work} on {threads} threads failed: {done.stderr.strip()[-500:]}")
     return float(done.stdout.split()[-1])
@@ -76,8 +78,9 @@ def plan_shape(corpus: Path, budget: str = "10m", before: Path | None = None) ->
     env = _environment()
     if before is not None:
         env["PYTHONPATH"] = str(before)
-    done = subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus), "--max-time", budget, "--dry-run"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "charnn", "train", str(Path(corpus).resolve()), "--max-time",
+                           budget, "--dry-run"], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tempfile.gettempdir())  # `-m` puts the working directory first: not a checkout
     shape = re.search(r"size \w+: (\d+x\d+) ", done.stderr)
     dropout = re.search(r"--dropout ([\d.]+)", done.stderr)
     if done.returncode != 0 or shape is None:

@@ -111,6 +111,8 @@ def evaluate(
         targets = tokens[1 : streams * piece + 1].view(streams, piece).t().long()
         # with --reset-on, where the state restarts, over the whole text at once
         resets = reset_mask(tokens, model.config.reset_ids) if model.config.reset_ids else None
+        if threads is not None:
+            threads.start()  # the warm-up runs at the count the policy holds (it is not timed)
         hidden = warm_start(model, streams, piece, burn_in, lambda at: model(
             tokens[at].long(), None, None if resets is None else resets[at])[1])
         piece_resets = None if resets is None else resets[: streams * piece].view(streams, piece).t()

@@ -40,14 +40,17 @@ def set_torch_threads(threads: int) -> None:
 
 
 def torch_trial(threads: int) -> float:
-    """Seconds for a small piece of PyTorch's parallel work (8 elementwise passes and 8 products, about a
-    millisecond on an idle machine) on `threads` threads: what charnn.runtime.threads.viable compares."""
+    """Seconds for a small piece of PyTorch's parallel work on `threads` threads, what
+    charnn.runtime.threads.viable compares: 48 parallel passes, each ending at a barrier where the threads wait
+    for each other (about a millisecond in all on an idle machine). A busy neighbour that makes threads
+    wait for a core shows at so many barriers, where a few might all be lucky."""
     set_torch_threads(threads)
     generator = torch.Generator().manual_seed(0)
-    x, a, b = (torch.rand(shape, generator=generator) for shape in ((1 << 18,), (256, 256), (256, 64)))
+    x, a, b = (torch.rand(shape, generator=generator) for shape in ((1 << 16,), (256, 256), (256, 64)))
     started = time.perf_counter()
-    for _ in range(8):
+    for _ in range(16):
         torch.tanh(x)
+        torch.sigmoid(x)
         torch.mm(a, b)
     return time.perf_counter() - started
 

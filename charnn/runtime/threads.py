@@ -20,10 +20,10 @@ BLAS pool's), so `charnn sample` uses the same policy without PyTorch.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -130,22 +130,27 @@ class ThreadPolicy:
     sampling step) by timing the units themselves.
 
     Call `start()` before each unit (it applies the count the unit is to run at) and `finish(seconds,
-    work)` after it. A probe runs `PROBE_ROUNDS` rounds, each giving every candidate `PER_ROUND` units
-    (plus one unmeasured unit the first time a count is used, which pays for starting its threads), and
-    keeps the count with the least time per unit of work; the current count stays unless another is
-    `MARGIN` faster. A count whose unit takes `GIVE_UP` times as long as the best one's is dropped from
-    the probe at once, so a pathological count costs a unit or two, not a round. Between probes it
-    watches the last units: two in a row `GIVE_UP` times as slow start a probe at once; a move of their
-    median by more than `DRIFT` either way starts one once `GAP` times the last probe's length (and
-    `MIN_GAP` seconds) have passed, so that probes take 2% of the time at most; the clock starts one
-    every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a re-check confirms the count).
+    work)` after it. A probe runs `PROBE_ROUNDS` rounds; in each, every candidate has a turn of at least
+    `PER_TURN` units and `TURN_SECONDS` (so a probe of millisecond units takes dozens of them, and its
+    medians hold against noise), after one unmeasured unit the first time a count is used, which pays for
+    starting its threads. It keeps the count with the least time per unit of work; the current count
+    stays unless another is `MARGIN` faster. A count whose unit takes `GIVE_UP` times as long as the best
+    one's is dropped from the probe at once, so a pathological count costs a unit or two, not a round.
+    Between probes it watches the last units: two in a row `GIVE_UP` times as slow start a probe (after
+    `MIN_GAP` seconds); a move of their median by more than `DRIFT` either way starts one once `GAP`
+    times the last probe's length (and `MIN_GAP`) have passed, so that probes take 2% of the time at
+    most; the clock starts one every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a
+    re-check confirms the count).
     """
 
     PROBE_ROUNDS = 2
-    PER_ROUND = 2
-    WINDOW = 6
+    PER_TURN = 4
+    TURN_SECONDS = 0.2
+    MAX_PER_TURN = 256
+    WINDOW = 6  # units, at least, whose median is compared with the reference
+    WINDOW_SECONDS = 0.1  # and this long at least (256 units at most)
     DRIFT = 0.25
-    MARGIN = 0.03
+    MARGIN = 0.05
     GIVE_UP = 2.0  # a unit this many times slower than the best count's ends its count's part of a probe
     GAP = 50.0  # a probe for a drifting speed waits this many times as long as the last probe took,
     MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
@@ -161,27 +166,28 @@ class ThreadPolicy:
         self.adaptive = choice.fixed is None and len(choice.candidates) > 1
         self.threads = choice.fixed or initial or max(choice.candidates)
         self._used: set[int] = set()
-        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._recent: list[float] = []
+        self._window = self.WINDOW
         self._reference: float | None = None
+        self._last_times: dict[int, float] = {}  # each count's time per unit of work, at the last probe
         self._interval = self.RECHECK
         self._next_check = 0.0
         self._last_probe, self._probe_started, self._probe_took = -float("inf"), 0.0, 0.0
-        self._schedule: list[tuple[int, bool]] = []  # (count, measured) units still to run in this probe
-        self._samples: dict[int, list[float]] = {}
+        self._probe: _Probe | None = None
         self._reason = "start"
         self.changes: list[ThreadChange] = []
         self._starting = self.adaptive  # the first probe begins with the first unit (where `apply` works)
 
     @property
     def probing(self) -> bool:
-        return bool(self._schedule)
+        return self._probe is not None
 
     def start(self) -> int:
         """Apply the count the next unit runs at; returns it."""
         if self._starting:
             self._starting = False
             self._begin_probe("start")
-        count = self._schedule[0][0] if self._schedule else self.threads
+        count = self._probe.count if self._probe is not None else self.threads
         self.apply(count)  # every time: another policy (evaluation's, say) may share the pool
         return count
 
@@ -190,66 +196,61 @@ class ThreadPolicy:
         completed a probe."""
         if not self.adaptive or seconds <= 0 or work <= 0:
             return None
-        per_work = seconds / work
-        if self._schedule:
-            count, measured = self._schedule.pop(0)
-            self._used.add(count)
-            slower = self._clearly_slower(count, per_work, self.GIVE_UP * (1 if measured else 2))
-            if measured or slower:
-                self._samples.setdefault(count, []).append(per_work)
-            if slower:  # a count that loses this clearly is not worth more units (two threads beside a busy
-                # neighbour have taken 150 times as long as one)
-                self._schedule = [unit for unit in self._schedule if unit[0] != count]
-            return None if self._schedule else self._decide()
-        self._recent.append(per_work)
+        if self._probe is not None:
+            self._used.add(self._probe.count)
+            if self._probe.record(seconds, seconds / work):
+                return None
+            return self._decide()
+        self._recent.append(seconds / work)
+        if len(self._recent) > self._window:
+            del self._recent[0]
         now = self.clock()
         moved = self._moved()
-        waited = now >= self._last_probe + max(self.GAP * self._probe_took, self.MIN_GAP)
-        if moved == "at once" or moved and waited:
+        since = now - self._last_probe
+        if moved == "at once" and since >= self.MIN_GAP or moved and since >= max(self.GAP * self._probe_took,
+                                                                                 self.MIN_GAP):
             self._begin_probe("the speed moved")
         elif now >= self._next_check:
             self._begin_probe("re-check")
         return None
 
-    def _clearly_slower(self, count: int, per_work: float, factor: float) -> bool:
-        others = [statistics.median(s) for c, s in self._samples.items() if c != count and s]
-        return bool(others) and per_work > factor * min(others)
-
     def _moved(self) -> str | None:
-        """"at once" if the last two units are both GIVE_UP times as slow as the reference (a neighbour that
-        makes a unit take seconds is not waited for); "drift" if the median of the last WINDOW units moved
-        by more than DRIFT either way; else None."""
+        """"at once" if the last two units are both GIVE_UP times as slow as the reference and slower than
+        another count was at the last probe (a neighbour that makes a unit take seconds is not waited for;
+        a machine slower for every count is no reason to try the others again); "drift" if the median of
+        a window of units (WINDOW of them and WINDOW_SECONDS at least) moved by more than DRIFT either way,
+        the window then starting afresh; else None."""
         if self._reference is None or len(self._recent) < 2:
             return None
-        if min(self._recent[-1], self._recent[-2]) > self.GIVE_UP * self._reference:
+        latest = min(self._recent[-1], self._recent[-2])
+        others = [t for count, t in self._last_times.items() if count != self.threads]
+        if latest > self.GIVE_UP * self._reference and others and latest > min(others):
             return "at once"
-        if len(self._recent) < self.WINDOW:
+        if len(self._recent) < self._window:
             return None
         ratio = sorted(self._recent)[len(self._recent) // 2] / self._reference
+        self._recent.clear()
         return "drift" if ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT) else None
 
     def _begin_probe(self, reason: str) -> None:
-        self._reason, self._samples = reason, {}
+        self._reason = reason
         self._probe_started = self.clock()
         # one thread first at the start: it never waits for a partner, so it is the safe yardstick
         first = min(self.choice.candidates) if reason == "start" else self.threads
         order = viable([first] + [c for c in self.choice.candidates if c != first], self.trial, self.GIVE_UP)
-        schedule: list[tuple[int, bool]] = []
-        for _ in range(self.PROBE_ROUNDS):
-            for count in order:
-                if count not in self._used and (count, False) not in schedule:
-                    schedule.append((count, False))
-                schedule += [(count, True)] * self.PER_ROUND
-        self._schedule = schedule
+        self._probe = _Probe(self, order)
         self._recent.clear()
 
     def _decide(self) -> ThreadChange | None:
-        times = {count: statistics.median(samples) for count, samples in self._samples.items()}
+        probe, self._probe = self._probe, None
+        times = {count: statistics.median(samples) for count, samples in probe.samples.items()}
         best = min(times, key=times.get)
         if self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
             best = self.threads  # not clearly faster: stay, rather than follow noise
         before, self.threads = self.threads, best
-        self._reference = times[best]
+        self._reference, self._last_times = times[best], times
+        unit = statistics.median(probe.seconds[best])
+        self._window = max(self.WINDOW, min(256, math.ceil(self.WINDOW_SECONDS / max(unit, 1e-6))))
         changed = best != before or self._reason == "start"
         self._interval = self.RECHECK if best != before else min(self._interval * 2, self.MAX_RECHECK)
         self._last_probe = self.clock()
@@ -260,6 +261,53 @@ class ThreadPolicy:
         change = ThreadChange(before, best, self._reason, {n: 1.0 / t for n, t in times.items()})
         self.changes.append(change)
         return change
+
+
+class _Probe:
+    """One probe of a ThreadPolicy: the candidates' turns, round after round, and what each unit took."""
+
+    def __init__(self, policy: ThreadPolicy, order: list[int]):
+        self.policy, self.order = policy, list(order)
+        self.samples: dict[int, list[float]] = {}  # time per unit of work, by count
+        self.seconds: dict[int, list[float]] = {}  # time per unit
+        self.round = self.turn = 0
+        self._begin_turn()
+
+    @property
+    def count(self) -> int:
+        return self.order[self.turn]
+
+    def _begin_turn(self) -> None:
+        self.units, self.spent = 0, 0.0
+        self.settling = self.count not in self.policy._used
+
+    def record(self, seconds: float, per_work: float) -> bool:
+        """Take a unit's time; False once the probe is over."""
+        p, count = self.policy, self.count
+        settling, self.settling = self.settling, False
+        others = [statistics.median(s) for c, s in self.samples.items() if c != count and s]
+        slower = bool(others) and per_work > p.GIVE_UP * (2 if settling else 1) * min(others)
+        if settling and not slower:
+            return True  # the unit that paid for starting the threads: not a measurement
+        self.samples.setdefault(count, []).append(per_work)
+        self.seconds.setdefault(count, []).append(seconds)
+        self.units, self.spent = self.units + 1, self.spent + seconds
+        if slower:  # two threads beside a busy neighbour have taken 150 times as long as one: enough said
+            self.order.remove(count)
+            self.turn -= 1
+        elif self.units < p.MAX_PER_TURN and (self.units < p.PER_TURN or self.spent < p.TURN_SECONDS):
+            return True
+        return self._next_turn()
+
+    def _next_turn(self) -> bool:
+        self.turn += 1
+        if self.turn >= len(self.order):
+            self.round, self.turn = self.round + 1, 0
+        if self.round >= self.policy.PROBE_ROUNDS or len(self.order) < 1 or (
+                len(self.order) == 1 and self.order[0] in self.samples):
+            return False
+        self._begin_turn()
+        return True
 
 
 def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
