@@ -39,8 +39,9 @@ OPTIONS = ["--layers", "2", "--hidden-size", "256", "--embed-size", "256", "--dr
 
 def train() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHARNN_RUNS_DIR": str(RUN.parent)}
-    command = ["--resume", str(RUN)] if (RUN / "last.pt").is_file() else [*map(str, CORPORA), *OPTIONS, "--out",
-                                                                          str(RUN), "--overwrite"]
+    # a resume keeps the run's options but not its thread count, a choice of each process: pinned again
+    fresh = [*map(str, CORPORA), *OPTIONS, "--out", str(RUN), "--overwrite"]
+    command = ["--resume", str(RUN), "--threads", "1"] if (RUN / "last.pt").is_file() else fresh
     RUN.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "charnn", "train", *command], env=env, check=True, cwd=RUN.parent)
 

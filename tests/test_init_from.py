@@ -87,6 +87,10 @@ def test_a_run_from_a_model_starts_with_what_it_knew_and_learns_its_new_characte
     assert weights.vocab.decode(tokens) == corpus.read_text()  # the corpus, in the union's ids
     sampled = run_cli("sample", tmp_path / "tuned", "-n", "60", "--seed", "1")
     assert sampled.returncode == 0 and len(sampled.stdout.decode()) >= 60  # it still starts from nothing given
+    shown = run_cli("info", tmp_path / "tuned", "--json")
+    assert json.loads(shown.stdout)["init_from"] == config["init_from"]  # `charnn info` says where it started
+    table = run_cli("info", tmp_path / "tuned", env={"COLUMNS": "200"}).stderr.decode()
+    assert "started from" in table and config["init_from"]["sha256"] in table and "0123456789" in table
 
 
 def test_a_run_from_a_model_resumes_exactly_like_any_run(base, tmp_path):

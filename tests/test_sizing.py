@@ -445,12 +445,12 @@ def test_the_default_budget_is_planned_again_too():
 def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gain, chosen):
     import torch  # noqa: PLC0415
 
-    from charnn.plan import planning  # noqa: PLC0415
+    from charnn.plan import planning, speed  # noqa: PLC0415
     from charnn.plan.request import TrainRequest  # noqa: PLC0415
 
     clock = FakeClock(monkeypatch, CPU, cost=0.1)
     speeds = {"fp32": CPU, "bf16": replace(CPU, factor=gain)}
-    clock.time_training = lambda shape, *a, precision="fp32", **k: __import__("charnn.plan.speed").speed.Timing(
+    clock.time_training = lambda shape, *a, precision="fp32", **k: speed.Timing(
         shape, shape.chars_per_step / speeds[precision].chars_per_sec(shape), 3)
     monkeypatch.setattr("charnn.plan.speed.time_training", clock.time_training)
     monkeypatch.setattr(planning, "mixed_candidate", lambda device: "bf16")

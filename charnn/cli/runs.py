@@ -114,8 +114,8 @@ class _InfoTable:
                            box=box.SIMPLE, show_edge=False)
         self.table.add_column(style="bold", no_wrap=True)
         self.table.add_column(overflow="fold")
-        for section in (self._run, self._model, self._training, self._vocabulary, self._corpus, self._metrics,
-                        self._checkpoints):
+        for section in (self._run, self._model, self._training, self._started, self._vocabulary, self._corpus,
+                        self._metrics, self._checkpoints):
             section()
 
     def _section(self, name: str) -> None:
@@ -149,6 +149,18 @@ class _InfoTable:
         if self.info.train:
             self._section("training")
             self._row("config", "  ".join(f"{k}={_value(v)}" for k, v in self.info.train.items()))
+
+    def _started(self) -> None:
+        start = self.info.init_from
+        if not start:
+            return
+        self._section("started from")
+        self._row("model", shown(_value(start.get("source", "-"))))
+        self._row("file", shown(_value(start.get("file", "-")), overflow="fold"))
+        self._row("fingerprint", shown(f"sha256:{_value(start.get('sha256', '-'))}", overflow="fold"))
+        added = start.get("vocab_added")
+        self._row("characters added", printable_chars(added, space="␣") if isinstance(added, str) and added
+                  else "none")
 
     def _vocabulary(self) -> None:
         info, chars = self.info, self.info.vocab_chars

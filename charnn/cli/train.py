@@ -159,8 +159,8 @@ def train(
         options["eval_chars"] = eval_chars or None  # 0: the whole validation text
     if save_every is not None:  # "0" legitimately sets both to None
         options["save_every_steps"], options["save_every_seconds"] = parse_save_every(save_every)
-    model = ModelOptions(cell=cell, num_layers=layers, hidden_size=hidden_size, embed_size=embed_size, dropout=dropout,
-                         tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
+    model = ModelOptions(cell=cell.value if cell is not None else None, num_layers=layers, hidden_size=hidden_size,
+                         embed_size=embed_size, dropout=dropout, tie_weights=tie_weights, reset_on=unescape(reset_on) if reset_on is not None else None)
     request = TrainRequest(corpus=tuple(_paths(corpus or [], "CORPUS")), model=model, train=TrainConfig(**options),
                            given=frozenset(options), vocab_mode="byte" if bytes_mode else None, out=_path(out, "--out"),
                            overwrite=overwrite, resume=_path(resume, "--resume"),

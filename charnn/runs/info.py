@@ -89,12 +89,14 @@ class RunInfo:
     checkpoints: list[CheckpointInfo]
     summary: RunSummary | None = None  # for a run directory
     weights: CheckpointInfo | None = None  # a run's best.safetensors
+    init_from: dict | None = None  # the model a run started from (--init-from), as config.json records it
 
     def __post_init__(self):
         """Each section as a file may hold it, made plain: a dict (or None), its values JSON can write."""
         self.model, self.vocab = plain(section(self.model)), plain(section(self.vocab))
         self.train = plain(self.train) if isinstance(self.train, dict) else None
         self.corpus = plain(self.corpus) if isinstance(self.corpus, dict) else None
+        self.init_from = plain(self.init_from) if isinstance(self.init_from, dict) else None
         self.parameters = whole(self.parameters)
 
     @property
@@ -121,6 +123,7 @@ class RunInfo:
             "vocab": {"mode": self.vocab.get("mode"), "size": self.vocab_size, "chars": chars,
                       "printable": printable_chars(chars) if chars is not None else None},
             "corpus": self.corpus,
+            "init_from": self.init_from,
             "parameters": self.parameters,
             "metrics": self.progress.to_dict(),
             "checkpoints": [c.to_dict() for c in self.checkpoints],
@@ -177,4 +180,5 @@ def run_info(path: str | os.PathLike | None = None) -> RunInfo:
                    vocab=config.get("vocab") or {}, corpus=config.get("corpus"), parameters=config.get("parameters"),
                    progress=Progress.from_metrics(read_metrics(RunDir(path).metrics_path)),
                    checkpoints=run_checkpoints(path), summary=summary,
-                   weights=weights_info(run.weights, run.WEIGHTS) if run.weights.is_file() else None)
+                   weights=weights_info(run.weights, run.WEIGHTS) if run.weights.is_file() else None,
+                   init_from=config.get("init_from"))
