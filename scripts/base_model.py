@@ -1,6 +1,6 @@
 """Build the English base model charnn ships (charnn/model/english.safetensors), bit for bit.
 
-    python scripts/base_model.py             # train (about 70 minutes on our 2-core CI machine), then write it
+    python scripts/base_model.py             # train (about 40 minutes on one core), then write it
     python scripts/base_model.py --check     # how the stored float16 weights sample against the trained ones
 
 What it is: the fixed default shape (a 2x256 LSTM), trained from seed 1337 on the three public-domain
@@ -31,7 +31,7 @@ from charnn.model.weights import Weights, read_weights, write_weights  # noqa: E
 CORPORA = [REPO / "corpora" / f"{name}.txt" for name in ("tinyshakespeare", "nietzsche", "warandpeace")]
 RUN = REPO / "runs" / "base" / "english"
 TARGET = REPO / "charnn" / "model" / "english.safetensors"
-STEPS = 60_000
+STEPS = 30_000
 OPTIONS = ["--layers", "2", "--hidden-size", "256", "--embed-size", "256", "--dropout", "0.2", "--batch-size", "8",
            "--seq-len", "128", "--lr", "2e-3", "--max-steps", str(STEPS), "--eval-every", "2000",
            "--eval-chars", "0", "--seed", "1337", "--precision", "fp32", "--threads", "1", "--device", "cpu"]
