@@ -243,7 +243,8 @@ def test_an_api_key_is_checked_as_a_bearer_token(model):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             error = error_of(httpx.post(server.url + "/v1/completions", json={"prompt": "a"}, headers=headers), 401)
             assert error["code"] == "invalid_api_key"
-        error_of(httpx.get(server.url + "/v1/models"), 401)
+        for path in ("/v1/models", "/v1/models/run"):
+            error_of(httpx.get(server.url + path), 401)
         result = client(server, key="s3cret").completions.create(model="run", prompt="a", max_tokens=5)
         assert len(result.choices[0].text) == 5
         with pytest.raises(openai.AuthenticationError):

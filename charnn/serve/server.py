@@ -117,8 +117,14 @@ class CompletionServer:
             else len(parsed.completion.prompt)
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.started,
-                                            "owned_by": "charnn"} for name in self.batchers]}
+        return {"object": "list", "data": [self.model(name) for name in self.batchers]}
+
+    def model(self, name: str) -> dict:
+        """A served model as OpenAI describes one; 404 in OpenAI's shape for a name not served."""
+        if name not in self.batchers:
+            raise ApiError(404, f"the model {name[:100]!r} does not exist; this server has {', '.join(self.batchers)}",
+                           code="model_not_found")
+        return {"id": name, "object": "model", "created": self.started, "owned_by": "charnn"}
 
     def page(self) -> str:
         settings = {"models": list(self.batchers), "needs_key": self.config.api_key is not None,
@@ -168,7 +174,7 @@ def _answer_errors(app) -> None:
 
 
 def _add_routes(app, server: CompletionServer) -> None:
-    """The page, /health, and the API: /v1/models and /v1/completions."""
+    """The page, /health, and the API: /v1/models (and each model's) and /v1/completions."""
     from fastapi.responses import HTMLResponse  # noqa: PLC0415
     from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
@@ -184,6 +190,11 @@ def _add_routes(app, server: CompletionServer) -> None:
     async def models(request: Request):
         server.authorize(request.headers.get("authorization"))
         return server.models()
+
+    @app.get("/v1/models/{name:path}")  # any path: an id with a slash is an unknown model, not an unknown route
+    async def model(name: str, request: Request):
+        server.authorize(request.headers.get("authorization"))
+        return server.model(name)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
