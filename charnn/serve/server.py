@@ -25,8 +25,7 @@ from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..runtime.threads import ThreadChoice, resolve_threads
 from .batcher import Batcher
-from .completions import (STREAM_END, ApiError, ParsedRequest, completion_id, completion_response, parse_completion,
-                          stream_chunk, usage)
+from .completions import STREAM_END, ApiError, ParsedRequest, TextAnswers, parse_completion, usage
 from .relay import CompletionStream, Mailbox
 
 CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
@@ -101,6 +100,9 @@ class CompletionServer:
             connection.when_lost(slot.free)
         return slot
 
+    def parse_completion(self, body: bytes) -> ParsedRequest:
+        return parse_completion(body, list(self.batchers), self.config)
+
     def in_flight(self) -> dict:
         loads = [batcher.load() for batcher in self.batchers.values()]
         return {key: sum(load[key] for load in loads) for key in ("requests", "streams", "paused")}
@@ -108,13 +110,16 @@ class CompletionServer:
     def start(self, parsed: ParsedRequest) -> CompletionStream:
         batcher = self.batchers[parsed.model]
         try:
-            return CompletionStream(batcher, parsed.completion, self.mailbox)
+            return CompletionStream(batcher, parsed.completions, self.mailbox)
         except CharnnError as err:  # the prompt's characters, or the server stopping
-            raise ApiError(400, err.message, param="prompt", code="invalid_prompt") from None
+            raise ApiError(400, err.message, param=parsed.prompt_param, code="invalid_prompt") from None
 
     def prompt_length(self, parsed: ParsedRequest) -> int:
-        return len(parsed.completion.prompt.encode()) if self.batchers[parsed.model].vocab.mode == "byte" \
-            else len(parsed.completion.prompt)
+        """The prompts' tokens, each counted once whatever its n (as OpenAI counts them)."""
+        prompts = [completion.prompt for completion in parsed.completions]
+        if self.batchers[parsed.model].vocab.mode == "byte":
+            return sum(len(prompt.encode()) for prompt in prompts)
+        return sum(len(prompt) for prompt in prompts)
 
     def models(self) -> dict:
         return {"object": "list", "data": [self.model(name) for name in self.batchers]}
@@ -198,21 +203,27 @@ def _add_routes(app, server: CompletionServer) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        server.authorize(request.headers.get("authorization"))
-        slot = server.take_slot(request.scope)
-        try:
-            parsed = parse_completion(await _read_body(request, server.config.max_body_bytes),
-                                      list(server.batchers), server.config)
-            stream = server.start(parsed)
-        except BaseException:
-            slot.free()
-            raise
-        if parsed.stream:
-            return _streaming_response(server, parsed, stream, slot)
-        try:
-            return await _complete(server, parsed, stream, request)
-        finally:
-            slot.free()
+        return await _answer(server, request, server.parse_completion, TextAnswers)
+
+
+async def _answer(server: CompletionServer, request, parse: Callable[[bytes], ParsedRequest],
+                  answers: type[TextAnswers]):
+    """A request of the API, through every check and limit: the key, a slot of --max-concurrent, the
+    body's size, then `parse`d into the prompts to start; answered whole or streamed in `answers`' shape."""
+    server.authorize(request.headers.get("authorization"))
+    slot = server.take_slot(request.scope)
+    try:
+        parsed = parse(await _read_body(request, server.config.max_body_bytes))
+        stream = server.start(parsed)
+    except BaseException:
+        slot.free()
+        raise
+    if parsed.stream:
+        return _streaming_response(server, parsed, stream, slot, answers(parsed.model))
+    try:
+        return await _complete(server, parsed, stream, request, answers(parsed.model))
+    finally:
+        slot.free()
 
 
 async def _read_body(request, limit: int) -> bytes:
@@ -234,7 +245,8 @@ async def _read_body(request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _complete(server: CompletionServer, parsed: ParsedRequest, stream: CompletionStream, request):
+async def _complete(server: CompletionServer, parsed: ParsedRequest, stream: CompletionStream, request,
+                    answers: TextAnswers):
     """The whole answer as one JSON object; the request leaves the batch if its client goes away first."""
     from fastapi.responses import JSONResponse, Response  # noqa: PLC0415
 
@@ -251,7 +263,7 @@ async def _complete(server: CompletionServer, parsed: ParsedRequest, stream: Com
         return Response(status_code=499)  # nobody is listening
     choices = work.result()
     counts = usage(server.prompt_length(parsed), stream.generated)
-    return JSONResponse(completion_response(completion_id(), parsed.model, choices, counts))
+    return JSONResponse(answers.whole(choices, counts))
 
 
 async def _disconnected(request) -> None:
@@ -260,17 +272,19 @@ async def _disconnected(request) -> None:
         pass
 
 
-def _streaming_response(server: CompletionServer, parsed: ParsedRequest, stream: CompletionStream, slot: Slot):
+def _streaming_response(server: CompletionServer, parsed: ParsedRequest, stream: CompletionStream, slot: Slot,
+                        answers: TextAnswers):
     from fastapi.responses import StreamingResponse  # noqa: PLC0415
-
-    ident = completion_id()
 
     async def events():
         try:
+            opening = answers.opening(stream.choices)
+            if opening:
+                yield opening
             async for pieces in stream:
-                yield stream_chunk(ident, parsed.model, pieces)
+                yield answers.chunk(pieces)
             if parsed.include_usage:
-                yield stream_chunk(ident, parsed.model, [], usage(server.prompt_length(parsed), stream.generated))
+                yield answers.usage_chunk(usage(server.prompt_length(parsed), stream.generated))
             yield STREAM_END
         except CharnnError as err:  # the server stopped under it
             yield f"data: {json.dumps(ApiError(503, str(err), kind='server_error').body())}\n\n"
@@ -304,9 +318,10 @@ def serve(sources: list[str | None], config: ServeConfig,
 
     config = config.validate()
     batchers = open_batchers(sources, resolve_threads(config.threads))
+    server = CompletionServer(batchers, config)
     sock = listen(config.host, config.port)
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     url = f"http://{host}:{bound[1]}"
-    app = create_app(CompletionServer(batchers, config), None if on_ready is None else lambda: on_ready(batchers, url))
+    app = create_app(server, None if on_ready is None else lambda: on_ready(batchers, url))
     run(Guard(app, allowed_hosts(config.host, config.allow_hosts), config.cors_origins), sock, config)
