@@ -1,11 +1,13 @@
-"""`charnn serve` for clients nobody here wrote: a model looked up by id and lists of prompts in one
-request, held to the official `openai` client on a real server on a loopback port."""
+"""`charnn serve` for clients nobody here wrote: a model looked up by id, lists of prompts in one request
+and chat completions through a template, held to the official `openai` client on a real server on a
+loopback port."""
 
 import json
 
 import httpx
 import pytest
 
+from conftest import run_cli
 from test_serve import Server, client, complete, error_of, wait_for
 
 openai = pytest.importorskip("openai")
@@ -101,3 +103,152 @@ def test_a_bad_prompt_in_a_list_leaves_nothing_in_flight(server):
     error = error_of(httpx.post(server.url + "/v1/completions", json={"prompt": ["a"] * 3, "n": 3}), 400)
     assert error["message"] == "n must be a whole number from 1 to 2, not 3 (8 choices at most in one request: " \
                                "3 prompts x n)"
+
+
+# --- POST /v1/chat/completions -------------------------------------------------------------------------
+
+MESSAGES = [{"role": "system", "content": "A scene in Verona."}, {"role": "user", "content": "Who comes here?"},
+            {"role": "assistant", "content": "A friend."},
+            {"role": "user", "content": [{"type": "text", "text": "Spe"}, {"type": "text", "text": "ak"}]}]
+# what the default template writes for MESSAGES: the model continues it
+WRITTEN = "A scene in Verona.\n\nUser:\nWho comes here?\n\nAssistant:\nA friend.\n\nUser:\nSpeak\n\nAssistant:\n"
+
+
+def chat(server, **body):
+    response = httpx.post(server.url + "/v1/chat/completions", json={"messages": MESSAGES, **body}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_chat_is_answered_as_openai_shapes_a_chat_completion(server):
+    result = chat(server, max_tokens=50, seed=3, n=2)
+    assert result["id"].startswith("chatcmpl-") and result["object"] == "chat.completion"
+    assert result["model"] == "run" and isinstance(result["created"], int)
+    assert [(c["index"], c["message"]["role"]) for c in result["choices"]] == [(0, "assistant"), (1, "assistant")]
+    assert all(c["finish_reason"] in ("stop", "length") for c in result["choices"])
+    assert result["usage"]["prompt_tokens"] == len(WRITTEN)
+    assert result["usage"]["completion_tokens"] >= sum(len(c["message"]["content"]) for c in result["choices"])
+
+
+def test_the_template_writes_the_messages_and_the_reply_ends_at_the_next_turn(server):
+    """Each reply is the completion of what the template writes, cut at the first blank line or 'User:'
+    line (the next turn), whichever the model writes first: 8 choices, long enough that some do."""
+    free = complete(server, prompt=WRITTEN, max_tokens=3000, n=8, seed=0)["choices"]
+    replies = chat(server, max_tokens=3000, n=8, seed=0)["choices"]
+    for whole, reply in zip(free, replies):
+        ends = [at for at in (whole["text"].find("\n\n"), whole["text"].find("\nUser:")) if at >= 0]
+        assert reply["message"]["content"] == whole["text"][: min(ends, default=len(whole["text"]))]
+        assert reply["finish_reason"] == ("stop" if ends else "length")
+    assert {reply["finish_reason"] for reply in replies} == {"stop", "length"}
+
+
+def test_a_chat_streams_role_then_text_then_the_finish_reason(server):
+    whole = chat(server, max_tokens=600, seed=1, n=2)["choices"]
+    chunks = post_stream(server, "/v1/chat/completions", dict(messages=MESSAGES, max_tokens=600, seed=1, n=2,
+                                                              stream_options={"include_usage": True}))
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    *chunks, last = chunks
+    assert last["choices"] == [] and last["usage"]["prompt_tokens"] == len(WRITTEN)
+    assert all(len(chunk["choices"]) == 1 for chunk in chunks)  # one choice a chunk, as OpenAI streams them
+    for index, expected in enumerate(whole):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""} and mine[0]["finish_reason"] is None
+        assert mine[-1]["delta"] == {} and mine[-1]["finish_reason"] == expected["finish_reason"]
+        assert all(set(c["delta"]) == {"content"} and c["finish_reason"] is None for c in mine[1:-1])
+        assert "".join(c["delta"]["content"] for c in mine[1:-1]) == expected["message"]["content"]
+
+
+def test_the_openai_client_chats_plain_and_streamed(server):
+    messages = [{"role": "developer", "content": "Verona."}, {"role": "user", "content": "Speak"}]
+    answer = client(server).chat.completions.create(model="run", messages=messages, max_completion_tokens=80, seed=4)
+    text = answer.choices[0].message.content
+    assert answer.choices[0].message.role == "assistant" and answer.object == "chat.completion"
+    free = complete(server, prompt="Verona.\n\nUser:\nSpeak\n\nAssistant:\n", max_tokens=80, seed=4,
+                    stop=["\n\n", "\nUser:"])
+    assert text == free["choices"][0]["text"]
+    stream = client(server).chat.completions.create(model="run", messages=messages, max_tokens=80, seed=4, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == text
+
+
+CHAT_BAD = [
+    ({"messages": None}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": ["hello"]}, "messages[0]"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": []}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "user", "content": "\u20ac"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "a" * 400}]}, "messages"),
+    ({"max_tokens": 5, "max_completion_tokens": 5}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 9}, "n"),
+    ({"temperature": -1}, "temperature"),
+    ({"prompt": "ROMEO:"}, "prompt"),
+    ({"logprobs": True}, "logprobs"),
+    ({"tools": [{"type": "function"}]}, "tools"),
+    ({"model": "nope"}, "model"),
+]
+
+
+@pytest.mark.parametrize("body,param", CHAT_BAD, ids=[f"{param}-{i}" for i, (_, param) in enumerate(CHAT_BAD)])
+def test_every_bad_chat_request_is_a_4xx_naming_the_field(server, body, param):
+    body = {"messages": [{"role": "user", "content": "Speak"}], **body}
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+    assert error_of(response, 404 if param == "model" else 400)["param"] == param
+
+
+# --- --chat-template FILE ------------------------------------------------------------------------------
+
+PLAY = {"user": {"prefix": "ROMEO:\n", "suffix": "\n\n"}, "assistant": {"prefix": "JULIET:\n"}, "reply": "JULIET:\n",
+        "stop": ["\n"]}
+
+
+def test_a_template_file_changes_what_is_written_and_where_the_reply_ends(model, tmp_path):
+    path = tmp_path / "play.json"
+    path.write_text(json.dumps(PLAY), encoding="utf-8")
+    server = Server(model, "--chat-template", path)
+    try:
+        messages = [{"role": "system", "content": "Verona."}, {"role": "user", "content": "Speak"},
+                    {"role": "assistant", "content": "Ay me"}, {"role": "user", "content": "Again"}]
+        written = "Verona.\n\nROMEO:\nSpeak\n\nJULIET:\nAy me\n\nROMEO:\nAgain\n\nJULIET:\n"
+        for seed in range(3):
+            free = complete(server, prompt=written, max_tokens=300, seed=seed, stop="\n")["choices"][0]
+            reply = chat(server, messages=messages, max_tokens=300, seed=seed)["choices"][0]
+            assert (reply["message"]["content"], reply["finish_reason"]) == (free["text"], free["finish_reason"])
+    finally:
+        assert server.stop() == 143
+
+
+BAD_TEMPLATES = [
+    ("{not json", "not JSON"),
+    ('["User:"]', "must be a JSON object"),
+    ('{"users": {}}', "unknown key 'users'"),
+    ('{"user": "User:"}', "user must be an object"),
+    ('{"user": {"prefix": 5}}', "user.prefix must be a string"),
+    ('{"reply": null}', "reply must be a string"),
+    ('{"stop": [""]}', "stop strings must not be empty"),
+    ('{"stop": "\\n"}', "stop must be an array"),
+    ('{"reply": "\\ud800"}', "lone surrogate"),
+    ('{"user": {"prefix": "Queen:\\n"}}', "it writes characters the model run never saw: 'Q'"),
+]
+
+
+@pytest.mark.parametrize("content,words", BAD_TEMPLATES, ids=[words for _, words in BAD_TEMPLATES])
+def test_a_bad_template_file_is_one_line_and_no_server(model, tmp_path, content, words):
+    path = tmp_path / "template.json"
+    path.write_text(content, encoding="utf-8")
+    result = run_cli("serve", model, "--chat-template", path, "--port", "0", timeout=60)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(f"charnn: error: --chat-template {path}: ") and words in lines[0]
+
+
+def test_a_missing_template_file_is_one_line(model, tmp_path):
+    result = run_cli("serve", model, "--chat-template", tmp_path / "nothing.json", "--port", "0", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines() == [
+        f"charnn: error: --chat-template {tmp_path / 'nothing.json'}: cannot read it (No such file or directory)"]

@@ -25,6 +25,8 @@ from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..runtime.threads import ThreadChoice, resolve_threads
 from .batcher import Batcher
+from .chat import ChatAnswers, parse_chat
+from .chat_template import ChatTemplate, load_template
 from .completions import STREAM_END, ApiError, ParsedRequest, TextAnswers, parse_completion, usage
 from .relay import CompletionStream, Mailbox
 
@@ -69,8 +71,11 @@ class Slot:
 class CompletionServer:
     """What the routes share: the models, the limits, and the checks every request goes through."""
 
-    def __init__(self, batchers: dict[str, Batcher], config: ServeConfig):
+    def __init__(self, batchers: dict[str, Batcher], config: ServeConfig, template: ChatTemplate | None = None):
         self.batchers, self.config = batchers, config
+        self.template = template or ChatTemplate()
+        self.misfits = {name: missing for name, batcher in batchers.items()  # models the template cannot prompt
+                        if batcher.vocab.mode != "byte" and (missing := self.template.missing(batcher.vocab.chars))}
         self.started = int(time.time())
         self.mailbox: Mailbox | None = None  # the event loop's, once it runs
         self.slots_taken = 0  # counted on the event loop's thread only, so taking one is never interleaved
@@ -102,6 +107,15 @@ class CompletionServer:
 
     def parse_completion(self, body: bytes) -> ParsedRequest:
         return parse_completion(body, list(self.batchers), self.config)
+
+    def parse_chat(self, body: bytes) -> ParsedRequest:
+        parsed = parse_chat(body, list(self.batchers), self.config, self.template)
+        if parsed.model in self.misfits:
+            shown = ", ".join(repr(char) for char in self.misfits[parsed.model][:10])
+            raise ApiError(400, f"the chat template writes characters the model {parsed.model!r} never saw ({shown}); "
+                           "the server needs a --chat-template FILE written in its characters", param="model",
+                           code="chat_template_unsupported")
+        return parsed
 
     def in_flight(self) -> dict:
         loads = [batcher.load() for batcher in self.batchers.values()]
@@ -179,7 +193,7 @@ def _answer_errors(app) -> None:
 
 
 def _add_routes(app, server: CompletionServer) -> None:
-    """The page, /health, and the API: /v1/models (and each model's) and /v1/completions."""
+    """The page, /health, and the API: /v1/models (and each model's), /v1/completions and /v1/chat/completions."""
     from fastapi.responses import HTMLResponse  # noqa: PLC0415
     from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
@@ -204,6 +218,10 @@ def _add_routes(app, server: CompletionServer) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await _answer(server, request, server.parse_completion, TextAnswers)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _answer(server, request, server.parse_chat, ChatAnswers)
 
 
 async def _answer(server: CompletionServer, request, parse: Callable[[bytes], ParsedRequest],
@@ -317,8 +335,13 @@ def serve(sources: list[str | None], config: ServeConfig,
     from .guard import Guard, allowed_hosts  # noqa: PLC0415
 
     config = config.validate()
+    template = None if config.chat_template is None else load_template(config.chat_template)
     batchers = open_batchers(sources, resolve_threads(config.threads))
-    server = CompletionServer(batchers, config)
+    server = CompletionServer(batchers, config, template)
+    for name, missing in server.misfits.items():
+        if template is not None:
+            raise CharnnError(f"--chat-template {config.chat_template}: it writes characters the model {name} never saw: "
+                              + ", ".join(repr(char) for char in missing[:10]))
     sock = listen(config.host, config.port)
     bound = sock.getsockname()
     host = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
