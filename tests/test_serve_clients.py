@@ -1,6 +1,6 @@
-"""`charnn serve` for clients nobody here wrote: a model looked up by id, lists of prompts in one request
-and chat completions through a template, held to the official `openai` client on a real server on a
-loopback port."""
+"""`charnn serve` for clients nobody here wrote: a model looked up by id, lists of prompts in one request,
+chat completions through a template, and the official `openai` client, LangChain and litellm against a
+real server on a loopback port."""
 
 import json
 
@@ -252,3 +252,31 @@ def test_a_missing_template_file_is_one_line(model, tmp_path):
     assert result.returncode == 1
     assert result.stderr.decode().strip().splitlines() == [
         f"charnn: error: --chat-template {tmp_path / 'nothing.json'}: cannot read it (No such file or directory)"]
+
+
+# --- clients nobody here wrote -----------------------------------------------------------------------------
+
+
+def test_langchain_batches_prompts_and_chats(server):
+    llms = pytest.importorskip("langchain_openai", reason="langchain-openai is not installed (the dev extra has it)")
+    options = dict(base_url=server.url + "/v1", api_key="unused", model="run", max_tokens=30, max_retries=0)
+    prompts = ["ROMEO:", "JULIET:", "MENENIUS", "First"]
+    texts = llms.OpenAI(**options, seed=8, temperature=0.8).batch(prompts)
+    assert texts == [complete(server, prompt=p, max_tokens=30, seed=8, temperature=0.8)["choices"][0]["text"]
+                     for p in prompts]
+    reply = llms.ChatOpenAI(**options, seed=8).invoke("Speak")
+    assert reply.content == chat(server, messages=[{"role": "user", "content": "Speak"}], max_tokens=30,
+                                 seed=8)["choices"][0]["message"]["content"]
+
+
+def test_litellm_completes_a_chat(server, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetching its price list from the internet
+    litellm = pytest.importorskip("litellm", reason="litellm is not installed (the dev extra has it)")
+    messages = [{"role": "user", "content": "Speak"}]
+    answer = litellm.completion(model="openai/run", api_base=server.url + "/v1", api_key="unused", messages=messages,
+                                max_tokens=30, seed=9)
+    expected = chat(server, messages=messages, max_tokens=30, seed=9)["choices"][0]["message"]["content"]
+    assert answer.choices[0].message.content == expected
+    stream = litellm.completion(model="openai/run", api_base=server.url + "/v1", api_key="unused",
+                                messages=messages, max_tokens=30, seed=9, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected
