@@ -3,6 +3,7 @@ chat completions through a template, and the official `openai` client, LangChain
 real server on a loopback port."""
 
 import json
+import re
 
 import httpx
 import pytest
@@ -221,6 +222,16 @@ def test_a_template_file_changes_what_is_written_and_where_the_reply_ends(model,
             assert (reply["message"]["content"], reply["finish_reason"]) == (free["text"], free["finish_reason"])
     finally:
         assert server.stop() == 143
+
+
+def test_the_readme_shows_what_the_default_template_writes():
+    from charnn.serve.chat_template import ChatTemplate, _template
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### The chat template", 1)[1].split("\n#", 1)[0]
+    (written,) = re.findall(r"```text\n(.*?)```", section, re.S)
+    (default,) = re.findall(r"```json\n(.*?)```", section, re.S)
+    assert written == WRITTEN and _template(json.loads(default)) == ChatTemplate()
 
 
 BAD_TEMPLATES = [
