@@ -96,6 +96,22 @@ def test_the_openai_client_sends_a_list_of_prompts(server):
     assert result.choices[1].text == complete(server, prompt="MENENIUS", max_tokens=30, seed=2)["choices"][0]["text"]
 
 
+PROMPTS_BAD = [
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [1, 2]}, "prompt"),  # token ids
+    ({"prompt": [[1, 2]]}, "prompt"),
+    ({"prompt": ["a", 5]}, "prompt"),
+    ({"prompt": ["a"] * 9}, "prompt"),  # more prompts than --max-n
+    ({"prompt": ["a", "b"], "n": 5}, "n"),
+    ({"prompt": ["a", "x" * 401]}, "prompt"),
+]
+
+
+@pytest.mark.parametrize("body,param", PROMPTS_BAD, ids=[f"{param}-{i}" for i, (_, param) in enumerate(PROMPTS_BAD)])
+def test_every_bad_list_of_prompts_is_a_400_naming_the_field(server, body, param):
+    assert error_of(httpx.post(server.url + "/v1/completions", json=body, timeout=30), 400)["param"] == param
+
+
 def test_a_bad_prompt_in_a_list_leaves_nothing_in_flight(server):
     body = {"prompt": ["ROMEO:", "\u20ac"], "max_tokens": 4000}
     error = error_of(httpx.post(server.url + "/v1/completions", json=body, timeout=30), 400)
@@ -202,6 +218,26 @@ def test_every_bad_chat_request_is_a_4xx_naming_the_field(server, body, param):
     assert error_of(response, 404 if param == "model" else 400)["param"] == param
 
 
+def test_chat_goes_through_the_limits_and_the_guard_of_completions(model):
+    server = Server(model, "--max-concurrent", 1, "--max-tokens", 10_000_000, "--max-body-bytes", 2000)
+    url, body = server.url + "/v1/chat/completions", {"messages": [{"role": "user", "content": "Speak"}]}
+    try:
+        long = {"prompt": "ROMEO:", "max_tokens": 10_000_000, "stream": True}
+        with httpx.stream("POST", server.url + "/v1/completions", json=long, timeout=30) as response:
+            chunks = response.iter_bytes()  # kept: a reader dropped closes the response
+            next(chunks)  # text is flowing: the one slot is taken
+            assert error_of(httpx.post(url, json=body, timeout=30), 429)["code"] == "server_busy"
+        wait_for(lambda: httpx.get(server.url + "/health").json()["slots"] == 0)
+        assert error_of(httpx.post(url, content=json.dumps(body), headers={"Content-Type": "text/plain"}), 415)
+        assert error_of(httpx.post(url, json=body, headers={"Origin": "http://evil.test"}), 403)
+        assert error_of(httpx.post(url, json=body, headers={"Host": "evil.test"}), 400)["code"] == "host_not_allowed"
+        big = {"messages": [{"role": "user", "content": "a" * 3000}]}
+        assert error_of(httpx.post(url, json=big), 413)["code"] == "body_too_large"
+        assert chat(server, messages=body["messages"], max_tokens=5)["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        assert server.stop() == 143
+
+
 # --- --chat-template FILE ------------------------------------------------------------------------------
 
 PLAY = {"user": {"prefix": "ROMEO:\n", "suffix": "\n\n"}, "assistant": {"prefix": "JULIET:\n"}, "reply": "JULIET:\n",
@@ -278,8 +314,11 @@ def test_langchain_batches_prompts_and_chats(server):
     reply = llms.ChatOpenAI(**options, seed=8).invoke("Speak")
     assert reply.content == chat(server, messages=[{"role": "user", "content": "Speak"}], max_tokens=30,
                                  seed=8)["choices"][0]["message"]["content"]
+    streamed = llms.ChatOpenAI(**options, seed=8, stream_usage=True).stream("Speak")
+    assert "".join(chunk.content for chunk in streamed) == reply.content
 
 
+@pytest.mark.filterwarnings("ignore:.*`ReadOnly` qualifier:UserWarning")  # litellm's types, on import
 def test_litellm_completes_a_chat(server, monkeypatch):
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetching its price list from the internet
     litellm = pytest.importorskip("litellm", reason="litellm is not installed (the dev extra has it)")
