@@ -270,6 +270,22 @@ def test_the_readme_shows_what_the_default_template_writes():
     assert written == WRITTEN and _template(json.loads(default)) == ChatTemplate()
 
 
+def test_a_model_that_cannot_write_the_default_template_refuses_chats_by_name():
+    from types import SimpleNamespace
+
+    from charnn.config import ServeConfig
+    from charnn.serve.completions import ApiError
+    from charnn.serve.server import CompletionServer
+
+    lower = SimpleNamespace(vocab=SimpleNamespace(mode="char", chars="\n :abcdefghijklmnopqrstuvwxyz"))
+    served = CompletionServer({"lower": lower}, ServeConfig())
+    body = json.dumps({"messages": [{"role": "user", "content": "hello"}]}).encode()
+    with pytest.raises(ApiError) as refused:
+        served.parse_chat(body)
+    assert refused.value.code == "chat_template_unsupported" and "'A', 'U'" in refused.value.message
+    assert served.parse_completion(b'{"prompt": "hello"}').model == "lower"  # completions still work
+
+
 BAD_TEMPLATES = [
     ("{not json", "not JSON"),
     ('["User:"]', "must be a JSON object"),
