@@ -244,6 +244,7 @@ class ServeConfig:
     write_timeout: float = 30.0  # a client that reads nothing for this long is dropped (its text waits paused)
     max_connections: int = 1024  # open at once (fewer if the file limit is lower); more are refused at once
     threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
+    chat_template: Path | None = None  # a JSON file (charnn.serve.chat_template); None: the default template
 
     def validate(self) -> ServeConfig:
         _require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535] (0: any free port), not {self.port}")

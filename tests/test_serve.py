@@ -161,7 +161,6 @@ BAD = [
     ({"prompt": "ROMEO:", "max_tokens": 0}, 400, "max_tokens"),
     ({"prompt": "ROMEO:", "max_tokens": 5001}, 400, "max_tokens"),
     ({"prompt": 5}, 400, "prompt"),
-    ({"prompt": ["a", "b"]}, 400, "prompt"),
     ({"prompt": "x" * 201}, 400, "prompt"),
     ({"prompt": "ROMEO: \u20ac"}, 400, "prompt"),
     ({"temperature": "hot"}, 400, "temperature"),
@@ -240,10 +239,12 @@ def test_over_capacity_is_429_and_disconnects_free_their_slots(model):
 def test_an_api_key_is_checked_as_a_bearer_token(model):
     server = Server(model, env={"CHARNN_API_KEY": "s3cret"})
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-            error = error_of(httpx.post(server.url + "/v1/completions", json={"prompt": "a"}, headers=headers), 401)
-            assert error["code"] == "invalid_api_key"
-        error_of(httpx.get(server.url + "/v1/models"), 401)
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                error = error_of(httpx.post(server.url + path, json={"prompt": "a"}, headers=headers), 401)
+                assert error["code"] == "invalid_api_key"
+        for path in ("/v1/models", "/v1/models/run"):
+            error_of(httpx.get(server.url + path), 401)
         result = client(server, key="s3cret").completions.create(model="run", prompt="a", max_tokens=5)
         assert len(result.choices[0].text) == 5
         with pytest.raises(openai.AuthenticationError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -63,10 +64,14 @@ def serve(
     max_connections: Annotated[Optional[int], _option(
         "Connections open at once (held under the open-file limit); more are answered 503 and closed.",
         "max_connections", NETWORK)] = None,
+    chat_template: Annotated[Optional[Path], typer.Option(
+        help="How /v1/chat/completions writes messages as a prompt: a JSON file of each role's prefix and suffix, "
+             "where the reply starts and the strings that end it (see the README). \\[default: 'User:' and "
+             "'Assistant:' turns, as a play is set down]", metavar="FILE", show_default=False)] = None,
     threads: ThreadsOption = None,
     quiet: QuietFlag = False,
 ) -> None:
-    """Serve models over HTTP: an OpenAI-style completions API and a page to try them at /.
+    """Serve models over HTTP: OpenAI-style completions and chat completions, and a page to try them at /.
 
     Requests in flight are sampled together, one batched step for all of them. SIGTERM or Ctrl-C
     stops accepting connections and lets streams in flight finish (--grace-seconds).
@@ -77,7 +82,8 @@ def serve(
                                  grace_seconds=grace_seconds, header_timeout=header_timeout,
                                  body_timeout=body_timeout, write_timeout=write_timeout,
                                  max_connections=max_connections, allow_hosts=tuple(allow_host or ()) or None,
-                                 cors_origins=tuple(cors_origin or ()) or None, threads=threads)).validate()
+                                 cors_origins=tuple(cors_origin or ()) or None, threads=threads,
+                                 chat_template=chat_template)).validate()
     resolve_threads(config.threads)  # a mistake in --threads is answered before a model loads
     from ..serve.server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 

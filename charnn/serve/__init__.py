@@ -1,9 +1,10 @@
-"""`charnn serve`: models over HTTP, an OpenAI-style completions API and a page.
+"""`charnn serve`: models over HTTP, OpenAI-style completions and chat completions APIs, and a page.
 
-Owns: the request and answer shapes of the API and their checks (`completions`), many requests stepped
-as one batch (`batcher`, without a web framework), their text handed to asyncio (`relay`), the FastAPI
-app (`server`, with `page.html`), and the defences of a port: Host and Origin checks (`guard`),
-deadlines and a connection limit (`connections`).
+Owns: the request and answer shapes of the API and their checks (`completions`; `chat` over it, with the
+`chat_template` that writes messages as a prompt), many requests stepped as one batch (`batcher`,
+without a web framework), their text handed to asyncio (`relay`), the FastAPI app (`server`, with
+`page.html`), and the defences of a port: Host and Origin checks (`guard`), deadlines and a connection
+limit (`connections`).
 
 May import: charnn's top-level modules, `charnn.runtime`, `charnn.data`, `charnn.model`, `charnn.runs` and
 `charnn.generate`. FastAPI and uvicorn are imported only when a server is made.

@@ -18,12 +18,12 @@ from .batcher import CompletionRequest, Piece
 
 MAX_STOPS = 16  # OpenAI allows 4; characters are cheap to check
 # fields the official clients may send that change nothing here, when left at these values
-_NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "logprobs": None, "suffix": None,
+NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "logprobs": None, "suffix": None,
             "logit_bias": None, "echo": False}
 # the sampling settings the API has, by field: their limits are charnn.generate.settings'
 _SETTINGS = {limit.param: name for name, limit in LIMITS.items() if limit.param}
 _SAMPLING = [name for name in SamplingConfig.__dataclass_fields__ if LIMITS[name].param]
-_FIELDS = {"model", "prompt", "stop", "stream", "stream_options", "user", *_SETTINGS, *_NEUTRAL}
+FIELDS = {"model", "prompt", "stop", "stream", "stream_options", "user", *_SETTINGS, *NEUTRAL}
 
 
 class ApiError(Exception):
@@ -40,16 +40,23 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A checked request: which model, what to generate, and how to answer."""
+    """A checked request: which model, what to generate for each prompt, and how to answer."""
 
     model: str
-    completion: CompletionRequest
+    completions: tuple[CompletionRequest, ...]  # one per prompt, in the request's order
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+    prompt_param: str = "prompt"  # the field the prompts came from, named when one holds unknown characters
 
 
 def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> ParsedRequest:
     """A POST /v1/completions body, checked against the served models and the limits."""
+    data = read_request(body, FIELDS, NEUTRAL)
+    return build_request(data, models, limits, _prompts(data, limits))
+
+
+def read_request(body: bytes, fields: set[str], neutral: dict) -> dict:
+    """A body as a JSON object of known fields, those charnn has no use for at their neutral values."""
     try:
         data = json.loads(body)
     except RecursionError:
@@ -57,29 +64,44 @@ def parse_completion(body: bytes, models: list[str], limits: ServeConfig) -> Par
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the body is not valid JSON ({err})", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"the body must be a JSON object, not {_json_type(data)}", code="invalid_json")
+        raise ApiError(400, f"the body must be a JSON object, not {json_type(data)}", code="invalid_json")
     _require_unicode(data)
     for name in data:
-        if name not in _FIELDS:
+        if name not in fields:
             raise ApiError(400, f"unrecognized request argument: {name}", param=name, code="unknown_parameter")
-    for name, neutral in _NEUTRAL.items():
-        if data.get(name, neutral) not in (neutral, None, 0, {}):
-            raise ApiError(400, f"{name} is not supported by charnn (leave it out or at {json.dumps(neutral)})",
+    for name, value in neutral.items():
+        if data.get(name, value) not in (value, None, 0, {}):
+            raise ApiError(400, f"{name} is not supported by charnn (leave it out or at {json.dumps(value)})",
                            param=name, code="unsupported_parameter")
+    return data
+
+
+def build_request(data: dict, models: list[str], limits: ServeConfig, prompts: list[str], stop: tuple[str, ...] = (),
+                  prompt_param: str = "prompt", length_param: str = "max_tokens") -> ParsedRequest:
+    """The checked request for `prompts` (each gets the body's n choices, and its seed as if sent alone):
+    the body's settings, and `stop` besides its own stop strings. `length_param`: the field that gave
+    data["max_tokens"], as errors name it."""
     model = _model(data, models)
+    most_n = limits.max_n // len(prompts)  # choices over every prompt are held to --max-n, as n alone is
     try:  # each setting's limits, a server's narrowing some: user -> server default -> charnn's default
-        completion = CompletionRequest(
-            prompt=_prompt(data, limits), sampling=_sampling(data), stop=_stop(data),
-            max_tokens=check("length", _setting(data, "max_tokens", limits.default_max_tokens), 1, limits.max_tokens),
-            n=check("num_samples", _setting(data, "n", 1), high=limits.max_n), seed=check("seed", _setting(data, "seed")))
+        sampling, seed = _sampling(data), check("seed", _setting(data, "seed"))
+        max_tokens = check("length", _setting(data, "max_tokens", limits.default_max_tokens), 1, limits.max_tokens)
+        n = check("num_samples", _setting(data, "n", 1), high=most_n)
     except SettingError as err:
-        raise ApiError(400, err.api_message, param=err.param, code=None if err.wrong_type else "out_of_range") from None
+        param = length_param if err.param == "max_tokens" else err.param
+        message = param + err.api_message[len(err.param):]
+        if err.param == "n" and len(prompts) > 1 and not err.wrong_type:
+            message += f" ({limits.max_n} choices at most in one request: {len(prompts)} prompts x n)"
+        raise ApiError(400, message, param=param, code=None if err.wrong_type else "out_of_range") from None
+    stop = _stop(data) + stop
+    completions = tuple(CompletionRequest(prompt=prompt, sampling=sampling, stop=stop, max_tokens=max_tokens, n=n,
+                                          seed=seed) for prompt in prompts)
     stream = _bool(data, "stream")
     options = data.get("stream_options")
     if options is not None and (not isinstance(options, dict) or not stream):
         raise ApiError(400, "stream_options must be an object, and only with stream: true", param="stream_options")
     include_usage = bool(options and _bool(options, "include_usage"))
-    return ParsedRequest(model, completion, stream, include_usage)
+    return ParsedRequest(model, completions, stream, include_usage, prompt_param)
 
 
 def _require_unicode(data: dict) -> None:
@@ -106,7 +128,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
              int: "a number", float: "a number"}
     return names.get(type(value), type(value).__name__)
@@ -117,24 +139,39 @@ def _model(data: dict, models: list[str]) -> str:
     if model is None:
         return models[0]  # the first model served is the default
     if not isinstance(model, str):
-        raise ApiError(400, f"model must be a string, not {_json_type(model)}", param="model")
+        raise ApiError(400, f"model must be a string, not {json_type(model)}", param="model")
     if model not in models:
         raise ApiError(404, f"the model {model!r} does not exist; this server has {', '.join(models)}",
                        param="model", code="model_not_found")
     return model
 
 
-def _prompt(data: dict, limits: ServeConfig) -> str:
+def _prompts(data: dict, limits: ServeConfig) -> list[str]:
+    """The prompt, or the list of prompts (one request for all, each with its own choices)."""
     prompt = data.get("prompt", "")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]  # a batch of one prompt, as some clients send it
-    if not isinstance(prompt, str):
-        raise ApiError(400, f"prompt must be a string (one prompt per request), not {_json_type(prompt)}",
-                       param="prompt")
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    if not prompts:
+        raise ApiError(400, "prompt must hold at least one prompt, not an empty array", param="prompt")
+    for given in prompts:
+        if isinstance(given, (int, list)) and not isinstance(given, bool):
+            raise ApiError(400, "prompt must be a string or an array of strings: token ids are not taken "
+                           "(charnn's tokens are characters; send the text)", param="prompt")
+        if not isinstance(given, str):
+            inside = " in the array" if isinstance(prompt, list) else ""
+            raise ApiError(400, f"prompt must be a string or an array of strings, not {json_type(given)}{inside}",
+                           param="prompt")
+    if len(prompts) > limits.max_n:
+        raise ApiError(400, f"prompt holds {len(prompts)} prompts; this server makes at most {limits.max_n} "
+                       "choices a request", param="prompt", code="out_of_range")
+    for number, given in enumerate(prompts):
+        check_prompt_length(given, limits, "prompt" if len(prompts) == 1 else f"prompt {number}", "prompt")
+    return prompts
+
+
+def check_prompt_length(prompt: str, limits: ServeConfig, what: str, param: str) -> None:
     if len(prompt) > limits.max_prompt_chars:
-        raise ApiError(400, f"prompt has {len(prompt):,} characters; this server takes at most "
-                       f"{limits.max_prompt_chars:,}", param="prompt", code="prompt_too_long")
-    return prompt
+        raise ApiError(400, f"{what} has {len(prompt):,} characters; this server takes at most "
+                       f"{limits.max_prompt_chars:,}", param=param, code="prompt_too_long")
 
 
 def _setting(data: dict, field: str, default=None):
@@ -152,7 +189,7 @@ def _bool(data: dict, name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be true or false, not {_json_type(value)}", param=name)
+        raise ApiError(400, f"{name} must be true or false, not {json_type(value)}", param=name)
     return value
 
 
@@ -169,7 +206,7 @@ def _stop(data: dict) -> tuple[str, ...]:
         return ()
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ApiError(400, f"stop must be a string or an array of strings, not {_json_type(stop)}", param="stop")
+        raise ApiError(400, f"stop must be a string or an array of strings, not {json_type(stop)}", param="stop")
     if len(stops) > MAX_STOPS or any(s == "" for s in stops):
         raise ApiError(400, f"stop takes 1 to {MAX_STOPS} non-empty strings", param="stop", code="out_of_range")
     return tuple(stops)
@@ -178,32 +215,46 @@ def _stop(data: dict) -> tuple[str, ...]:
 # --- answers ---------------------------------------------------------------------------------
 
 
-def completion_id() -> str:
-    return f"cmpl-{uuid.uuid4().hex}"
-
-
-def _choice(piece: Piece) -> dict:
-    return {"text": piece.text, "index": piece.index, "finish_reason": piece.finish_reason, "logprobs": None}
-
-
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     """Counted in characters (bytes with a byte-level model): charnn's tokens."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_response(ident: str, model: str, choices: list[Piece], counts: dict) -> dict:
-    return {"id": ident, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [_choice(piece) for piece in choices], "usage": counts}
-
-
-def stream_chunk(ident: str, model: str, pieces: list[Piece], counts: dict | None = None) -> str:
-    """One server-sent event: the new text of some choices (or, with `counts` and no pieces, the usage)."""
-    chunk = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": model,
-             "choices": [_choice(piece) for piece in pieces]}
-    if counts is not None:
-        chunk["usage"] = counts
+def event(chunk: dict) -> str:
+    """One server-sent event."""
     return f"data: {json.dumps(chunk)}\n\n"
 
 
 STREAM_END = "data: [DONE]\n\n"
+
+
+class TextAnswers:
+    """How /v1/completions answers one request: `text_completion` objects, whole or as stream chunks
+    (one id and one creation time for all of them, as OpenAI's)."""
+
+    prefix, kind, chunk_kind = "cmpl", "text_completion", "text_completion"
+
+    def __init__(self, model: str):
+        self.model, self.ident, self.created = model, f"{self.prefix}-{uuid.uuid4().hex}", int(time.time())
+
+    def head(self, kind: str, choices: list[dict]) -> dict:
+        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    def choice(self, piece: Piece) -> dict:
+        return {"text": piece.text, "index": piece.index, "finish_reason": piece.finish_reason, "logprobs": None}
+
+    def whole(self, choices: list[Piece], counts: dict) -> dict:
+        return {**self.head(self.kind, [self.choice(piece) for piece in choices]), "usage": counts}
+
+    def opening(self, choices: int) -> str:
+        """The events a stream begins with, before any text (none here)."""
+        return ""
+
+    def chunk(self, pieces: list[Piece]) -> str:
+        """The new text of some choices, one event for all of them."""
+        return event(self.head(self.chunk_kind, [self.choice(piece) for piece in pieces]))
+
+    def usage_chunk(self, counts: dict) -> str:
+        """The last event of a stream with include_usage: no choices, the usage."""
+        return event({**self.head(self.chunk_kind, []), "usage": counts})

@@ -3,15 +3,17 @@
 The worker posts each step's new text to a `Mailbox`, which wakes the event loop once for everything
 posted since its last wake-up (a step of 32 requests posts 32 pieces); a `CompletionStream` is one
 request's text as an async iterator, which counts what its client has taken so that a client that stops
-reading pauses its request (charnn.serve.batcher) instead of piling text up.
+reading pauses its request (charnn.serve.batcher) instead of piling text up; the prompts of one API request
+are one `CompletionStream`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Callable, Sequence
 
-from .batcher import Batcher, CompletionRequest, Piece
+from .batcher import Batcher, CompletionRequest, Job, Piece
 
 
 class Mailbox:
@@ -41,15 +43,32 @@ class Mailbox:
 class CompletionStream:
     """A submitted request's text as it is made, for asyncio code: `async for pieces in stream`
     gives the new text of each step (several steps' text merged when the reader is slower than the
-    worker); `cancel()` takes the request out of the batch (a client that went away)."""
+    worker); `cancel()` takes the request out of the batch (a client that went away).
 
-    def __init__(self, batcher: Batcher, request: CompletionRequest, mailbox: Mailbox | None = None):
+    Several requests (the prompts of one API request) make one stream, each its own job in the batch:
+    request p's choice j is choice p * n + j of the stream, as OpenAI numbers the choices of a list of
+    prompts (n: each request's own, so with equal n exactly that)."""
+
+    def __init__(self, batcher: Batcher, requests: CompletionRequest | Sequence[CompletionRequest],
+                 mailbox: Mailbox | None = None):
         mailbox = mailbox or Mailbox(asyncio.get_running_loop())
+        self.requests = (requests,) if isinstance(requests, CompletionRequest) else tuple(requests)
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._batcher, self.request = batcher, request
-        self._open = request.n  # choices not yet finished
+        self._batcher = batcher
+        self.choices = sum(request.n for request in self.requests)
+        self._open = self.choices  # choices not yet finished
+        self._offsets = [sum(request.n for request in self.requests[:number]) for number in range(len(self.requests))]
         self.generated = 0  # characters drawn over every choice
-        self.job = batcher.submit(request, lambda item: mailbox.post(self._queue, item), paced=True)
+        self.jobs: list[Job] = []
+        try:
+            for number, request in enumerate(self.requests):
+                self.jobs.append(batcher.submit(request, self._poster(mailbox, number), paced=True))
+        except BaseException:  # a later prompt's characters: the earlier ones leave the batch
+            self.cancel()
+            raise
+
+    def _poster(self, mailbox: Mailbox, number: int) -> Callable[[object], None]:
+        return lambda item: mailbox.post(self._queue, (number, item))
 
     def __aiter__(self) -> CompletionStream:
         return self
@@ -60,25 +79,27 @@ class CompletionStream:
         items = [await self._queue.get()]
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
-        self.job.taken += len(items)
-        if self.job.streams is not None and self.job.caught_up:  # perhaps paused: it may go on now
+        for number, _ in items:
+            self.jobs[number].taken += 1
+        if any(job.streams is not None and job.caught_up for job in self.jobs):  # perhaps paused: may go on now
             self._batcher.wake()
-        for item in items:
+        for _, item in items:
             if isinstance(item, BaseException):
                 self._open = 0
                 raise item
-        merged = _merge([piece for item in items for piece in item])
+        merged = _merge(items, self._offsets)
         self._open -= sum(1 for piece in merged if piece.finish_reason)
         if self._open == 0:
-            self.generated = sum(choice.generated for choice in self.job.choices)
+            self.generated = sum(choice.generated for job in self.jobs for choice in job.choices)
         return merged
 
     def cancel(self) -> None:
-        self._batcher.cancel(self.job)
+        for job in self.jobs:
+            self._batcher.cancel(job)
 
     async def collect(self) -> list[Piece]:
         """Every choice's whole text and finish reason, in choice order."""
-        texts = [Piece(index, "") for index in range(self.request.n)]
+        texts = [Piece(index, "") for index in range(self.choices)]
         async for pieces in self:
             for piece in pieces:
                 texts[piece.index].text += piece.text
@@ -86,13 +107,16 @@ class CompletionStream:
         return texts
 
 
-def _merge(pieces: list[Piece]) -> list[Piece]:
-    """One piece per choice, in choice order: its texts joined, the last finish reason."""
+def _merge(items: list[tuple[int, list[Piece]]], offsets: list[int]) -> list[Piece]:
+    """One piece per choice, numbered in the stream (the job's offset and its index), in choice order:
+    its texts joined, the last finish reason."""
     merged: dict[int, Piece] = {}
-    for piece in pieces:
-        if piece.index in merged:
-            merged[piece.index].text += piece.text
-            merged[piece.index].finish_reason = piece.finish_reason
-        else:
-            merged[piece.index] = Piece(piece.index, piece.text, piece.finish_reason)
+    for number, pieces in items:
+        for piece in pieces:
+            index = offsets[number] + piece.index
+            if index in merged:
+                merged[index].text += piece.text
+                merged[index].finish_reason = piece.finish_reason
+            else:
+                merged[index] = Piece(index, piece.text, piece.finish_reason)
     return [merged[index] for index in sorted(merged)]
