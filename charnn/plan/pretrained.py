@@ -27,8 +27,9 @@ from ..runs.locate import load_weights, resolve_model, weights_for
 from ..runs.rundir import RunDir
 from .request import TrainRequest
 
-# fine-tuning starts from trained weights: a lower peak and a shorter warm-up than from nothing (measured by
-# scripts/finetune.py; see the README)
+# fine-tuning starts from trained weights: a lower peak and a shorter warm-up than from nothing. Measured by
+# `scripts/finetune.py lr` (english on 200 KB of Python's docs, 2 minutes): 1e-3/50 steps 0.791 nats/char,
+# 2e-3/100 (the defaults from nothing) 0.799, 5e-4/50 0.853
 FINETUNE_LR = 1e-3
 FINETUNE_WARMUP = 50
 SUGGESTED_BASE = "english"
