@@ -16,9 +16,7 @@ policy probing other counts would move the other's timings too (the count is the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,18 +25,9 @@ import numpy as np
 import torch
 
 import charnn
+from steppers import load_before  # the other checkout, loaded as steppers.py does
 
 VOCAB = 65  # Tiny Shakespeare's
-
-
-def load_before(path: Path):
-    """The charnn package in `path` (a checkout), imported as `charnn_before` beside this one."""
-    spec = importlib.util.spec_from_file_location("charnn_before", path / "charnn" / "__init__.py",
-                                                  submodule_search_locations=[str(path / "charnn")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["charnn_before"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def trainer_of(package, shape: str, tokens: np.ndarray, run_dir: Path, batch: int, seq_len: int):
