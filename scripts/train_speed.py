@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from steppers import load_before  # the other checkout, loaded as steppers.py does
 
 import charnn
-from steppers import load_before  # the other checkout, loaded as steppers.py does
 
 VOCAB = 65  # Tiny Shakespeare's
 
@@ -89,7 +89,7 @@ def main() -> None:
     for shape in args.shapes:
         rate = compare(before, shape, args.rounds, args.steps, args.batch_size, args.seq_len)
         print(f"{shape:>7} {rate['after']:>9.2f} {rate['before']:>9.2f} {rate['after'] / rate['before']:>12.3f}x "
-              f"{str(rate['same_weights']):>13}", flush=True)
+              f"{rate['same_weights']!s:>13}", flush=True)
 
 
 if __name__ == "__main__":
