@@ -128,3 +128,28 @@ CASES = {
 def test_what_cannot_start_from_a_model_is_one_line_and_touches_nothing(world, name):  # noqa: F811
     command, needles = CASES[name]
     assert_refused(attempt(world, command), 1, needles)
+
+
+def test_a_small_corpus_is_told_of_the_base_model_and_the_dry_run_shows_both_plans(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(f"{SENTENCE}\n" * 300)
+    env = {"CHARNN_RUNS_DIR": str(tmp_path / "runs")}
+    planned = run_cli("train", corpus, "--max-time", "1m", "--dry-run", env=env)
+    stderr = planned.stderr.decode()
+    assert planned.returncode == 0 and planned.stdout == b"", stderr
+    assert "with --init-from english:" in stderr and "2x256 LSTM" in stderr.split("with --init-from english:")[1]
+    trained = run_cli("train", corpus, "--max-steps", "10", "--batch-size", "4", "--seq-len", "16",
+                      "--precision", "fp32", "--out", tmp_path / "run", env=env)
+    assert trained.returncode == 0, trained.stderr.decode()
+    said = [line for line in trained.stderr.decode().splitlines() if "--init-from english" in line]
+    assert len(said) == 1 and "would likely train better" in said[0]  # one line suggests it
+
+
+def test_a_shape_of_ones_own_is_planned_alone_and_not_told_of_the_base(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(f"{SENTENCE}\n" * 300)
+    env = {"CHARNN_RUNS_DIR": str(tmp_path / "runs")}
+    for shape in (["--layers", "1"], ["--size", "tiny"]):
+        planned = run_cli("train", corpus, *shape, "--max-time", "1m", "--dry-run", env=env)
+        assert planned.returncode == 0, planned.stderr.decode()  # the base's plan would refuse the shape given
+        assert "--init-from english" not in planned.stderr.decode()

@@ -169,7 +169,7 @@ def plan_training(request: TrainRequest, stdin: BinaryIO | None = None,
     with corpus_files(request.corpus, stdin=stdin) as corpus:
         vocab, count = Vocab.scan(corpus.chunks(), mode or Vocab.mode, corpus.describe_offset)
     plans = [("", _dry_plan(request, vocab, count, processes, init))]
-    if init is None and suggests_base(vocab, count):
+    if init is None and suggests_base(vocab, count, request):
         base = open_init(SUGGESTED_BASE)
         plans.append((f"with --init-from {SUGGESTED_BASE}", _dry_plan(request, vocab, count, processes, base)))
     return plans

@@ -83,9 +83,12 @@ def fine_tuning_request(init: InitFrom, request: TrainRequest) -> TrainRequest:
     return replace(request, model=model)
 
 
-def suggests_base(vocab: Vocab, chars: int) -> bool:
-    """A corpus small enough that starting from the English base model would likely do better."""
-    return vocab.mode == "char" and chars < SMALL_CORPUS and base_model_path(SUGGESTED_BASE) is not None
+def suggests_base(vocab: Vocab, chars: int, request: TrainRequest) -> bool:
+    """A corpus small enough that starting from the English base model would likely do better, in a run
+    that leaves the model's shape open (a shape option or a --size preset would be refused with the base)."""
+    shape_given = request.size not in (None, "auto") or any(name in request.model.given() for name in SHAPE_OPTIONS)
+    return (vocab.mode == "char" and chars < SMALL_CORPUS and not shape_given
+            and base_model_path(SUGGESTED_BASE) is not None)
 
 
 def check_options(base: ModelConfig, given: dict) -> None:

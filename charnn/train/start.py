@@ -177,7 +177,7 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
         started = _start_from(trainer, init) if init is not None else None
         if plan is not None and plan.seconds is not None and hooks.group.world_size == 1:
             trainer.replanning = ReplanCheck(Replanner(sized, plan, lambda new: _configs(new, request, vocab)))
-        _announce(hooks, plan, init is None and suggests_base(vocab, len(tokens)))
+        _announce(hooks, plan, init is None and suggests_base(vocab, len(tokens), request))
         place_tokens(encoded, session.run.tokens_path)
         session.run.write_config({"model": model_config.to_dict(), "train": config.to_dict(), "vocab": vocab.to_dict(),
                                   "corpus": corpus_info, "parameters": trainer.parameters,
