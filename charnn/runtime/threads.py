@@ -310,18 +310,25 @@ class _Probe:
         return True
 
 
+TRIAL_TRIES = 3
+
+
 def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
     """The counts worth timing whole units at, in their order: those whose `trial` (a small piece of
-    parallel work) takes less than `give_up` times the fastest's. Beside a busy neighbour a training step
-    on two threads of two cores has taken 7 seconds where one thread takes 0.07: each of the step's
-    thousands of barriers waited for a time slice. The trial shows it for a tenth of a second."""
+    parallel work) takes less than `give_up` times the fastest's, and always the fewest threads. Beside a
+    busy neighbour a training step on two threads of two cores has taken 7 seconds where one thread takes
+    0.07: each of the step's thousands of barriers waited for a time slice. The trial shows it for a tenth
+    of a second. One thread has no barrier to wait at, so a slow trial of it is bad luck (a lost time
+    slice), never a reason to leave it out: beside two spinning cores, one thread's trial once took twice
+    two threads', and the run that trusted it trained at a seventh of one thread's speed."""
     if trial is None or len(counts) < 2:
         return counts
     times: dict[int, float] = {}
     for count in sorted(counts):  # one thread first: the yardstick
-        times[count] = min(trial(count), trial(count))  # the first try may pay for starting threads
-    best = min(times.values())
-    return [count for count in counts if times[count] <= give_up * best]
+        # the best of three: the first try may pay for starting threads, and any may lose a time slice
+        times[count] = min(trial(count) for _ in range(TRIAL_TRIES))
+    best, fewest = min(times.values()), min(counts)
+    return [count for count in counts if count == fewest or times[count] <= give_up * best]
 
 
 class TimedUnit:
