@@ -1,5 +1,5 @@
 """A run's plan before it starts: what `--size` chooses on this device, and `--dry-run`'s plan, which
-reads the corpus but writes nothing and trains nothing.
+reads the corpus but trains nothing and writes nothing (but the speeds it timed, charnn.plan.memory).
 
 charnn.plan.sizing holds the rule; this module gathers what the rule needs (the corpus's size, the limits
 and options the user gave, the device's speed, timed here within TIMING_SHARE of the budget).
@@ -8,22 +8,26 @@ and options the user gave, the device's speed, timed here within TIMING_SHARE of
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
 from ..config import ModelConfig, TrainConfig
 from ..data.batches import check_split_sizes
 from ..data.corpus import corpus_files
+from ..data.tokens import cache_dir
 from ..data.vocab import Vocab
 from ..errors import CharnnError
 from ..model.precision import MIN_GAIN, check_precision, mixed_candidate
 from ..model.spec import training_bytes
 from ..runtime.device import resolve_device
+from ..runs.rundir import runs_root
 from ..runtime.memory import TRAIN_HINT, require_memory
 from ..runtime.threads import ThreadChoice, resolve_threads
 from . import sizing
 from .pretrained import SUGGESTED_BASE, fine_tuning_request, open_init, suggests_base, union_vocab
 from .request import TrainRequest, check_request
+from .memory import SpeedMemory
 from .speed import MeasuredSpeeds
 
 TIMING_SHARE = 0.02  # of the budget, at most, goes into timing shapes before choosing
@@ -42,7 +46,7 @@ class Sizing:
     the precision the run will use (with --precision auto on a device with a mixed precision, in both)."""
 
     def __init__(self, request: TrainRequest, vocab_size: int, split: tuple[int, int], world_size: int = 1,
-                 threads: ThreadChoice | None = None):
+                 threads: ThreadChoice | None = None, memory: str | os.PathLike | None = None):
         if request.size not in sizing.PRESETS and request.size != "auto":
             raise CharnnError(f"--size must be auto or one of {', '.join(sizing.PRESETS)}, not {request.size!r}")
         self.size, config = request.size, request.train
@@ -56,8 +60,10 @@ class Sizing:
         precisions = ["fp32", self.mixed] if self.mixed else [
             check_precision(config.precision, device) if config.precision != "auto" else "fp32"]
         allowance = TIMING_SHARE * (config.max_time or sizing.DEFAULT_BUDGET_RANGE[0]) / len(precisions)
-        self.speeds_in = {p: MeasuredSpeeds(device, vocab_size, allowance, threads=threads, precision=p)
-                          for p in precisions}
+        threads = threads or resolve_threads()
+        remembered = SpeedMemory.in_cache(memory, device, threads.candidates if device.type == "cpu" else ())
+        self.speeds_in = {p: MeasuredSpeeds(device, vocab_size, allowance, threads=threads, precision=p,
+                                            memory=remembered) for p in precisions}
         self.precision = precisions[-1]
 
     @property
@@ -108,10 +114,12 @@ class Sizing:
 
 
 def choose_size(request: TrainRequest, vocab_size: int, split: tuple[int, int], world_size: int = 1,
-                estimate_time: bool = False, threads: ThreadChoice | None = None) -> sizing.Plan:
+                estimate_time: bool = False, threads: ThreadChoice | None = None,
+                memory: str | os.PathLike | None = None) -> sizing.Plan:
     """The plan for `request`: its --size, the user's options and limits, the corpus's training and
-    validation characters (`split`) and this device's speed (see `Sizing.plan`)."""
-    return Sizing(request, vocab_size, split, world_size, threads).plan(estimate_time)
+    validation characters (`split`) and this device's speed (see `Sizing.plan`; `memory`: the cache
+    directory of the speeds this machine has shown, charnn.plan.memory)."""
+    return Sizing(request, vocab_size, split, world_size, threads, memory).plan(estimate_time)
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,8 @@ def plan_training(request: TrainRequest, stdin: BinaryIO | None = None,
     """`charnn train --dry-run`: the plan a new run would follow, after the checks that run would make
     (its options, paths and --nproc, the corpus, the memory), titled. For a small corpus started from
     nothing, the plan from the English base model too. The corpus is read (stdin into a temporary file
-    that is removed), nothing is written and nothing trained."""
+    that is removed), nothing is written (but the speeds timed, to the speed memory of an existing runs
+    root) and nothing trained."""
     if request.resume is not None:
         raise CharnnError("--dry-run plans a new run; a resumed run keeps its own configuration")
     check_request(request, processes)
@@ -180,8 +189,9 @@ def _dry_plan(request: TrainRequest, vocab: Vocab, count: int, processes: int, i
         request = fine_tuning_request(init, request)
         vocab = union_vocab(init.weights.vocab, vocab)
     n_train = int(round(count * (1.0 - request.train.val_frac)))  # as data.split_train_val cuts it
+    root = runs_root()  # the speeds it times are remembered where runs are kept, if there is such a place
     plan = choose_size(request, vocab.size, (n_train, count - n_train), processes, estimate_time=True,
-                       threads=resolve_threads(request.threads))
+                       threads=resolve_threads(request.threads), memory=cache_dir(root) if root.is_dir() else None)
     batch, seq_len = plan.shape.batch_size, plan.shape.seq_len
     check_split_sizes(range(n_train), range(count - n_train), batch, seq_len)
     model = ModelConfig(vocab_size=vocab.size, **plan.model, **request.model.given()).validate()

@@ -24,6 +24,7 @@ from ..model.step import clip_gradients, forward_backward, make_optimizer, optim
 from ..runtime.device import torch_trial
 from ..runtime.memory import available_bytes
 from ..runtime.threads import ThreadChoice, resolve_threads, viable
+from .memory import SpeedMemory
 from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
 
 
@@ -140,14 +141,16 @@ class MeasuredSpeeds:
     measured (shapes.CPU_SPEEDS) and the timing of the reference shape scales them; `check` then times
     the shapes a choice turns on, which are taken at their own timing from then on (a machine unlike
     the study's, or bf16, keeps other relative speeds). Elsewhere each shape is timed the first time it
-    is needed. Timing stops once `allowance` seconds
-    have gone into it; after that, speeds are interpolated from the shapes already timed."""
+    is needed. Timing stops once `allowance` seconds have gone into it; after that, speeds are
+    interpolated from the shapes already timed. With a `memory` (charnn.plan.memory), a shape's rate is
+    the better of its timing and the best this machine has shown before, and a better timing is kept."""
 
     ROUNDS = 2
 
     def __init__(self, device: torch.device, vocab_size: int, allowance: float, seconds_per_shape: float = 0.25,
-                 threads: ThreadChoice | None = None, precision: str = "fp32"):
-        self.device, self.vocab_size, self.precision = device, vocab_size, precision
+                 threads: ThreadChoice | None = None, precision: str = "fp32", memory: SpeedMemory | None = None):
+        self.device, self.vocab_size, self.precision, self.memory = device, vocab_size, precision, memory
+        self.remembered: set[str] = set()  # shapes whose rate is the memory's, better than this timing
         self.allowance, self.seconds_per_shape = allowance, seconds_per_shape
         self.threads = threads or resolve_threads()
         self.timed: dict[str, float] = {}
@@ -191,7 +194,8 @@ class MeasuredSpeeds:
 
     def record(self) -> dict:
         """What was timed, for the run's config.json: each shape's best rate and the threads it came at."""
-        return {name: {"chars_per_sec": round(rate, 1), "threads": self.best_threads.get(name)}
+        return {name: {"chars_per_sec": round(rate, 1), "threads": self.best_threads.get(name),
+                       **({"remembered": True} if name in self.remembered else {})}
                 for name, rate in self.timed.items()}
 
     def _fits(self, shape: Shape) -> bool:
@@ -224,6 +228,12 @@ class MeasuredSpeeds:
                         best, best_count = rate, count
                 if time.perf_counter() - started + self.spent >= self.allowance:
                     break
-            self.timed[shape.name], self.best_threads[shape.name] = best, best_count
             self.spent += time.perf_counter() - started
+            remembered = self.memory.best(shape.name, self.precision) if self.memory is not None else None
+            if self.memory is not None:
+                self.memory.remember(shape.name, self.precision, best)
+            if remembered is not None and remembered > best:  # a neighbour slowed this timing, not the machine
+                best, best_count = remembered, self.best_threads.get(shape.name, best_count)
+                self.remembered.add(shape.name)
+            self.timed[shape.name], self.best_threads[shape.name] = best, best_count
         return self.timed[shape.name]

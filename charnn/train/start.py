@@ -158,7 +158,7 @@ def _create_run(encoded: EncodedCorpus, name: str, sources, request: TrainReques
     vocab, tokens = encoded.vocab, encoded.tokens()
     train_tokens, val_tokens = split_train_val(tokens, request.train.val_frac)
     sized = None if request.size is None else Sizing(request, vocab.size, (len(train_tokens), len(val_tokens)),
-                                                      hooks.group.world_size, hooks.threads)
+                                                      hooks.group.world_size, hooks.threads, cache_dir(runs_root()))
     plan = None if sized is None else sized.plan()
     model_config, config = _configs(plan, request, vocab)
     precision = plan.precision if plan is not None else None
