@@ -185,3 +185,41 @@ def test_a_noisy_neighbour_cannot_make_the_policy_probe_all_the_time():
         machine.run(policy, 1)
         probes += policy.probing and not was
     assert probes <= machine.now / ThreadPolicy.MIN_GAP + 1
+
+
+def test_a_moving_speed_does_not_ask_again_about_a_count_that_was_hopeless():
+    """One-stream sampling beside a spinning core: one thread's speed wobbles with the neighbour's time
+    slices, which starts probes; two threads take 13 times as long and are asked only by the clock."""
+    machine = FakeMachine({1: 0.001, 2: 0.013})
+    policy = adaptive(machine)
+    wobble = [0.001, 0.0016]  # the median moves by more than a quarter, window after window
+    counts = []
+    for i in range(100):  # 100 windows of 1,000 units: 130 seconds
+        machine.seconds[1] = wobble[i % 2]
+        counts += machine.run(policy, 1000)
+    assert policy.threads == 1
+    turns = [i for i in range(1, len(counts)) if counts[i] == 2 and counts[i - 1] == 1]
+    assert len(turns) <= 3  # the start's, and the clock's re-checks after 30 and 90 seconds
+    probes = [c for c in policy.changes if c.reason == "the speed moved"]
+    assert not probes  # they kept one thread, so they are no changes
+    machine.seconds = {1: 0.001, 2: 0.0006}  # the neighbour leaves: the clock's re-check notices
+    machine.run(policy, int(policy.MAX_RECHECK / 0.001))
+    assert policy.threads == 2
+
+
+def test_a_neighbour_in_short_bursts_does_not_start_a_probe_every_second():
+    """A neighbour busy 20 ms, asleep 20 ms: two threads' millisecond units crawl in its bursts and fly
+    between them, twice as fast as one thread's on the whole: the policy keeps two threads, probing
+    only as its clock says, not at every burst."""
+    machine = FakeMachine({1: 0.001, 2: 0.0004})
+
+    class Bursts(dict):
+        def __getitem__(self, count):
+            busy = machine.now % 0.040 < 0.020
+            return {1: 0.001, 2: 0.004 if busy else 0.0003}[count]
+
+    machine.seconds = Bursts()
+    policy = adaptive(machine)
+    counts = machine.run(policy, 60_000)
+    assert policy.threads == 2
+    assert counts.count(1) < 0.05 * len(counts)

@@ -151,7 +151,8 @@ class ThreadPolicy:
     WINDOW_SECONDS = 0.1  # and this long at least (256 units at most)
     DRIFT = 0.25
     MARGIN = 0.05
-    GIVE_UP = 2.0  # a unit this many times slower than the best count's ends its count's part of a probe
+    GIVE_UP = 2.0  # a count this many times slower than the best count ends its part of a probe,
+    DROP_SECONDS = 0.05  # once its turn has taken this long (one unit of training does)
     GAP = 50.0  # a probe for a drifting speed waits this many times as long as the last probe took,
     MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
     RECHECK = 30.0  # seconds
@@ -167,6 +168,7 @@ class ThreadPolicy:
         self.threads = choice.fixed or initial or max(choice.candidates)
         self._used: set[int] = set()
         self._recent: list[float] = []
+        self._slow_streak = 0.0  # seconds of the latest units in a row GIVE_UP times as slow as the reference
         self._window = self.WINDOW
         self._reference: float | None = None
         self._last_times: dict[int, float] = {}  # each count's time per unit of work, at the last probe
@@ -174,6 +176,8 @@ class ThreadPolicy:
         self._next_check = 0.0
         self._last_probe, self._probe_started, self._probe_took = -float("inf"), 0.0, 0.0
         self._probe: _Probe | None = None
+        self._hopeless: set[int] = set()  # counts the last probe that asked them found GIVE_UP times as slow
+        self._asked: set[int] = set()
         self._reason = "start"
         self.changes: list[ThreadChange] = []
         self._starting = self.adaptive  # the first probe begins with the first unit (where `apply` works)
@@ -202,6 +206,8 @@ class ThreadPolicy:
                 return None
             return self._decide()
         self._recent.append(seconds / work)
+        slow = self._reference is not None and seconds / work > self.GIVE_UP * self._reference
+        self._slow_streak = (self._slow_streak + seconds) if slow else 0.0
         if len(self._recent) > self._window:
             del self._recent[0]
         now = self.clock()
@@ -215,7 +221,7 @@ class ThreadPolicy:
         return None
 
     def _moved(self) -> str | None:
-        """"at once" if the last two units are both GIVE_UP times as slow as the reference and slower than
+        """"at once" if the last two units (and DROP_SECONDS of them) are GIVE_UP times as slow as the reference and slower than
         another count was at the last probe (a neighbour that makes a unit take seconds is not waited for;
         a machine slower for every count is no reason to try the others again); "drift" if the median of
         a window of units (WINDOW of them and WINDOW_SECONDS at least) moved by more than DRIFT either way,
@@ -224,7 +230,9 @@ class ThreadPolicy:
             return None
         latest = min(self._recent[-1], self._recent[-2])
         others = [t for count, t in self._last_times.items() if count != self.threads]
-        if latest > self.GIVE_UP * self._reference and others and latest > min(others):
+        # slow for DROP_SECONDS at least: a neighbour's 20 ms bursts slow a few millisecond units, not a run
+        if latest > self.GIVE_UP * self._reference and others and latest > min(others) and (
+                self._slow_streak >= self.DROP_SECONDS):
             return "at once"
         if len(self._recent) < self._window:
             return None
@@ -237,14 +245,23 @@ class ThreadPolicy:
         self._probe_started = self.clock()
         # one thread first at the start: it never waits for a partner, so it is the safe yardstick
         first = min(self.choice.candidates) if reason == "start" else self.threads
-        order = viable([first] + [c for c in self.choice.candidates if c != first], self.trial, self.GIVE_UP)
+        # a moving speed is asked about the counts that were not hopeless at the last probe: beside a
+        # spinning core, two threads' one unit a probe cost one-stream sampling 8%; the clock's re-checks
+        # (and a start) still ask every count, so a neighbour that leaves is noticed
+        skip = self._hopeless if reason == "the speed moved" else set()
+        order = viable([first] + [c for c in self.choice.candidates if c != first and c not in skip],
+                       self.trial, self.GIVE_UP)
+        self._asked = set(order)
         self._probe = _Probe(self, order)
         self._recent.clear()
 
     def _decide(self) -> ThreadChange | None:
         probe, self._probe = self._probe, None
-        times = {count: statistics.median(samples) for count, samples in probe.samples.items()}
+        times = {count: probe.per_work(count) for count in probe.samples}
         best = min(times, key=times.get)
+        asked = set(self.choice.candidates) if self._reason != "the speed moved" else self._asked
+        self._hopeless = (self._hopeless - asked) | {  # left out by the trial, dropped mid-probe, or far slower
+            count for count in asked if count not in probe.order or times.get(count, 0) > self.GIVE_UP * times[best]}
         if self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
             best = self.threads  # not clearly faster: stay, rather than follow noise
         before, self.threads = self.threads, best
@@ -252,10 +269,11 @@ class ThreadPolicy:
         unit = statistics.median(probe.seconds[best])
         self._window = max(self.WINDOW, min(256, math.ceil(self.WINDOW_SECONDS / max(unit, 1e-6))))
         changed = best != before or self._reason == "start"
-        self._interval = self.RECHECK if best != before else min(self._interval * 2, self.MAX_RECHECK)
         self._last_probe = self.clock()
         self._probe_took = self._last_probe - self._probe_started
-        self._next_check = self._last_probe + self._interval
+        if best != before or asked >= set(self.choice.candidates):  # a probe that left counts out confirms
+            self._interval = self.RECHECK if best != before else min(self._interval * 2, self.MAX_RECHECK)
+            self._next_check = self._last_probe + self._interval  # nothing about them: the clock keeps its date
         if not changed:
             return None
         change = ThreadChange(before, best, self._reason, {n: 1.0 / t for n, t in times.items()})
@@ -277,6 +295,10 @@ class _Probe:
     def count(self) -> int:
         return self.order[self.turn]
 
+    def per_work(self, count: int) -> float:
+        """`count`'s time per unit of work so far: all its time over all its work, what a run would see."""
+        return sum(self.seconds[count]) / sum(t / w for t, w in zip(self.seconds[count], self.samples[count]))
+
     def _begin_turn(self) -> None:
         self.units, self.spent = 0, 0.0
         self.settling = self.count not in self.policy._used
@@ -285,13 +307,15 @@ class _Probe:
         """Take a unit's time; False once the probe is over."""
         p, count = self.policy, self.count
         settling, self.settling = self.settling, False
-        others = [statistics.median(s) for c, s in self.samples.items() if c != count and s]
-        slower = bool(others) and per_work > p.GIVE_UP * (2 if settling else 1) * min(others)
-        if settling and not slower:
+        others = [self.per_work(c) for c in self.samples if c != count]
+        if settling and not (others and per_work > 2 * p.GIVE_UP * min(others) and seconds >= p.DROP_SECONDS):
             return True  # the unit that paid for starting the threads: not a measurement
         self.samples.setdefault(count, []).append(per_work)
         self.seconds.setdefault(count, []).append(seconds)
         self.units, self.spent = self.units + 1, self.spent + seconds
+        # judged on the turn so far once it has cost DROP_SECONDS: beside a neighbour that spins 20 ms and
+        # sleeps 20, a millisecond unit of two threads takes 24 times one thread's or less than half of it
+        slower = bool(others) and self.spent >= p.DROP_SECONDS and self.per_work(count) > p.GIVE_UP * min(others)
         if slower:  # two threads beside a busy neighbour have taken 150 times as long as one: enough said
             self.order.remove(count)
             self.turn -= 1
