@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from charnn.plan import sizing  # noqa: E402
 from charnn.bench.busy import LOADS, WORKLOADS, _environment, competitors, run_busy  # noqa: E402
+from charnn.data.tokens import CACHE_DIR  # noqa: E402
+from charnn.plan.memory import FILE_NAME  # noqa: E402
 from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
 
 
@@ -52,11 +56,22 @@ def _counted(shapes: list[str]) -> str:
     return ", ".join(f"{shape} x{shapes.count(shape)}" for shape in dict.fromkeys(shapes))
 
 
-def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: str = "10m") -> dict:
-    """`charnn train CORPUS --max-time BUDGET` beside `kinds` of competitors: its plan, the speed it saw over
-    the whole run (training characters over training seconds), and the time its evaluations took."""
+def plans_memory() -> Path:
+    """The speed memory the plans above read and wrote (charnn.plan.memory): their runs root's."""
+    root = Path(os.environ.get("CHARNN_RUNS_DIR", "runs"))
+    return (root if root.is_absolute() else Path(tempfile.gettempdir()) / root) / CACHE_DIR / FILE_NAME
+
+
+def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: str = "10m",
+                 memory: Path | None = None) -> dict:
+    """`charnn train CORPUS --max-time BUDGET` beside `kinds` of competitors, in a runs root of its own
+    (with a copy of the speed memory `memory`, if given): its plan, the speed it saw over the whole run
+    (training characters over training seconds), and the time its evaluations took."""
     run = workdir / f"run-{len(kinds)}-{corpus.stem}"
     env = {**_environment(), "CHARNN_RUNS_DIR": str(workdir / "runs")}
+    if memory is not None and memory.is_file():
+        (workdir / "runs" / CACHE_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(memory, workdir / "runs" / CACHE_DIR / FILE_NAME)
     with competitors(kinds):
         subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus.resolve()), "--max-time", budget, "--out",
                         str(run), "--quiet"], env=env, check=True, stdin=subprocess.DEVNULL, cwd=workdir)
@@ -104,15 +119,20 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
         if args.whole_run:
-            result = train_beside(args.corpus, LOADS["two cores"], Path(tmp))
+            memory = plans_memory()
+            result = train_beside(args.corpus, LOADS["two cores"], Path(tmp), memory=memory)
+            replanned = result["config"]["sizing"].get("replanned")
             chosen = f"{result['config']['model']['num_layers']}x{result['config']['model']['hidden_size']} " \
                      f"d{result['config']['model']['dropout']}"
             figures["whole_run"] = {"chosen": chosen, "at_seen_speed": plan_at_seen_speed(result),
                                     "seen_chars_per_sec": round(result["seen"], 1),
-                                    "planned_chars_per_sec": result["config"]["sizing"]["chars_per_sec"]}
-            print(f"\nbeside two cores: chose {chosen} at {figures['whole_run']['planned_chars_per_sec']:,.0f} chars/s "
-                  f"planned; the run saw {result['seen']:,.0f}, at which the rule chooses "
-                  f"{figures['whole_run']['at_seen_speed']}")
+                                    "planned_chars_per_sec": result["config"]["sizing"]["chars_per_sec"],
+                                    "memory": memory.is_file(), "replanned": replanned}
+            print(f"\nbeside two cores ({'with' if memory.is_file() else 'without'} the plans' speed memory): "
+                  + (f"planned {replanned['first']}, then again after {replanned['elapsed']:.0f} s at "
+                     f"{replanned['ratio']:.2f}x the planned speed; " if replanned else "")
+                  + f"trained {chosen} at {figures['whole_run']['planned_chars_per_sec']:,.0f} chars/s planned; "
+                  f"the run saw {result['seen']:,.0f}, at which the rule chooses {figures['whole_run']['at_seen_speed']}")
         if args.eval_share:
             result = train_beside(args.eval_share, (), Path(tmp))
             share = result["eval_seconds"] / result["elapsed"]

@@ -429,6 +429,16 @@ def test_no_new_plan_near_the_planned_speed_or_late_in_the_budget(corpus, second
     assert replan.decide(elapsed, seen=plan.chars_per_sec * ratio) is None
 
 
+def test_a_ten_minute_run_beside_a_neighbour_that_stays_is_planned_again_after_fifteen_seconds():
+    replan, plan = replanner(1.1 * MB, 600)
+    assert not replan.due(14.0) and replan.due(15.0)  # half of the 30 seconds that are 5% of the budget
+    new = replan.decide(15.0, seen=plan.chars_per_sec / 2.5)  # two spinning cores: the idle memory misled
+    again = choose(situation(1.1 * MB, 585), replace(CPU, factor=1 / 2.5))
+    assert width(new.plan) < width(plan) and new.plan.shape == again.shape
+    short, _ = replanner(1.1 * MB, 120)  # two minutes: 5% is six seconds, too few to measure a speed in
+    assert not short.due(14.0) and short.decide(15.0, seen=plan.chars_per_sec / 3) is None
+
+
 def test_the_default_budget_is_planned_again_too():
     replan, plan = replanner(3.2 * MB, None)  # War and Peace: the default budget, over 20 minutes here
     assert plan.seconds > 1200

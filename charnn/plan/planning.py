@@ -35,7 +35,8 @@ CHECKS = 2  # rounds of timing the shapes a choice turns on and choosing again
 CLOSE_CALLS = 2  # more timings when the mixed precision's gain is within 10% of MIN_GAIN
 
 
-REPLAN_AFTER = 60.0  # seconds of training before the speed seen is compared with the planned
+REPLAN_AFTER = 60.0  # seconds of training before the speed seen is compared with the planned,
+REPLAN_SOONEST = 15.0  # or fewer in a short budget, but not fewer than these (see Replanner.due)
 REPLAN_RATIO = 1.5  # the speed seen this many times above or below the planned: the plan is made again
 REPLAN_SHARE = 0.05  # of the budget, at most, may be spent for a new plan to be made
 
@@ -134,16 +135,20 @@ class Replan:
 class Replanner:
     """A busy moment at the start can still mislead the timing, and a neighbour can come or go. After the
     first REPLAN_AFTER seconds of a run planned for a time (a --max-time, or the default budget), the
-    training speed seen is compared with the planned: more than REPLAN_RATIO apart while less than
+    training speed seen is compared with the planned (sooner in a short budget: `due`): more than REPLAN_RATIO apart while less than
     REPLAN_SHARE of the budget is spent, and the plan is made again for the rest of the budget at the
     speed seen. `build` turns a plan into the run's configurations."""
 
     def __init__(self, sized: Sizing, plan: sizing.Plan, build: Callable[[sizing.Plan], tuple[ModelConfig, TrainConfig]]):
         self.sized, self.plan, self.build = sized, plan, build
 
-    @staticmethod
-    def due(elapsed: float) -> bool:
-        return elapsed >= REPLAN_AFTER
+    def due(self, elapsed: float) -> bool:
+        """Whether the speed seen is to be compared now: after REPLAN_AFTER seconds, or sooner in a budget
+        whose REPLAN_SHARE ends sooner (half of that share, REPLAN_SOONEST at least): a ten-minute run
+        beside a neighbour that stays would otherwise never be planned again."""
+        budget = self.sized.situation.budget.seconds or self.plan.seconds
+        soonest = REPLAN_AFTER if budget is None else max(REPLAN_SOONEST, REPLAN_SHARE * budget / 2)
+        return elapsed >= min(REPLAN_AFTER, soonest)
 
     def decide(self, elapsed: float, seen: float) -> Replan | None:
         """The new plan, if the speed `seen` (training characters a second) calls for one at `elapsed`."""

@@ -339,20 +339,28 @@ TRIAL_TRIES = 3
 
 def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
     """The counts worth timing whole units at, in their order: those whose `trial` (a small piece of
-    parallel work) takes less than `give_up` times the fastest's, and always the fewest threads. Beside a
-    busy neighbour a training step on two threads of two cores has taken 7 seconds where one thread takes
-    0.07: each of the step's thousands of barriers waited for a time slice. The trial shows it for a tenth
+    parallel work) stays under `give_up` times the fewest threads' best try, try after try, and always the
+    fewest threads. Beside a busy neighbour a training step on two threads of two cores has taken 7
+    seconds where one thread takes 0.07: each of the step's thousands of barriers waited for a time slice. The trial shows it for a tenth
     of a second. One thread has no barrier to wait at, so a slow trial of it is bad luck (a lost time
     slice), never a reason to leave it out: beside two spinning cores, one thread's trial once took twice
     two threads', and the run that trusted it trained at a seventh of one thread's speed."""
     if trial is None or len(counts) < 2:
         return counts
-    times: dict[int, float] = {}
-    for count in sorted(counts):  # one thread first: the yardstick
-        # the best of three: the first try may pay for starting threads, and any may lose a time slice
-        times[count] = min(trial(count) for _ in range(TRIAL_TRIES))
-    best, fewest = min(times.values()), min(counts)
-    return [count for count in counts if count == fewest or times[count] <= give_up * best]
+    fewest = min(counts)
+    # the yardstick is the best of three tries: the first may pay for starting threads, any may lose a slice
+    yardstick = min(trial(fewest) for _ in range(TRIAL_TRIES))
+    kept = []
+    for count in sorted(counts):
+        if count == fewest:
+            kept.append(count)
+            continue
+        trial(count)  # pays for starting the threads
+        # every try must be quick: beside a spinning core, two threads' tries are slow but now and then
+        # lucky, and a whole unit that believed a lucky one took seconds
+        if all(trial(count) <= give_up * yardstick for _ in range(TRIAL_TRIES - 1)):
+            kept.append(count)
+    return [count for count in counts if count in kept]
 
 
 class TimedUnit:
