@@ -29,7 +29,7 @@ from charnn.plan import sizing  # noqa: E402
 from charnn.bench.busy import LOADS, WORKLOADS, _environment, competitors, run_busy  # noqa: E402
 from charnn.data.tokens import CACHE_DIR  # noqa: E402
 from charnn.plan.memory import FILE_NAME  # noqa: E402
-from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, SpeedTable  # noqa: E402
+from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable  # noqa: E402
 
 
 def speed_table(report) -> str:
@@ -93,7 +93,10 @@ def plan_at_seen_speed(result: dict) -> str:
     factor = sized["timings"][CPU_REFERENCE]["chars_per_sec"] / CPU_SPEEDS[CPU_REFERENCE]
     table = {**{k: v * factor for k, v in CPU_SPEEDS.items()},
              **{k: v["chars_per_sec"] for k, v in sized["timings"].items()}}
-    speeds = sizing.ScaledSpeeds(SpeedTable(table), result["seen"] / sized["chars_per_sec"])
+    model, train = result["config"]["model"], result["config"]["train"]
+    trained = Shape(model["num_layers"], model["hidden_size"], train["batch_size"], train["seq_len"], model["cell"])
+    # the speed seen over the table's speed for the shape trained (after a re-plan, not the one first planned)
+    speeds = sizing.ScaledSpeeds(SpeedTable(table), result["seen"] / SpeedTable(table).chars_per_sec(trained))
     situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=result["config"]["model"]["vocab_size"],
                                  budget=sizing.Budget(seconds=600.0), val_chars=corpus["val_tokens"])
     plan = sizing.choose(situation, speeds)

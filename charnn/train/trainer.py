@@ -246,11 +246,13 @@ class Trainer:
         inputs, targets = self.group.local(inputs), self.group.local(targets)
         self.learner.lr = schedule.learning_rate(self.config, self.state.step, self.budget_fraction(), self.state.lr_scale)
         resets = self._batches.resets(self.state.window, inputs, self.model_config.reset_ids, self._streams)
+        probing = self.threads.probing
         with TimedUnit(self.threads, inputs.numel()) as unit:
             loss = self.train_step(inputs, targets, resets)
         if unit.change is not None:
             self._threads_changed("training", unit.change)
-        self.replanning.saw(self.state.step, unit.seconds, inputs.numel())
+        if not probing:  # a probe's units try other counts: not the speed the run goes on at
+            self.replanning.saw(self.state.step, unit.seconds, inputs.numel())
         self.state.window_done(None if loss is None else inputs.numel() * self.group.world_size)
         return loss is not None
 
