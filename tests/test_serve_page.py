@@ -208,8 +208,10 @@ def test_api_errors_show_in_the_page(driver, server):
     long = {"prompt": "ROMEO:", "max_tokens": 1_000_000, "stream": True}
     with httpx.Client(timeout=30) as first, httpx.Client(timeout=30) as second:  # both of --max-concurrent 2
         streams = [c.stream("POST", server.url + "/v1/completions", json=long) for c in (first, second)]
-        for stream in streams:
-            next(stream.__enter__().iter_bytes())
+        readers = [stream.__enter__().iter_bytes() for stream in streams]  # kept: a reader let go closes its stream
+        for reader in readers:
+            next(reader)  # text is flowing
+        assert httpx.get(server.url + "/health").json()["requests"] == 2
         click(driver, "generate")
         assert finished(driver) == "failed"
         assert error.text.startswith("429: the server is at its limit of 2 requests in flight")
