@@ -123,7 +123,9 @@ function makeCards(count, shown) {
     copy.className = "copy";
     copy.textContent = "Copy";
     copy.setAttribute("aria-label", "Copy choice " + (index + 1));
-    head.append(name, chars, " chars", finish, span("spacer", ""), copy);
+    const counted = span("counted", "");  // one flex item: the header's gaps fall between its parts only
+    counted.append(chars, " chars ", finish);
+    head.append(name, counted, span("spacer", ""), copy);
     const pre = document.createElement("pre");
     const text = document.createTextNode("");
     pre.append(span("prompt", shown), text);
