@@ -1,10 +1,9 @@
 """`charnn serve`: a real server on a free loopback port, held to the official OpenAI client, the
-batching promises, every bad request, the API key, disconnects, signals and the page in Chromium."""
+batching promises, every bad request, the API key, disconnects and signals (the page: test_serve_page.py)."""
 
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -284,38 +283,6 @@ def test_ctrl_c_exits_130(model):
     server = Server(model)
     assert server.stop(signal.SIGINT) == 130
     assert "charnn: interrupted" in server.stderr
-
-
-def test_the_page_streams_text_in_headless_chromium(server, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not browser or not driver_path:
-        pytest.skip("Chromium and chromedriver not found: install the Debian packages chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
-        driver.get(server.url + "/")
-        assert [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#model option")] == ["run"]
-        driver.find_element(By.ID, "prompt").send_keys("ROMEO:")
-        length = driver.find_element(By.ID, "max_tokens")
-        length.clear()
-        length.send_keys("300")
-        driver.find_element(By.ID, "generate").click()
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "status").text.startswith("done"))
-        text = driver.execute_script("return document.getElementById('text').textContent")
-        assert len(text) == 300
-        assert driver.find_element(By.CSS_SELECTOR, "#output .prompt").text == "ROMEO:"
-        sources = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)")
-        assert all(s.startswith(server.url) for s in sources), sources  # nothing fetched from elsewhere
-    finally:
-        driver.quit()
 
 
 def test_help_loads_neither_the_web_framework_nor_numpy():

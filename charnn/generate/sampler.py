@@ -49,6 +49,7 @@ class SamplingModel:
     model: Steps  # the numpy `Engine` on the CPU, `TorchSteps` elsewhere
     vocab: Vocab
     note: str | None = None  # something people should know about the choice of file
+    records: dict | None = None  # what the file says of its training: step, val_loss (charnn.model.weights)
 
 
 def open_sampling_model(path: str | os.PathLike | None = None, device: str = SampleRequest.device,
@@ -63,11 +64,13 @@ def open_sampling_model(path: str | os.PathLike | None = None, device: str = Sam
     source, note = weights_for(path)
     if device == "cpu" and is_weights_file(source):
         weights = read_weights(source)
-        return SamplingModel(source, Engine(weights.config, weights.arrays, threads), weights.vocab, note)
+        return SamplingModel(source, Engine(weights.config, weights.arrays, threads), weights.vocab, note,
+                             weights.records)
     from ..runs.locate import open_model  # noqa: PLC0415 (a checkpoint, or a GPU: PyTorch)
 
     loaded = open_model(source, device)
-    return SamplingModel(loaded.path, steps_for(loaded.model, threads), loaded.vocab, note)
+    records = {key: loaded.payload.get(key) for key in ("step", "val_loss")}
+    return SamplingModel(loaded.path, steps_for(loaded.model, threads), loaded.vocab, note, records)
 
 
 class TextGenerator(Streams):

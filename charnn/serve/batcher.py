@@ -131,8 +131,9 @@ class Job:
 class Batcher:
     """One model's requests, stepped together by one worker thread (numpy's BLAS releases the GIL)."""
 
-    def __init__(self, engine: Engine, vocab: Vocab, name: str = "model"):
+    def __init__(self, engine: Engine, vocab: Vocab, name: str = "model", records: dict | None = None):
         self.engine, self.vocab, self.name = engine, vocab, name
+        self.records = records or {}  # what the model's file says of its training: step, val_loss
         self._wake = threading.Condition()
         self._arrivals: list[Job] = []
         self._reading: list[Job] = []

@@ -16,7 +16,6 @@ import os
 import socket
 import time
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +27,7 @@ from .batcher import Batcher
 from .chat import ChatAnswers, parse_chat
 from .chat_template import ChatTemplate, load_template
 from .completions import STREAM_END, ApiError, ParsedRequest, TextAnswers, parse_completion, usage
+from .page import PAGE_HEADERS, model_card, page, static_files
 from .relay import CompletionStream, Mailbox
 
 CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
@@ -51,7 +51,7 @@ def open_batchers(sources: list[str | None], threads: ThreadChoice | None = None
         name, copy = model_name(Path(loaded.path)), 2
         while name in batchers:  # two runs of the same name from different places
             name, copy = f"{model_name(Path(loaded.path))}-{copy}", copy + 1
-        batchers[name] = Batcher(loaded.model, loaded.vocab, name)
+        batchers[name] = Batcher(loaded.model, loaded.vocab, name, loaded.records)
     return batchers
 
 
@@ -143,13 +143,8 @@ class CompletionServer:
         if name not in self.batchers:
             raise ApiError(404, f"the model {name[:100]!r} does not exist; this server has {', '.join(self.batchers)}",
                            code="model_not_found")
-        return {"id": name, "object": "model", "created": self.started, "owned_by": "charnn"}
-
-    def page(self) -> str:
-        settings = {"models": list(self.batchers), "needs_key": self.config.api_key is not None,
-                    "max_tokens": self.config.default_max_tokens}
-        template = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
-        return template.replace("/*SETTINGS*/null", json.dumps(settings).replace("</", "<\\/"))
+        return {"id": name, "object": "model", "created": self.started, "owned_by": "charnn",
+                "charnn": model_card(self.batchers[name])}
 
 
 def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = None):
@@ -193,13 +188,18 @@ def _answer_errors(app) -> None:
 
 
 def _add_routes(app, server: CompletionServer) -> None:
-    """The page, /health, and the API: /v1/models (and each model's), /v1/completions and /v1/chat/completions."""
+    """The page and its files, /health, and the API: /v1/models (and each model's), /v1/completions and /v1/chat/completions."""
     from fastapi.responses import HTMLResponse  # noqa: PLC0415
     from starlette.requests import Request  # noqa: PLC0415 (annotations are evaluated here: FastAPI reads them)
 
+    page_html = page(server.config)
+
     @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return HTMLResponse(server.page())
+    async def home():
+        return HTMLResponse(page_html, headers=PAGE_HEADERS)
+
+    for path, answer in static_files().items():
+        app.get(path)(answer)
 
     @app.get("/health")
     async def health():
