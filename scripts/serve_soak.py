@@ -1,6 +1,8 @@
-"""Load on `charnn serve`: throughput, time to first character and the server's memory.
+"""Streaming clients and a long soak on `charnn serve`: throughput, time to first character and the
+server's memory (the issue's load and efficiency tables, with `hey`, are `scripts/serve_load.py`'s).
 
-Starts `charnn serve MODEL` on a free loopback port, then for each client count runs that many
+Starts `charnn serve MODEL` on a free loopback port (one worker process unless --workers says more, so
+that the memory figures are the one process's), then for each client count runs that many
 concurrent streaming clients, each sending `--requests` requests one after another (a prompt of
 `--prompt-chars` characters the model itself wrote, then `--chars` characters), and prints:
 
@@ -13,9 +15,9 @@ concurrent streaming clients, each sending `--requests` requests one after anoth
   against the idle server's (the server pauses such a stream and drops it after --write-timeout).
 
 Usage:
-    python scripts/serve_load.py runs/my-run --clients 1,32 --chars 500 --prompt-chars 100
-    python scripts/serve_load.py runs/my-run --clients 32 --soak 600
-    python scripts/serve_load.py runs/my-run --slow-readers 64 --chars 4096 --n 16 --rounds 3
+    python scripts/serve_soak.py runs/my-run --clients 1,32 --chars 500 --prompt-chars 100
+    python scripts/serve_soak.py runs/my-run --clients 32 --soak 600
+    python scripts/serve_soak.py runs/my-run --slow-readers 64 --chars 4096 --n 16 --rounds 3
 
 The clients run in this process, on the same machine as the server: on a small machine they take
 some of its CPU, so the figures are a floor for what the server does alone.
@@ -39,9 +41,10 @@ import time
 import httpx
 
 
-def start_server(model: str, clients: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, clients: int, workers: str = "1") -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "charnn", "serve", model, "--port", "0", "--max-concurrent",
-                                str(max(clients, 64)), "--max-tokens", "100000"], stderr=subprocess.PIPE)
+                                str(max(clients, 64)), "--max-tokens", "100000", "--workers", workers],
+                               stderr=subprocess.PIPE)
     for line in process.stderr:
         match = re.search(rb"serving at (http://\S+) ", line)
         if match:
@@ -212,9 +215,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="choices per request with --slow-readers")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --slow-readers")
     parser.add_argument("--round-seconds", type=float, default=10, help="how long each round's clients stay")
+    parser.add_argument("--workers", default="1", help="the server's --workers (memory is the first process's)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
-    process, url = start_server(args.model, max(counts + [args.slow_readers]))
+    process, url = start_server(args.model, max(counts + [args.slow_readers]), args.workers)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     address = (host, int(port))
     try:
