@@ -244,15 +244,17 @@ def work(index: int, sources: list[str | None], config: ServeConfig, sockets: li
             other.close()
     tally.row = index
     try:
-        die_with(parent)
-        from .server import serve_on  # noqa: PLC0415
+        try:
+            die_with(parent)
+            from .server import serve_on  # noqa: PLC0415
 
-        serve_on(sources, config, sock, lambda shapes: pipe.send(("ready", shapes)), tally, threads)
-    except CharnnError as err:
-        pipe.send(("error", err.message, err.hint))
-        sys.exit(1)
-    except (KeyboardInterrupt, Terminated):
-        pass  # how a signal comes back once uvicorn has stopped: the server asked for it
+            serve_on(sources, config, sock, lambda shapes: pipe.send(("ready", shapes)), tally, threads)
+        except CharnnError as err:
+            pipe.send(("error", err.message, err.hint))
+            sys.exit(1)
+    except (KeyboardInterrupt, Terminated, BrokenPipeError):
+        pass  # how a signal comes back once uvicorn has stopped, or while an error is being sent (another
+        # worker's error stops the server): the server asked for it, and has its message already
 
 
 def die_with(parent: int) -> None:
