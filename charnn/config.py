@@ -221,6 +221,7 @@ class TrainConfig:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_WORKERS = 256  # --workers: a typo of many digits must not fork that many processes
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,9 @@ class ServeConfig:
     max_connections: int = 1024  # open at once (fewer if the file limit is lower); more are refused at once
     threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
     chat_template: Path | None = None  # a JSON file (charnn.serve.chat_template); None: the default template
+    # processes serving the port, each with its own models and batch: a count, or "auto": one per core's
+    # worth of threads (charnn.serve.workers.worker_count), since one process's GIL holds it to about a core
+    workers: str = "auto"
 
     def validate(self) -> ServeConfig:
         _require(0 <= self.port <= 65535, "--port", f"must be in [0, 65535] (0: any free port), not {self.port}")
@@ -252,6 +256,9 @@ class ServeConfig:
                      "max_body_bytes", "max_connections"):
             value = getattr(self, name)
             _require(value >= 1, flag(name), f"must be at least 1, not {value}")
+        workers = str(self.workers).strip().lower()
+        _require(workers == "auto" or (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS), "--workers",
+                 f"must be auto or a whole number from 1 to {MAX_WORKERS}, not {self.workers!r}")
         _require(self.default_max_tokens <= self.max_tokens, "--default-max-tokens",
                  f"must be at most --max-tokens ({self.max_tokens}), not {self.default_max_tokens}")
         _require(math.isfinite(self.grace_seconds) and self.grace_seconds >= 0, "--grace-seconds",

@@ -1,251 +1,221 @@
-"""Load on `charnn serve`: throughput, time to first character and the server's memory.
+"""Load on `charnn serve`, as issue 25 measures it: throughput under `hey`, efficiency against offline
+sampling, time to the first character, and 429s at the concurrency limit.
 
-Starts `charnn serve MODEL` on a free loopback port, then for each client count runs that many
-concurrent streaming clients, each sending `--requests` requests one after another (a prompt of
-`--prompt-chars` characters the model itself wrote, then `--chars` characters), and prints:
+Needs `hey`, a standard HTTP load generator (Debian and Ubuntu: `apt-get install hey`).
 
-- characters per second over all clients, and as a multiple of one client's;
-- time to first character (the first streamed chunk with text), median and 90th percentile;
-- with `--soak SECONDS`, repeated clients for that long, a third of them hanging up halfway, and the
-  server's resident memory every few seconds (flat: no leak from finished or abandoned requests);
-- with `--slow-readers K`, instead of the above: rounds of K connections that ask for a streamed
-  answer (`--chars` characters, `--n` choices) and never read a byte, and the server's resident memory
-  against the idle server's (the server pauses such a stream and drops it after --write-timeout).
+For each worker count in --workers, it starts `charnn serve MODEL --workers W --max-concurrent 64` on a
+free loopback port (or, with --url, drives a server already running: give --pid for its CPU), and prints
+Markdown tables:
+
+(a) load: for C = 1, 8, 32 and 64 clients, `hey` POSTing 200-character completions for --seconds:
+    requests/s, characters/s, p50 latency, the server's CPU (cores used, from /proc: the server and its
+    worker processes) and the answers that were 429;
+(b) efficiency: served characters/s at C clients over offline characters/s at C streams, offline being
+    the same model sampled in this process through the library, as `charnn sample -n 2000
+    --num-samples C` samples (measured once, before any server starts);
+(c) time to the first character of streamed 200-character requests (this script's own asyncio
+    clients): alone, one request after another, and among 32 streaming clients;
+(d) 64 clients at --max-concurrent 64 for --seconds: how many answers were 429 (row C = 64 of (a)).
 
 Usage:
-    python scripts/serve_load.py runs/my-run --clients 1,32 --chars 500 --prompt-chars 100
-    python scripts/serve_load.py runs/my-run --clients 32 --soak 600
-    python scripts/serve_load.py runs/my-run --slow-readers 64 --chars 4096 --n 16 --rounds 3
+    python scripts/serve_load.py                                # the shipped base model `english`
+    python scripts/serve_load.py --model runs/demo --workers 1,2 --seconds 30
+    python scripts/serve_load.py --model runs/demo --url http://127.0.0.1:8000 --pid 1234
+    python scripts/serve_load.py --seconds 3 --json > load.json
 
-The clients run in this process, on the same machine as the server: on a small machine they take
-some of its CPU, so the figures are a floor for what the server does alone.
+The clients and `hey` run on the same machine as the server: on a small machine they take some of its
+CPU, so the figures are a floor for what the server does alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import json
-import math
 import os
-import re
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 
 import httpx
 
+from serve_soak import one_request, start_server
 
-def start_server(model: str, clients: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "charnn", "serve", model, "--port", "0", "--max-concurrent",
-                                str(max(clients, 64)), "--max-tokens", "100000"], stderr=subprocess.PIPE)
-    for line in process.stderr:
-        match = re.search(rb"serving at (http://\S+) ", line)
-        if match:
-            threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()  # keep the pipe drained
-            return process, match.group(1).decode()
-    raise SystemExit(f"the server did not start (exit code {process.wait()})")
+CLIENTS = (1, 8, 32, 64)
+CHARS = 200  # per completion
+OFFLINE_CHARS = 2000  # per offline stream, as `charnn sample -n 2000`
+STREAMING_CLIENTS = 32
+HEY_INSTALL = "apt-get install hey"
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def find_hey() -> str:
+    hey = shutil.which("hey")
+    if hey is None:
+        raise SystemExit("serve_load.py: `hey` is not installed; the load table is measured with it.\n"
+                         f"  Debian or Ubuntu: {HEY_INSTALL}   (elsewhere: go install github.com/rakyll/hey@latest)")
+    return hey
 
 
-_EVENT = re.compile(rb"data: (\{.*?\})\n\n")
-
-
-async def one_request(address: tuple[str, int], body: dict, hang_up_after: int | None = None):
-    """(seconds to the first character, characters received, seconds in all) of one streamed request.
-
-    A bare HTTP/1.1 client on asyncio streams: an HTTP library in this process would take a share of
-    the CPU the server needs (each event is one chunk of the chunked body, so a regex finds them)."""
-    payload = json.dumps(body).encode()
-    start = time.perf_counter()
-    reader, writer = await asyncio.open_connection(*address)
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (address[0].encode(), len(payload), payload))
-    first, chars, buffer = None, 0, b""
+def cpu_seconds(pid: int) -> float:
+    """CPU time of `pid` and its children (a server's workers), user and system, from /proc."""
+    pids = [pid]
     try:
-        while b"data: [DONE]" not in buffer:
-            data = await reader.read(65536)
-            if not data:
-                raise RuntimeError(f"the server closed the stream early: {buffer[:300]!r}")
-            buffer += data
-            end = 0
-            for match in _EVENT.finditer(buffer):
-                chars += sum(len(choice["text"]) for choice in json.loads(match.group(1))["choices"])
-                end = match.end()
-            buffer = buffer[end:]
-            if chars and first is None:
-                first = time.perf_counter() - start
-            if hang_up_after is not None and chars >= hang_up_after:
-                break
-    finally:
-        writer.close()
-    return first, chars, time.perf_counter() - start
+        pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    ticks = 0
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15 of stat
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def round_of(address: tuple[str, int], clients: int, requests: int, prompt: str, chars: int) -> dict:
-    """`clients` clients at once, each sending `requests` requests in turn."""
-    async def client_loop(index: int):
-        results = []
-        for number in range(requests):
-            body = {"prompt": prompt, "max_tokens": chars, "seed": index * 1000 + number, "stream": True}
-            results.append(await one_request(address, body))
-        return results
-
-    start = time.perf_counter()
-    results = [r for rs in await asyncio.gather(*(client_loop(i) for i in range(clients))) for r in rs]
-    wall = time.perf_counter() - start
-    firsts = sorted(r[0] for r in results if r[0] is not None)
-    return {"clients": clients, "requests": len(results), "chars": sum(r[1] for r in results), "seconds": wall,
-            "chars_per_second": sum(r[1] for r in results) / wall,
-            "ttfc_median_ms": 1000 * statistics.median(firsts),
-            "ttfc_p90_ms": 1000 * firsts[math.ceil(0.9 * len(firsts)) - 1]}  # nearest rank
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))] if ordered else float("nan")
 
 
-async def soak(address: tuple[str, int], pid: int, clients: int, seconds: float, prompt: str,
-               chars: int) -> list[tuple[float, float]]:
-    """Clients in a loop for `seconds`, every third hanging up halfway; the server's RSS every 5 s."""
-    samples, stop_at, counts = [], time.monotonic() + seconds, {"finished": 0, "hung up": 0}
+def hey_cell(hey: str, url: str, clients: int, seconds: float, pid: int | None) -> dict:
+    """`clients` hey clients POSTing completions of CHARS characters for `seconds`."""
+    body = json.dumps({"prompt": "", "max_tokens": CHARS})
+    before, started = (cpu_seconds(pid) if pid else 0.0), time.perf_counter()
+    result = subprocess.run([hey, "-z", f"{seconds:g}s", "-c", str(clients), "-m", "POST", "-T", "application/json",
+                             "-d", body, "-o", "csv", url + "/v1/completions"], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    cpu = (cpu_seconds(pid) - before) / wall if pid else float("nan")
+    if result.returncode != 0:
+        raise SystemExit(f"hey failed ({result.returncode}): {result.stderr.strip()[:500]}")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    ok = [row for row in rows if row["status-code"] == "200"]
+    span = max((float(row["offset"]) + float(row["response-time"]) for row in rows), default=seconds)
+    latencies = [1000 * float(row["response-time"]) for row in ok]
+    return {"clients": clients, "requests": len(ok), "seconds": span, "requests_per_second": len(ok) / span,
+            "chars_per_second": len(ok) * CHARS / span, "p50_ms": statistics.median(latencies) if latencies else None,
+            "server_cores": cpu, "status_429": sum(row["status-code"] == "429" for row in rows),
+            "other_errors": sum(row["status-code"] not in ("200", "429") for row in rows)}
 
-    async def client_loop(index: int):
-        number = 0
+
+def offline_rates(model: str) -> dict[int, float]:
+    """Characters a second of C streams sampled offline, in this process, as `charnn sample` does."""
+    from charnn.generate.output import BufferedOutput, write_samples
+    from charnn.generate.sampler import open_sampling_model
+    from charnn.generate.settings import SampleRequest
+    from charnn.runtime.threads import resolve_threads
+
+    loaded = open_sampling_model(model, "cpu", resolve_threads(None))
+    rates = {}
+    with open(os.devnull, "wb") as sink:
+        for streams in CLIENTS:
+            output = BufferedOutput(sink)
+            started = time.perf_counter()
+            write_samples(loaded.model, loaded.vocab, SampleRequest(length=OFFLINE_CHARS, num_samples=streams, seed=0),
+                          output)
+            output.close()
+            rates[streams] = streams * OFFLINE_CHARS / (time.perf_counter() - started)
+    return rates
+
+
+async def first_characters(address: tuple[str, int], clients: int, seconds: float) -> list[float]:
+    """Seconds to the first character of each streamed request of `clients` clients, each sending
+    requests one after another for `seconds`."""
+    stop_at, firsts = time.monotonic() + seconds, []
+
+    async def client():
         while time.monotonic() < stop_at:
-            body = {"prompt": prompt, "max_tokens": chars, "seed": number, "stream": True}
-            hang_up = (index + number) % 3 == 0
-            await one_request(address, body, hang_up_after=chars // 2 if hang_up else None)
-            counts["hung up" if hang_up else "finished"] += 1
-            number += 1
+            first, chars, _ = await one_request(address, {"prompt": "", "max_tokens": CHARS, "stream": True})
+            if first is not None and chars == CHARS:
+                firsts.append(first)
 
-    async def watch():
-        start = time.monotonic()
-        while time.monotonic() < stop_at:
-            samples.append((time.monotonic() - start, rss_mib(pid)))
-            print(f"  {samples[-1][0]:6.0f} s  server RSS {samples[-1][1]:7.1f} MiB", flush=True)
-            await asyncio.sleep(5)
-
-    await asyncio.gather(watch(), *(client_loop(i) for i in range(clients)))
-    print(f"  {counts['finished']:,} requests finished, {counts['hung up']:,} hung up halfway")
-    return samples
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return firsts
 
 
-async def texts_of(url: str, bodies: list[dict]) -> list[str]:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=len(bodies) + 4)) as client:
-        async def one(body):
-            response = await client.post(url + "/v1/completions", json=body)
-            return response.json()["choices"][0]["text"]
-
-        return list(await asyncio.gather(*(one(body) for body in bodies)))
-
-
-def determinism(url: str, count: int, prompt: str, chars: int) -> None:
-    """The same seeded requests alone (one at a time) and all at once: how many texts differ, and where."""
-    bodies = [{"prompt": prompt, "max_tokens": chars, "seed": seed, "temperature": 0.8} for seed in range(count)]
-    alone = [asyncio.run(texts_of(url, [body]))[0] for body in bodies]
-    again = [asyncio.run(texts_of(url, [body]))[0] for body in bodies[:8]]
-    batched = asyncio.run(texts_of(url, bodies))
-    differ = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(alone, batched) if x != y]
-    print(f"alone twice: {sum(a == b for a, b in zip(alone, again))} of {len(again)} texts identical")
-    print(f"{count} requests of {chars} characters batched together against each alone: "
-          f"{count - len(differ)} identical, {len(differ)} differ"
-          + (f" (first difference at character {', '.join(map(str, sorted(differ)))})" if differ else ""))
-
-
-def reader_socket(host: str, port: int) -> socket.socket:
-    """A connection with a small receive buffer, as a client behind a slow link has: on loopback the
-    kernel would otherwise take megabytes of each answer off the server's hands."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host.strip("[]"), port))
-    return sock
-
-
-def slow_readers(url: str, pid: int, clients: int, rounds: int, seconds: float, body: dict) -> None:
-    """Rounds of `clients` connections that send a streamed request and never read; the server's RSS
-    every half second, against the idle server's."""
+def ttfc(url: str, seconds: float) -> dict:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    payload = json.dumps({**body, "stream": True}).encode()
-    request = (b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(payload), payload))
-    idle = rss_mib(pid)
-    print(f"idle server RSS {idle:.1f} MiB; {rounds} rounds of {clients} connections asking for "
-          f"{body['max_tokens']} characters x {body['n']} choices, never reading, {seconds:.0f} s each")
-    peaks = []
-    for number in range(rounds):
-        socks = [reader_socket(host, int(port)) for _ in range(clients)]
-        for sock in socks:
-            sock.sendall(request)
-        peak, paused, stop_at = idle, 0, time.monotonic() + seconds
-        while time.monotonic() < stop_at:
-            time.sleep(0.5)
-            peak = max(peak, rss_mib(pid))
-            paused = max(paused, httpx.get(url + "/health", timeout=30).json().get("paused", 0))
-        for sock in socks:
-            sock.close()
-        time.sleep(1)
-        peaks.append(peak)
-        print(f"  round {number + 1}: peak RSS {peak:.1f} MiB (+{peak - idle:.1f} over idle), at most {paused} "
-              f"requests paused; {rss_mib(pid):.1f} MiB after the clients left", flush=True)
-    print(f"largest rise over the idle server: {max(peaks) - idle:.1f} MiB")
+    address = (host.strip("[]"), int(port))
+    alone = asyncio.run(first_characters(address, 1, seconds))
+    among = asyncio.run(first_characters(address, STREAMING_CLIENTS, seconds))
+    return {"alone_median_ms": 1000 * statistics.median(alone), "alone_p90_ms": 1000 * percentile(alone, 0.9),
+            "alone_requests": len(alone), "among_median_ms": 1000 * statistics.median(among),
+            "among_p90_ms": 1000 * percentile(among, 0.9), "among_requests": len(among)}
+
+
+def measure(hey: str, url: str, pid: int | None, seconds: float, offline: dict[int, float]) -> dict:
+    answer = httpx.post(url + "/v1/completions", json={"prompt": "", "max_tokens": CHARS}, timeout=60).json()
+    if answer["usage"]["completion_tokens"] != CHARS:  # each answer counts CHARS characters below
+        raise SystemExit(f"a completion of {CHARS} characters came back with {answer['usage']}")
+    load = []
+    for clients in CLIENTS:
+        hey_cell(hey, url, clients, min(seconds, 2.0), None)  # warm up: connections, the first steps
+        load.append(hey_cell(hey, url, clients, seconds, pid))
+        print(f"  {clients} clients: {load[-1]['chars_per_second']:,.0f} characters/s", file=sys.stderr, flush=True)
+    for row in load:
+        row["offline_chars_per_second"] = offline[row["clients"]]
+        row["efficiency"] = row["chars_per_second"] / offline[row["clients"]]
+    return {"load": load, "ttfc": ttfc(url, seconds)}
+
+
+def markdown(result: dict, seconds: float) -> str:
+    lines = [f"### {result['label']}", "", "| clients | requests/s | characters/s | p50 latency | server CPU | 429s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in result["load"]:
+        lines.append(f"| {row['clients']} | {row['requests_per_second']:.1f} | {row['chars_per_second']:,.0f} | "
+                     f"{row['p50_ms']:.0f} ms | {row['server_cores']:.2f} core | {row['status_429']} |")
+    lines += ["", "| clients | served characters/s | offline characters/s | efficiency |", "| ---: | ---: | ---: | ---: |"]
+    for row in result["load"]:
+        lines.append(f"| {row['clients']} | {row['chars_per_second']:,.0f} | {row['offline_chars_per_second']:,.0f} | "
+                     f"{row['efficiency']:.2f} |")
+    t, last = result["ttfc"], result["load"][-1]
+    lines += ["", f"Time to first character: {t['alone_median_ms']:.1f} ms median alone (p90 {t['alone_p90_ms']:.1f} ms, "
+                  f"{t['alone_requests']} requests); {t['among_median_ms']:.1f} ms among {STREAMING_CLIENTS} streaming "
+                  f"clients (p90 {t['among_p90_ms']:.1f} ms, {t['among_requests']} requests).",
+              f"{last['clients']} clients at --max-concurrent 64 for {seconds:g} s: {last['status_429']} answered 429"
+              + (f", {last['other_errors']} other errors." if last["other_errors"] else "."), ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="run directory, checkpoint or .safetensors file")
-    parser.add_argument("--clients", default="1,32", help="client counts to run, comma-separated")
-    parser.add_argument("--requests", type=int, default=3, help="requests per client, one after another")
-    parser.add_argument("--chars", type=int, default=500, help="characters per request (max_tokens)")
-    parser.add_argument("--prompt-chars", type=int, default=100)
-    parser.add_argument("--soak", type=float, default=0, help="then run repeated clients for this many seconds")
-    parser.add_argument("--determinism", type=int, default=0, metavar="K",
-                        help="then compare K seeded requests batched together with each alone")
-    parser.add_argument("--slow-readers", type=int, default=0, metavar="K",
-                        help="only this: rounds of K connections that never read, and the server's memory")
-    parser.add_argument("--n", type=int, default=16, help="choices per request with --slow-readers")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --slow-readers")
-    parser.add_argument("--round-seconds", type=float, default=10, help="how long each round's clients stay")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=f"Needs hey: {HEY_INSTALL}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="english", help="run directory, checkpoint, .safetensors file or a "
+                        "shipped model's name (default: english)")
+    parser.add_argument("--workers", default="1,auto", help="the server's --workers, a run for each (comma-separated)")
+    parser.add_argument("--seconds", type=float, default=30, help="seconds for each cell of the tables")
+    parser.add_argument("--url", help="a server already running (with --model's model): measured, not started")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process, for its CPU")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     args = parser.parse_args()
-    counts = [int(c) for c in args.clients.split(",")]
-    process, url = start_server(args.model, max(counts + [args.slow_readers]))
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    address = (host, int(port))
-    try:
-        seed_text = httpx.post(url + "/v1/completions", timeout=60, json={
-            "max_tokens": args.prompt_chars, "seed": 0, "temperature": 0.8}).json()["choices"][0]["text"]
-        print(f"server pid {process.pid} at {url}; {os.cpu_count()} CPUs; load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        if args.slow_readers:
-            slow_readers(url, process.pid, args.slow_readers, args.rounds, args.round_seconds,
-                         {"prompt": seed_text, "max_tokens": args.chars, "n": args.n})
-            return
-        print(f"{'clients':>7} {'requests':>8} {'chars/s':>9} {'x one':>6} {'TTFC median':>12} {'TTFC p90':>9}")
-        base = None
-        for count in counts:
-            asyncio.run(round_of(address, count, 1, seed_text, 20))  # warm up: connections, the first steps
-            row = asyncio.run(round_of(address, count, args.requests, seed_text, args.chars))
-            base = base or row["chars_per_second"]
-            print(f"{count:7d} {row['requests']:8d} {row['chars_per_second']:9.0f} "
-                  f"{row['chars_per_second'] / base:6.2f} {row['ttfc_median_ms']:9.1f} ms {row['ttfc_p90_ms']:6.1f} ms",
-                  flush=True)
-        if args.determinism:
-            determinism(url, args.determinism, seed_text, args.chars)
-        if args.soak:
-            print(f"soak: {max(counts)} clients for {args.soak:.0f} s, a third hanging up halfway")
-            samples = asyncio.run(soak(address, process.pid, max(counts), args.soak, seed_text, args.chars))
-            later = [rss for t, rss in samples if t >= min(60, args.soak / 4)] or [s[1] for s in samples]
-            print(f"server RSS: {samples[0][1]:.1f} MiB at the start, {min(later):.1f}-{max(later):.1f} MiB after "
-                  f"warming up, {samples[-1][1]:.1f} MiB at the end")
-    finally:
-        process.terminate()
-        process.wait(30)
+    hey = find_hey()
+    print(f"offline: {args.model}, {OFFLINE_CHARS} characters a stream", file=sys.stderr, flush=True)
+    offline = offline_rates(args.model)
+    machine = {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()], "model": args.model,
+               "seconds": args.seconds}
+    results = []
+    for workers in ([None] if args.url else args.workers.split(",")):
+        label = f"server at {args.url}" if args.url else f"--workers {workers}"
+        print(f"{label}:", file=sys.stderr, flush=True)
+        process, url = (None, args.url) if args.url else start_server(args.model, 64, workers)
+        try:
+            pid = args.pid if args.url else process.pid
+            results.append({"label": label, "workers": workers, **measure(hey, url, pid, args.seconds, offline)})
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(60)
+    if args.json:
+        print(json.dumps({**machine, "results": results}, indent=1))
+        return
+    print(f"{machine['cpus']} CPUs, load average {' '.join(map(str, machine['load_average']))}; model {args.model}; "
+          f"{CHARS}-character completions, {args.seconds:g} s a cell\n")
+    print("\n".join(markdown(result, args.seconds) for result in results))
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ TORCH_FREE = ("config", "errors", "units", "printable", "runtime.threads", "runt
               "runs.locate", "runs.claim", "runs.metrics", "runs.history", "runs.info", "plan.request",
               "generate.settings", "generate.choice", "generate.streams", "generate.beam", "generate.sampler",
               "generate.output", "serve.completions", "serve.chat_template", "serve.chat", "serve.batcher", "serve.relay",
-              "serve.server", "cli")
+              "serve.server", "serve.tally", "serve.workers", "cli")
 
 
 def test_the_modules_that_read_runs_and_sample_never_import_torch():

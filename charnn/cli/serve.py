@@ -68,6 +68,10 @@ def serve(
         help="How /v1/chat/completions writes messages as a prompt: a JSON file of each role's prefix and suffix, "
              "where the reply starts and the strings that end it (see the README). \\[default: 'User:' and "
              "'Assistant:' turns, as a play is set down]", metavar="FILE", show_default=False)] = None,
+    workers: Annotated[Optional[str], _option(
+        "Processes serving the port, each with its own copy of the models and its own batch; auto: one per "
+        "core (per --threads threads, if fixed). --max-concurrent and --max-connections count all of them.",
+        "workers", metavar="N|auto")] = None,
     threads: ThreadsOption = None,
     quiet: QuietFlag = False,
 ) -> None:
@@ -83,17 +87,18 @@ def serve(
                                  body_timeout=body_timeout, write_timeout=write_timeout,
                                  max_connections=max_connections, allow_hosts=tuple(allow_host or ()) or None,
                                  cors_origins=tuple(cors_origin or ()) or None, threads=threads,
-                                 chat_template=chat_template)).validate()
+                                 chat_template=chat_template, workers=workers)).validate()
     resolve_threads(config.threads)  # a mistake in --threads is answered before a model loads
     from ..serve.server import serve as run_server  # noqa: PLC0415 (numpy, FastAPI and uvicorn: only to serve)
 
     console = stderr()
 
-    def ready(batchers, url: str) -> None:
-        for name, batcher in batchers.items():
-            shape = batcher.engine.config
+    def ready(shapes: dict, url: str, workers: int) -> None:
+        for name, shape in shapes.items():
             say(console, f"charnn: model {name}: {shape.num_layers}x{shape.hidden_size} {shape.cell.upper()}",
                 quiet=quiet)
-        say(console, f"charnn: serving at {url} (API at {url}/v1, a page at {url}/); Ctrl-C stops", quiet=quiet)
+        processes = f"; {workers} worker processes" if workers > 1 else ""
+        say(console, f"charnn: serving at {url} (API at {url}/v1, a page at {url}/{processes}); Ctrl-C stops",
+            quiet=quiet)
 
     run_server(list(models) if models else [None], config, ready)

@@ -3,8 +3,9 @@
 Owns: the request and answer shapes of the API and their checks (`completions`; `chat` over it, with the
 `chat_template` that writes messages as a prompt), many requests stepped as one batch (`batcher`,
 without a web framework), their text handed to asyncio (`relay`), the FastAPI app (`server`), the page
-at `/` (`page`: `page.html`, `page.js`, `page.css`, and the model card it shows), and the defences of a
-port: Host and Origin checks (`guard`), deadlines and a connection limit (`connections`).
+at `/` (`page`: `page.html`, `page.js`, `page.css`, and the model card it shows), the defences of a
+port: Host and Origin checks (`guard`), deadlines and a connection limit (`connections`), and the worker
+processes that share a port (`workers`) with the counts of their limits (`tally`).
 
 May import: charnn's top-level modules, `charnn.runtime`, `charnn.data`, `charnn.model`, `charnn.runs` and
 `charnn.generate`. FastAPI and uvicorn are imported only when a server is made.

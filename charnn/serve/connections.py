@@ -9,7 +9,8 @@ every connection is under one deadline at a time, as h11 sees the client's side 
     a response the client does not read        -> dropped after write_timeout (the text waits, paused)
 
 A request cut off by a deadline is answered 408 in OpenAI's error shape; more connections than the
-limit are answered 503 and closed at once; when the process runs out of file descriptors, accepting
+limit (the server's, counted with its other workers in a `Tally`, and this process's file limit) are
+answered 503 and closed at once; when the process runs out of file descriptors, accepting
 waits a second and the log says so once a minute, never a traceback per connection.
 """
 
@@ -35,6 +36,7 @@ from ..config import ServeConfig
 from ..errors import CharnnError
 from ..printable import printable
 from .completions import ApiError
+from .tally import Tally
 
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
 # the kernel's send buffer per connection: without a size it grows to megabytes for a client that does
@@ -87,14 +89,15 @@ def error_bytes(status: int, message: str, code: str) -> bytes:
     return head.encode() + body
 
 
-def connection_class(limits: ConnectionLimits, notes: Notes) -> type:
+def connection_class(limits: ConnectionLimits, notes: Notes, tally: Tally) -> type:
     """uvicorn's h11 protocol, under `limits` (uvicorn makes one instance per connection)."""
-    return type("Connection", (Connection,), {"limits": limits, "notes": notes})
+    return type("Connection", (Connection,), {"limits": limits, "notes": notes, "tally": tally})
 
 
 class Connection(H11Protocol):
     limits: ConnectionLimits
     notes: Notes
+    tally: Tally
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -102,11 +105,15 @@ class Connection(H11Protocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.write_deadline: asyncio.TimerHandle | None = None
         self.lost: list[Callable[[], None]] = []
+        self.counted = False  # whether it holds one of the server's connections in the tally
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each chunk leaves as it is written
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        if len(self.connections) > self.limits.max_connections:
+        # the file limit binds this process; --max-connections the server, all its workers together
+        self.counted = len(self.connections) <= self.limits.max_connections and self.tally.take(
+            "connections", self.limits.max_connections)
+        if not self.counted:
             self.notes.say("connections", f"{self.limits.max_connections} connections are open, the limit "
                                           "(--max-connections, or the file limit): refusing more")
             self._refuse(503, "the server has too many connections open; retry shortly", "server_busy")
@@ -131,6 +138,9 @@ class Connection(H11Protocol):
         for handle in (self.deadline, self.write_deadline):
             if handle is not None:
                 handle.cancel()
+        if self.counted:
+            self.counted = False
+            self.tally.give("connections")
         callbacks, self.lost = self.lost, []
         for callback in callbacks:
             callback()
@@ -222,10 +232,11 @@ def map_large_blocks() -> None:
         pass
 
 
-def run(app, sock: socket.socket, config: ServeConfig) -> None:
+def run(app, sock: socket.socket, config: ServeConfig, tally: Tally | None = None) -> None:
     """uvicorn serving `app` on `sock` with these connections, until SIGTERM or Ctrl-C: then it stops
     accepting, requests in flight have `grace_seconds` to finish, and what is still open is closed (its
-    requests see their clients leave: nothing is cancelled mid-step, so no traceback)."""
+    requests see their clients leave: nothing is cancelled mid-step, so no traceback). `tally`: the
+    connections counted with the other workers' (default: this process's alone)."""
     import uvicorn  # noqa: PLC0415 (the serve extra)
 
     class Server(uvicorn.Server):
@@ -248,5 +259,5 @@ def run(app, sock: socket.socket, config: ServeConfig) -> None:
     notes = Notes()
     limits = ConnectionLimits.of(config)
     settings = uvicorn.Config(app, lifespan="on", log_level="error", access_log=False, ws="none", loop="asyncio",
-                              http=connection_class(limits, notes), timeout_graceful_shutdown=config.grace_seconds + 5)
+                              http=connection_class(limits, notes, tally or Tally()), timeout_graceful_shutdown=config.grace_seconds + 5)
     Server(settings).run(sockets=[sock])

@@ -94,9 +94,10 @@ class ReplanCheck:
     def __init__(self, replanner=None):
         self.replanner, self.seconds, self.chars = replanner, 0.0, 0
 
-    def saw(self, step: int, seconds: float, chars: int) -> None:
-        """A training step timed; the first steps pay for allocation, and do not count."""
-        if step >= SPEED_FROM_STEP:
+    def saw(self, step: int, seconds: float, chars: int, probing: bool = False) -> None:
+        """A training step timed; the first steps pay for allocation, and a thread probe's units try other
+        counts than the run goes on at: neither counts."""
+        if step >= SPEED_FROM_STEP and not probing:
             self.seconds += seconds
             self.chars += chars
 
@@ -251,8 +252,7 @@ class Trainer:
             loss = self.train_step(inputs, targets, resets)
         if unit.change is not None:
             self._threads_changed("training", unit.change)
-        if not probing:  # a probe's units try other counts: not the speed the run goes on at
-            self.replanning.saw(self.state.step, unit.seconds, inputs.numel())
+        self.replanning.saw(self.state.step, unit.seconds, inputs.numel(), probing)
         self.state.window_done(None if loss is None else inputs.numel() * self.group.world_size)
         return loss is not None
 

@@ -1,0 +1,160 @@
+"""`charnn serve --workers N`: processes sharing the port, the limits counted for the server as a whole,
+the same text whichever worker answers, and every worker stopped with the server (no orphans)."""
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from charnn import CharnnError
+from charnn.config import ServeConfig
+from charnn.runtime.threads import ThreadChoice
+from charnn.serve.tally import Tally
+from charnn.serve.workers import worker_count, worker_threads
+from conftest import run_cli
+from test_serve import Server, complete, wait_for
+
+
+@pytest.fixture(scope="module")
+def model(workdir):
+    return workdir["run"]
+
+
+def workers_of(server) -> list[int]:
+    """The server's worker processes (its children)."""
+    pid = server.process.pid
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" in status.read_text()
+
+
+def test_auto_is_one_worker_per_core_of_threads_and_never_more_than_the_requests_allowed():
+    auto = ServeConfig()
+    assert worker_count(auto, ThreadChoice(None, "auto", 8)) == 8
+    assert worker_count(auto, ThreadChoice(2, "--threads", 8)) == 4
+    assert worker_count(ServeConfig(max_concurrent=3), ThreadChoice(None, "auto", 8)) == 3
+    assert worker_count(ServeConfig(workers="2"), ThreadChoice(None, "auto", 8)) == 2
+    assert worker_threads(ThreadChoice(None, "auto", 8), 4).candidates == (1, 2)  # a worker's share of the cores
+    assert worker_threads(ThreadChoice(3, "--threads", 8), 4).fixed == 3
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-1", "100000"])
+def test_a_worker_count_that_is_not_one_is_one_line(value):
+    with pytest.raises(CharnnError, match="--workers must be auto or a whole number from 1 to 256"):
+        ServeConfig(workers=value).validate()
+
+
+def test_the_tally_holds_a_limit_across_rows():
+    tally = Tally(2)
+    assert tally.take("slots", 2)
+    tally.row = 1
+    assert tally.take("slots", 2) and not tally.take("slots", 2)
+    assert tally.total("slots") == 2 and tally.others("slots") == 1
+    tally.clear(0)
+    assert tally.take("slots", 2)
+
+
+def test_the_same_seed_gives_the_same_text_whichever_worker_answers(model):
+    body = {"prompt": "ROMEO:", "max_tokens": 300, "seed": 5, "temperature": 0.9, "top_k": 30}
+    one = Server(model, "--workers", 1)
+    try:
+        expected = complete(one, **body)["choices"][0]["text"]
+        assert httpx.get(one.url + "/health").json()["workers"] == 1
+    finally:
+        assert one.stop() == 143
+    two = Server(model, "--workers", 2)
+    try:
+        assert "2 worker processes" in two.stderr and two.stderr.count("serving at") == 1
+        answering = {httpx.get(two.url + "/health").json()["worker"] for _ in range(40)}  # a connection each
+        assert answering == {0, 1}  # the kernel spreads connections over both
+        texts = [complete(two, **body)["choices"][0]["text"] for _ in range(16)]
+        streamed = [stream_text(two, body) for _ in range(4)]
+        assert set(texts + streamed) == {expected}
+    finally:
+        assert two.stop() == 143
+
+
+def stream_text(server, body) -> str:
+    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: {")]
+    return "".join(json.loads(event)["choices"][0]["text"] for event in events)
+
+
+def test_max_concurrent_is_the_servers_total_not_each_workers(model):
+    server = Server(model, "--workers", 2, "--max-concurrent", 3, "--max-tokens", 10_000_000)
+    try:
+        long = {"prompt": "ROMEO:", "max_tokens": 10_000_000, "stream": True}
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        socks = []
+        for _ in range(3):  # on connections of their own: the kernel spreads them over the workers
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            payload = json.dumps(long).encode()
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+            assert sock.recv(12).endswith(b"200")
+            socks.append(sock)
+        health = httpx.get(server.url + "/health").json()
+        assert health["slots"] == 3 and health["requests"] == 3 and health["workers"] == 2
+        for _ in range(6):
+            assert httpx.post(server.url + "/v1/completions", json={"prompt": "a"}).status_code == 429
+        for sock in socks:
+            sock.close()
+        wait_for(lambda: httpx.get(server.url + "/health").json()["slots"] == 0)
+        assert complete(server, prompt="ROMEO:", max_tokens=5)["choices"][0]["finish_reason"] == "length"
+    finally:
+        assert server.stop() == 143
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_lets_every_workers_streams_finish_then_stops_them_all(model, signum, code):
+    server = Server(model, "--workers", 2, "--max-tokens", 100_000, "--grace-seconds", 20)
+    workers = workers_of(server)
+    assert len(workers) == 2
+    streams = [httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                            json={"prompt": "ROMEO:", "max_tokens": 3000, "seed": s, "stream": True}) for s in range(4)]
+    lines = [stream.__enter__().iter_lines() for stream in streams]
+    for reader in lines:
+        next(reader)  # text is flowing
+    server.process.send_signal(signum)
+    for reader, stream in zip(lines, streams):
+        events = [line for line in reader if line]
+        assert events[-1] == "data: [DONE]"  # within the grace period, whichever worker had it
+        stream.__exit__(None, None, None)
+    assert server.process.wait(30) == code
+    assert all(gone(pid) for pid in workers)
+    assert "Traceback" not in server.stderr and "stopping the others" not in server.stderr
+
+
+def test_a_worker_that_dies_is_reported_and_the_server_exits_1(model):
+    server = Server(model, "--workers", 2, "--grace-seconds", 1)
+    first, second = workers_of(server)
+    os.kill(first, signal.SIGKILL)
+    assert server.process.wait(30) == 1
+    assert gone(second)
+    assert f"worker 0 (pid {first}) was killed by SIGKILL; stopping the others" in server.stderr
+    assert "charnn: error: the server stopped: worker 0" in server.stderr and "Traceback" not in server.stderr
+
+
+def test_a_server_killed_outright_leaves_no_workers(model):
+    server = Server(model, "--workers", 2)
+    workers = workers_of(server)
+    server.process.kill()
+    server.process.wait(10)
+    deadline = time.monotonic() + 20  # each is sent SIGTERM as its parent dies, and stops as for a SIGTERM
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the server"
+        time.sleep(0.1)
+
+
+def test_a_model_that_cannot_load_is_one_line_from_many_workers(tmp_path):
+    result = run_cli("serve", tmp_path / "nothing-here", "--workers", 2, "--port", 0)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("charnn: error:"), lines
