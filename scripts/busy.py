@@ -1,7 +1,7 @@
 """charnn on a busy machine: speeds beside busy neighbours, the stability of the --size auto plan, and the
 share of a time budget evaluation takes.
 
-    python scripts/busy.py                          # the speed matrix and 10 plans under each load (~25 min)
+    python scripts/busy.py                          # the speed matrix (medians of 5) and 10 plans a load (~75 min)
     python scripts/busy.py --before ../charnn-old   # the plans of another checkout too, under the same loads
     python scripts/busy.py --whole-run              # + a ten-minute run beside two spinning processes
     python scripts/busy.py --eval-share big.txt     # + the evaluation's share of a --max-time 10m run on it
@@ -106,6 +106,8 @@ def plan_at_seen_speed(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="per measurement (default 15)")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements of each cell, alternating; the table "
+                        "shows their median (default 5)")
     parser.add_argument("--plans", type=int, default=10, help="--dry-run plans under each load (default 10)")
     parser.add_argument("--corpus", type=Path, default=REPO / "corpora" / "tinyshakespeare.txt")
     parser.add_argument("--before", type=Path, help="a checkout of charnn whose plans to take too")
@@ -114,7 +116,7 @@ def main() -> None:
     parser.add_argument("--no-speeds", action="store_true", help="only the plans (and the runs asked for)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, log=lambda m: print(m, file=sys.stderr),
+    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, repeats=args.repeats, log=lambda m: print(m, file=sys.stderr),
                       workloads=() if args.no_speeds else WORKLOADS)
     figures = report.to_dict()
     print(speed_table(report), "", plan_table(report), sep="\n", flush=True)

@@ -80,3 +80,23 @@ def test_the_busy_benchmark_measures_every_mode_beside_every_load_and_stops_its_
     spinning = [line for line in os.popen("ps -eo args").read().splitlines() if line.startswith(sys.executable)
                 and "while True" in line]
     assert spinning == []  # the competitors are gone
+
+
+def test_the_busy_benchmark_alternates_the_modes_of_a_cell_and_shows_the_median_of_its_repeats(monkeypatch):
+    from charnn.bench import busy  # noqa: PLC0415
+
+    calls = []
+    speeds = {"1": [10.0, 30.0, 20.0], "2": [5.0, 6.0, 100.0], "auto": [11.0, 9.0, 12.0]}
+
+    def fake_measure(work, threads, seconds):
+        calls.append(threads)
+        return speeds[threads][sum(c == threads for c in calls) - 1]
+
+    monkeypatch.setattr(busy, "measure", fake_measure)
+    monkeypatch.setattr(busy, "thread_modes", lambda: {"1 thread": "1", "all threads": "2", "policy": "auto"})
+    report = busy.run_busy(1.0, plan_tries=0, corpus=None, loads={"idle": ()}, workloads=("eval",), repeats=3)
+    # each repeat starts with another mode, so none always runs first (or last) beside a neighbour
+    assert calls == ["1", "2", "auto", "2", "auto", "1", "auto", "1", "2"]
+    assert report.rates["eval"]["idle"] == {"1 thread": 20.0, "all threads": 6.0, "policy": 11.0}
+    assert report.samples["eval"]["idle"]["all threads"] == [5.0, 6.0, 100.0]
+    assert report.policy_share("eval", "idle") == pytest.approx(11.0 / 20.0)

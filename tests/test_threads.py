@@ -1,6 +1,8 @@
 """The thread policy (charnn.runtime.threads): who fixes the count, and what the policy chooses under injected
 timings (a fake machine whose speed at each count and load we set; no test here reads a real clock)."""
 
+import itertools
+
 import pytest
 
 from charnn.errors import CharnnError
@@ -149,6 +151,11 @@ def test_a_count_whose_small_trial_is_slow_is_not_given_a_whole_unit():
     assert trials[:3] == [1, 1, 1] and trials.count(2) >= 3  # each probe asks again (a neighbour may leave)
 
 
+def _tries(first: list[float], then: float):
+    """A trial's times: these, then `then` for ever."""
+    return itertools.chain(first, itertools.repeat(then))
+
+
 def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():
     times = {1: 0.0010, 2: 0.0006, 4: 0.0030, 8: 0.0011}
     assert viable([2, 1, 4, 8], times.get, 2.0) == [2, 1, 8]
@@ -157,16 +164,35 @@ def test_viable_keeps_the_order_and_drops_only_what_is_clearly_slower():
 
 def test_viable_never_drops_one_thread_and_asks_more_of_the_others():
     # beside two spinning cores: one thread's tries lost time slices, two threads' did not
-    unlucky = {1: iter([0.0050, 0.0045, 0.0048]), 2: iter([0.170, 0.0011, 0.0009])}
+    unlucky = {1: iter([0.0050, 0.0045, 0.0048]), 2: _tries([0.170], 0.0010)}
     assert viable([2, 1], lambda n: next(unlucky[n]), 2.0) == [2, 1]
     # the first try at two threads pays for starting them, and is not counted
-    starting = {1: iter([0.004, 0.001, 0.001]), 2: iter([0.167, 0.0007, 0.0006])}
+    starting = {1: iter([0.004, 0.001, 0.001]), 2: _tries([0.167], 0.0007)}
     assert viable([1, 2], lambda n: next(starting[n]), 2.0) == [1, 2]
-    # one lucky try among slow ones is not enough: every try must be quick (and the first slow one ends it)
-    lucky = {1: iter([0.001, 0.001, 0.001]), 2: iter([0.050, 0.0009, 0.030])}
+    # a lucky try among slow ones is not enough
+    lucky = {1: iter([0.001, 0.001, 0.001]), 2: iter([0.050, 0.0009, 0.030, 0.0009, 0.030])}
     assert viable([1, 2], lambda n: next(lucky[n]), 2.0) == [1]
-    hopeless = {1: iter([0.001, 0.001, 0.001]), 2: iter([0.050, 0.030])}  # a third try would raise
+    hopeless = {1: iter([0.001, 0.001, 0.001]), 2: iter([0.050, 0.045])}  # a third try would raise
     assert viable([1, 2], lambda n: next(hopeless[n]), 2.0) == [1]
+
+
+def test_viable_tries_for_longer_than_a_time_slice_and_judges_the_average():
+    asked = []
+
+    def trial_of(times):
+        def trial(n):
+            asked.append(n)
+            return next(times[n])
+        return trial
+
+    # beside one spinning core: ten quick tries while the neighbour waited for its slice, then one that
+    # waited 30 ms for a core; three tries in a row would have let two threads through
+    streak = {1: iter([0.001] * 3), 2: _tries([0.002] + [0.0009] * 10 + [0.030], 0.0009)}
+    assert viable([1, 2], trial_of(streak), 2.0) == [1]
+    assert asked.count(2) >= 12  # 40 ms of tries, not three
+    # idle: one try in thirty that the system slowed is no reason to leave two threads out
+    jitter = {1: iter([0.001] * 3), 2: _tries([0.002] + [0.0009] * 20 + [0.003], 0.0009)}
+    assert viable([1, 2], trial_of(jitter), 2.0) == [1, 2]
 
 
 def test_a_probe_of_millisecond_units_takes_enough_of_them_to_hold_against_noise():

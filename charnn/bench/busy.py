@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,14 +100,21 @@ def synthetic_corpus(path: Path, chars: int = 1_115_394, vocab: int = 65) -> Pat
 
 @dataclass
 class BusyReport:
-    """Characters a second by workload, load and thread mode; the plans chosen under each load."""
+    """Characters a second by workload, load and thread mode (the median of the repeats, each of which is
+    kept in `samples`); the plans chosen under each load."""
 
     rates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # work -> load -> mode -> rate
+    samples: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # ... -> every repeat
     plans: dict[str, list[str]] = field(default_factory=dict)  # load -> the shapes chosen, one a try
     plans_before: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"rates": self.rates, "plans": self.plans, "plans_before": self.plans_before}
+        return {"rates": self.rates, "samples": self.samples, "plans": self.plans, "plans_before": self.plans_before}
+
+    def add(self, work: str, load: str, mode: str, rate: float) -> None:
+        kept = self.samples.setdefault(work, {}).setdefault(load, {}).setdefault(mode, [])
+        kept.append(round(rate, 1))
+        self.rates.setdefault(work, {}).setdefault(load, {})[mode] = round(statistics.median(kept), 1)
 
     def policy_share(self, work: str, load: str) -> float:
         """The policy's speed over the better fixed count's."""
@@ -115,18 +123,20 @@ class BusyReport:
 
 
 def run_busy(seconds: float, plan_tries: int, corpus: Path | None, loads: dict = LOADS,
-             workloads: tuple[str, ...] = WORKLOADS, before: Path | None = None,
+             workloads: tuple[str, ...] = WORKLOADS, before: Path | None = None, repeats: int = 1,
              log: Callable[[str], None] = lambda message: None) -> BusyReport:
-    """The matrix: every workload under every load at every thread mode, then `plan_tries` plans of
-    `corpus` at ten minutes under every load (and with the checkout `before`, if given)."""
-    report, modes = BusyReport(), thread_modes()
+    """The matrix: every workload under every load at every thread mode, `repeats` times (the modes of a
+    cell one after another, their order turning each time, so that a neighbour's slower or quicker
+    minute falls on all of them alike), then `plan_tries` plans of `corpus` at ten minutes under every
+    load (and with the checkout `before`, if given)."""
+    report, modes = BusyReport(), list(thread_modes().items())
     for load, kinds in loads.items():
         with competitors(kinds):
             for work in workloads:
-                for mode, threads in modes.items():
-                    log(f"{work}, {mode}, beside {load}")
-                    report.rates.setdefault(work, {}).setdefault(load, {})[mode] = round(
-                        measure(work, threads, seconds), 1)
+                for repeat in range(repeats):
+                    for mode, threads in modes[repeat % len(modes):] + modes[:repeat % len(modes)]:
+                        log(f"{work}, {mode}, beside {load}" + (f" ({repeat + 1} of {repeats})" if repeats > 1 else ""))
+                        report.add(work, load, mode, measure(work, threads, seconds))
             for _ in range(plan_tries if corpus is not None else 0):
                 log(f"planning {corpus.name}, beside {load}")
                 report.plans.setdefault(load, []).append(plan_shape(corpus))
