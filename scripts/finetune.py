@@ -9,7 +9,7 @@
 The corpora (built here, reproducibly; nothing large is committed): `stdlib-200k` (code: the first 200 KB
 of the .py files of Python 3.11's standard library, from the interpreter running this script), `names`
 (every capitalised entry without an apostrophe of Debian's wamerican word list: people's and places'
-names, one a line, 79 KB) and `psalms-200k` (verse: the first 200 KB of the Psalms in the King
+names, one a line, in a seeded random order, 79 KB) and `psalms-200k` (verse: the first 200 KB of the Psalms in the King
 James Version, from Debian's bible-kjv). `pydocs-200k` (the first 200 KB of Python's reStructuredText
 documentation, from Debian's python3.11-doc) only chooses the learning rate, so the table's corpora do
 not. Each run is `charnn train CORPUS --max-time T` with everything else its default, started afresh or
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -43,8 +44,11 @@ def stdlib_200k(out: Path) -> None:
 
 def names(out: Path) -> None:
     words = Path("/usr/share/dict/american-english").read_text(encoding="utf-8").split("\n")
-    out.write_text("".join(w + "\n" for w in words if w[:1].isupper() and w[1:].islower() and "'" not in w),
-                   encoding="utf-8")
+    chosen = [w for w in words if w[:1].isupper() and w[1:].islower() and "'" not in w]
+    # the list is sorted: in its order the last 10% (the validation text) would be the names from T to Z,
+    # and every name would follow one sharing its first letters. A seeded shuffle makes it a list of names
+    random.Random(0).shuffle(chosen)
+    out.write_text("".join(w + "\n" for w in chosen), encoding="utf-8")
 
 
 def psalms_200k(out: Path) -> None:
