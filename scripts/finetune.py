@@ -9,8 +9,8 @@
 The corpora (built here, reproducibly; nothing large is committed): `stdlib-200k` (code: the first 200 KB
 of the .py files of Python 3.11's standard library, from the interpreter running this script), `names`
 (every capitalised entry without an apostrophe of Debian's wamerican word list: people's and places'
-names, one a line, in a seeded random order, 79 KB) and `psalms-200k` (verse: the first 200 KB of the Psalms in the King
-James Version, from Debian's bible-kjv). `pydocs-200k` (the first 200 KB of Python's reStructuredText
+names, one a line, in a seeded random order, 79 KB) and `psalms-200k` (verse: the first 200 KB of the
+Psalms in the King James Version, from Debian's bible-kjv). `pydocs-200k` (the first 200 KB of Python's reStructuredText
 documentation, from Debian's python3.11-doc) only chooses the learning rate, so the table's corpora do
 not. Each run is `charnn train CORPUS --max-time T` with everything else its default, started afresh or
 `--init-from english`; its score is `charnn eval RUN` on the corpus's last 10% (the validation text,
