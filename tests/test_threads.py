@@ -84,6 +84,17 @@ def test_equal_counts_do_not_flip_back_and_forth_on_noise():
     assert len(policy.changes) == 1
 
 
+def test_the_start_keeps_the_faster_count_even_when_its_guess_is_within_the_margin():
+    """Beside a half-busy core the counts differ by 6-13%: the start's guess must not hold the slower one,
+    which a later probe (with its margin) would then keep."""
+    for initial, faster, seconds in [(1, 2, {1: 0.0530, 2: 0.0500}), (2, 1, {1: 0.0500, 2: 0.0525})]:
+        machine = FakeMachine(seconds)
+        policy = ThreadPolicy(ThreadChoice(None, "auto", 2), machine.apply, initial=initial, clock=machine.clock)
+        counts = machine.run(policy, 400)
+        assert policy.threads == faster and counts[-50:].count(faster) == 50
+        assert [c.reason for c in policy.changes] == ["start"]
+
+
 def test_a_fixed_count_is_applied_and_never_probed():
     machine = FakeMachine({1: 0.01, 2: 0.001, 3: 0.1})
     policy = ThreadPolicy(ThreadChoice(3, "--threads", 4), machine.apply, clock=machine.clock)

@@ -133,11 +133,12 @@ class ThreadPolicy:
     work)` after it. A probe runs `PROBE_ROUNDS` rounds; in each, every candidate has a turn of at least
     `PER_TURN` units and `TURN_SECONDS` (so a probe of millisecond units takes dozens of them, and its
     medians hold against noise), after one unmeasured unit the first time a count is used, which pays for
-    starting its threads. It keeps the count with the least time per unit of work; the current count
-    stays unless another is `MARGIN` faster. A count whose unit takes `GIVE_UP` times as long as the best
-    one's is dropped from the probe at once, so a pathological count costs a unit or two, not a round.
+    starting its threads. It keeps the count with the least time per unit of work; after the start, the
+    current count stays unless another is `MARGIN` faster. A count whose unit takes `GIVE_UP` times as
+    long as the best one's is dropped from the probe at once, so a pathological count costs a unit or two,
+    not a round.
     Between probes it watches the last units: two in a row `GIVE_UP` times as slow start a probe (after
-    `MIN_GAP` seconds); a move of their median by more than `DRIFT` either way starts one once `GAP`
+    `MIN_GAP` seconds); a move of their mean by more than `DRIFT` either way starts one once `GAP`
     times the last probe's length (and `MIN_GAP`) have passed, so that probes take 2% of the time at
     most; the clock starts one every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a
     re-check confirms the count).
@@ -146,9 +147,13 @@ class ThreadPolicy:
     PROBE_ROUNDS = 2
     PER_TURN = 4
     TURN_SECONDS = 0.2
-    MAX_PER_TURN = 256
-    WINDOW = 6  # units, at least, whose median is compared with the reference
-    WINDOW_SECONDS = 0.1  # and this long at least (256 units at most)
+    MAX_PER_TURN = 4096  # a turn of 86-microsecond sampling steps capped at 256 lasted 22 ms: in one of a
+    # bursty neighbour's busy or idle spells, not across them
+    CLEAR = 1.3  # a count this many times slower than another ends its turn after DROP_SECONDS: idle, one
+    # thread's turns at sampling cost 1% of a 15-second run at full length
+    WINDOW = 6  # units, at least, whose mean time per unit of work is compared with the reference
+    WINDOW_SECONDS = 0.2  # and this long at least (MAX_WINDOW units at most): five of a bursty neighbour's periods
+    MAX_WINDOW = 2048
     DRIFT = 0.25
     MARGIN = 0.05
     GIVE_UP = 2.0  # a count this many times slower than the best count ends its part of a probe,
@@ -223,9 +228,11 @@ class ThreadPolicy:
     def _moved(self) -> str | None:
         """"at once" if the last two units (and DROP_SECONDS of them) are GIVE_UP times as slow as the reference and slower than
         another count was at the last probe (a neighbour that makes a unit take seconds is not waited for;
-        a machine slower for every count is no reason to try the others again); "drift" if the median of
+        a machine slower for every count is no reason to try the others again); "drift" if the mean of
         a window of units (WINDOW of them and WINDOW_SECONDS at least) moved by more than DRIFT either way,
-        the window then starting afresh; else None."""
+        the window then starting afresh; else None. The mean, as the reference is, not the median: beside a
+        neighbour busy 20 ms and asleep 20, two threads' sampling steps are quick or slow by turns, and
+        the median of a window jumped between the two, which started probes the run did not need."""
         if self._reference is None or len(self._recent) < 2:
             return None
         latest = min(self._recent[-1], self._recent[-2])
@@ -236,7 +243,7 @@ class ThreadPolicy:
             return "at once"
         if len(self._recent) < self._window:
             return None
-        ratio = sorted(self._recent)[len(self._recent) // 2] / self._reference
+        ratio = statistics.fmean(self._recent) / self._reference
         self._recent.clear()
         return "drift" if ratio > 1 + self.DRIFT or ratio < 1 / (1 + self.DRIFT) else None
 
@@ -257,17 +264,19 @@ class ThreadPolicy:
 
     def _decide(self) -> ThreadChange | None:
         probe, self._probe = self._probe, None
-        times = {count: probe.per_work(count) for count in probe.samples}
+        times = {count: probe.per_work(count) for count in probe.seconds}
         best = min(times, key=times.get)
         asked = set(self.choice.candidates) if self._reason != "the speed moved" else self._asked
         self._hopeless = (self._hopeless - asked) | {  # left out by the trial, dropped mid-probe, or far slower
             count for count in asked if count not in probe.order or times.get(count, 0) > self.GIVE_UP * times[best]}
-        if self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
-            best = self.threads  # not clearly faster: stay, rather than follow noise
+        # not clearly faster: stay, rather than follow noise. A start has no count to stay with: its
+        # `initial` is a guess, and beside a half-busy core it held sampling on a count 6-13% slower
+        if self._reason != "start" and self.threads in times and times[best] > times[self.threads] * (1 - self.MARGIN):
+            best = self.threads
         before, self.threads = self.threads, best
         self._reference, self._last_times = times[best], times
         unit = statistics.median(probe.seconds[best])
-        self._window = max(self.WINDOW, min(256, math.ceil(self.WINDOW_SECONDS / max(unit, 1e-6))))
+        self._window = max(self.WINDOW, min(self.MAX_WINDOW, math.ceil(self.WINDOW_SECONDS / max(unit, 1e-6))))
         changed = best != before or self._reason == "start"
         self._last_probe = self.clock()
         self._probe_took = self._last_probe - self._probe_started
@@ -286,8 +295,11 @@ class _Probe:
 
     def __init__(self, policy: ThreadPolicy, order: list[int]):
         self.policy, self.order = policy, list(order)
-        self.samples: dict[int, list[float]] = {}  # time per unit of work, by count
-        self.seconds: dict[int, list[float]] = {}  # time per unit
+        self.seconds: dict[int, list[float]] = {}  # time per unit, by count
+        # running sums, by count: a turn of 2,000 sampling steps that summed its lists at every step spent
+        # more time between steps than in them, and BLAS's second thread went to sleep meanwhile
+        self.time: dict[int, float] = {}
+        self.work: dict[int, float] = {}
         self.round = self.turn = 0
         self._begin_turn()
 
@@ -297,7 +309,7 @@ class _Probe:
 
     def per_work(self, count: int) -> float:
         """`count`'s time per unit of work so far: all its time over all its work, what a run would see."""
-        return sum(self.seconds[count]) / sum(t / w for t, w in zip(self.seconds[count], self.samples[count]))
+        return self.time[count] / self.work[count]
 
     def _begin_turn(self) -> None:
         self.units, self.spent = 0, 0.0
@@ -307,11 +319,12 @@ class _Probe:
         """Take a unit's time; False once the probe is over."""
         p, count = self.policy, self.count
         settling, self.settling = self.settling, False
-        others = [self.per_work(c) for c in self.samples if c != count]
+        others = [self.per_work(c) for c in self.seconds if c != count]
         if settling and not (others and per_work > 2 * p.GIVE_UP * min(others) and seconds >= p.DROP_SECONDS):
             return True  # the unit that paid for starting the threads: not a measurement
-        self.samples.setdefault(count, []).append(per_work)
         self.seconds.setdefault(count, []).append(seconds)
+        self.time[count] = self.time.get(count, 0.0) + seconds
+        self.work[count] = self.work.get(count, 0.0) + seconds / per_work
         self.units, self.spent = self.units + 1, self.spent + seconds
         # judged on the turn so far once it has cost DROP_SECONDS: beside a neighbour that spins 20 ms and
         # sleeps 20, a millisecond unit of two threads takes 24 times one thread's or less than half of it
@@ -319,7 +332,8 @@ class _Probe:
         if slower:  # two threads beside a busy neighbour have taken 150 times as long as one: enough said
             self.order.remove(count)
             self.turn -= 1
-        elif self.units < p.MAX_PER_TURN and (self.units < p.PER_TURN or self.spent < p.TURN_SECONDS):
+        elif self.units < p.MAX_PER_TURN and (self.units < p.PER_TURN or self.spent < p.TURN_SECONDS) and not (
+                others and self.spent >= p.DROP_SECONDS and self.per_work(count) > p.CLEAR * min(others)):
             return True
         return self._next_turn()
 
@@ -328,7 +342,7 @@ class _Probe:
         if self.turn >= len(self.order):
             self.round, self.turn = self.round + 1, 0
         if self.round >= self.policy.PROBE_ROUNDS or len(self.order) < 1 or (
-                len(self.order) == 1 and self.order[0] in self.samples):
+                len(self.order) == 1 and self.order[0] in self.seconds):
             return False
         self._begin_turn()
         return True
