@@ -95,6 +95,16 @@ def test_the_start_keeps_the_faster_count_even_when_its_guess_is_within_the_marg
         assert [c.reason for c in policy.changes] == ["start"]
 
 
+def test_a_clearly_slower_count_gives_up_its_turn_once_it_has_cost_drop_seconds():
+    machine = FakeMachine({1: 0.010, 2: 0.006})  # idle: one thread 1.7 times as slow
+    policy = adaptive(machine)
+    counts = machine.run(policy, 200)
+    first_probe = counts[:counts.index(2) + 60]
+    # round one: a full turn of 0.2 s (nothing to compare with yet) and the settling unit; round two: 50 ms
+    assert first_probe.count(1) == 1 + 20 + 5
+    assert policy.threads == 2
+
+
 def test_a_fixed_count_is_applied_and_never_probed():
     machine = FakeMachine({1: 0.01, 2: 0.001, 3: 0.1})
     policy = ThreadPolicy(ThreadChoice(3, "--threads", 4), machine.apply, clock=machine.clock)
