@@ -55,7 +55,9 @@ def open_batchers(sources: list[str | None], threads: ThreadChoice | None = None
         name, copy = model_name(Path(loaded.path)), 2
         while name in batchers:  # two runs of the same name from different places
             name, copy = f"{model_name(Path(loaded.path))}-{copy}", copy + 1
-        batchers[name] = Batcher(loaded.model, loaded.vocab, name, loaded.records)
+        # the file's time, not a process's: every worker must describe the model alike
+        created = int(Path(loaded.path).stat().st_mtime)
+        batchers[name] = Batcher(loaded.model, loaded.vocab, name, {**loaded.records, "created": created})
     return batchers
 
 
@@ -159,7 +161,8 @@ class CompletionServer:
         if name not in self.batchers:
             raise ApiError(404, f"the model {name[:100]!r} does not exist; this server has {', '.join(self.batchers)}",
                            code="model_not_found")
-        return {"id": name, "object": "model", "created": self.started, "owned_by": "charnn",
+        created = self.batchers[name].records.get("created", self.started)
+        return {"id": name, "object": "model", "created": created, "owned_by": "charnn",
                 "charnn": model_card(self.batchers[name])}
 
 
