@@ -105,6 +105,19 @@ def test_a_clearly_slower_count_gives_up_its_turn_once_it_has_cost_drop_seconds(
     assert policy.threads == 2
 
 
+def test_units_shorter_than_a_millisecond_are_judged_in_groups():
+    """One-stream sampling steps take 86 microseconds; judging each one cost 2-7% of the speed."""
+    machine = FakeMachine({1: 0.00010, 2: 0.00006})
+    policy = adaptive(machine)
+    counts = machine.run(policy, 20_000)
+    assert policy.threads == 2 and [c.reason for c in policy.changes] == ["start"]
+    assert policy.changes[0].rates[2] == pytest.approx(1024 / 0.00006)
+    # the count only changes where a group was judged: every stretch at one count lasts a group at least
+    stretches = [(count, len(list(run))) for count, run in itertools.groupby(counts)]
+    assert len(stretches) >= 3  # the start probe's turns
+    assert all(n * machine.seconds[count] >= ThreadPolicy.GROUP_SECONDS * 0.999 for count, n in stretches)
+
+
 def test_a_fixed_count_is_applied_and_never_probed():
     machine = FakeMachine({1: 0.01, 2: 0.001, 3: 0.1})
     policy = ThreadPolicy(ThreadChoice(3, "--threads", 4), machine.apply, clock=machine.clock)

@@ -3,12 +3,10 @@ numpy engine's BLAS alike.
 
 Nobody computes on an idle machine. On our 2-core CI machine the default training step ran at 18,900
 characters a second on two threads and 11,800 on one when idle, but beside a process spinning one core
-two threads fell to 7,700 while one thread kept 11,800: a thread that waits for its partner at every
-barrier spins while the partner waits for a core. No count is best everywhere, and the load changes
-while a run goes on, so by default charnn measures instead of assuming: a `ThreadPolicy` times the work
-itself at each candidate count, keeps the fastest, and measures again whenever the time a unit of work
-takes moves by more than a quarter, and every so often anyway (a neighbour that leaves does not change
-the one-thread speed, only the two-thread one).
+two threads fell to 7,700 while one thread kept 11,800 (a thread that waits for its partner at every
+barrier spins while the partner waits for a core). So a `ThreadPolicy` times the work itself at each
+candidate count, keeps the fastest, and measures again when the time a unit takes moves by more than a
+quarter, and every so often anyway (a neighbour that leaves only changes the two-thread speed).
 
 `--threads N`, else `CHARNN_THREADS`, else a user's own `OMP_NUM_THREADS` fixes the count; `--threads
 auto` asks for the policy whatever the environment says. PyTorch's reductions and products round
@@ -131,26 +129,21 @@ class ThreadPolicy:
 
     Call `start()` before each unit (it applies the count the unit is to run at) and `finish(seconds,
     work)` after it. A probe runs `PROBE_ROUNDS` rounds; in each, every candidate has a turn of at least
-    `PER_TURN` units and `TURN_SECONDS` (so a probe of millisecond units takes dozens of them, and its
-    totals hold against noise), after one unmeasured unit the first time a count is used, which pays for
-    starting its threads. It keeps the count with the least time per unit of work; after the start, the
-    current count stays unless another is `MARGIN` faster. A count whose unit takes `GIVE_UP` times as
-    long as the best one's is dropped from the probe at once, so a pathological count costs a unit or two,
-    not a round.
+    `PER_TURN` units and `TURN_SECONDS`, after one unmeasured unit the first time a count is used (it pays
+    for starting the threads). It keeps the count with the least time per unit of work; after the start,
+    the current count stays unless another is `MARGIN` faster. A count `GIVE_UP` times as slow as the best
+    is dropped from the probe at once: a pathological count costs a unit or two, not a round.
     Between probes it watches the last units: two in a row `GIVE_UP` times as slow start a probe (after
-    `MIN_GAP` seconds); a move of their mean by more than `DRIFT` either way starts one once `GAP`
-    times the last probe's length (and `MIN_GAP`) have passed, so that probes take 2% of the time at
-    most; the clock starts one every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, each time a
-    re-check confirms the count).
+    `MIN_GAP` seconds); a move of their mean by more than `DRIFT` either way starts one once `GAP` times
+    the last probe's length (and `MIN_GAP`) have passed, so probes take 2% of the time at most; the clock
+    starts one every `RECHECK` seconds too (doubling, to `MAX_RECHECK`, as re-checks confirm the count).
     """
 
     PROBE_ROUNDS = 2
     PER_TURN = 4
     TURN_SECONDS = 0.2
-    MAX_PER_TURN = 4096  # a turn of 86-microsecond sampling steps capped at 256 lasted 22 ms: in one of a
-    # bursty neighbour's busy or idle spells, not across them
-    CLEAR = 1.3  # a count this many times slower than another ends its turn after DROP_SECONDS: idle, one
-    # thread's turns at sampling cost 1% of a 15-second run at full length
+    MAX_PER_TURN = 4096  # 256 sampling steps lasted 22 ms: inside one of a bursty neighbour's spells
+    CLEAR = 1.3  # a count this much slower ends its turn after DROP_SECONDS (full turns: 1% of a sample)
     WINDOW = 6  # units, at least, whose mean time per unit of work is compared with the reference
     WINDOW_SECONDS = 0.2  # and this long at least (MAX_WINDOW units at most): five of a bursty neighbour's periods
     MAX_WINDOW = 2048
@@ -162,6 +155,8 @@ class ThreadPolicy:
     MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
     RECHECK = 30.0  # seconds
     MAX_RECHECK = 240.0
+    GROUP_SECONDS = 0.001  # units shorter than this are judged in groups: one-stream sampling steps of 86
+    # microseconds paid 2-7% for a judgement each (Python bookkeeping between BLAS calls)
 
     def __init__(self, choice: ThreadChoice, apply: Callable[[int], None], initial: int | None = None,
                  clock: Callable[[], float] = time.monotonic, trial: Callable[[int], float] | None = None):
@@ -186,6 +181,7 @@ class ThreadPolicy:
         self._reason = "start"
         self.changes: list[ThreadChange] = []
         self._starting = self.adaptive  # the first probe begins with the first unit (where `apply` works)
+        self._held = [0.0, 0.0]  # seconds and work of the units not yet judged (under GROUP_SECONDS)
 
     @property
     def probing(self) -> bool:
@@ -205,6 +201,13 @@ class ThreadPolicy:
         completed a probe."""
         if not self.adaptive or seconds <= 0 or work <= 0:
             return None
+        held = self._held
+        if held[0] or seconds < self.GROUP_SECONDS:  # a group, judged as one unit once it lasts long enough
+            held[0] += seconds
+            held[1] += work
+            if held[0] < self.GROUP_SECONDS:
+                return None
+            seconds, work, held[0], held[1] = held[0], held[1], 0.0, 0.0
         if self._probe is not None:
             self._used.add(self._probe.count)
             if self._probe.record(seconds, seconds / work):
