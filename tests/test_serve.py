@@ -300,7 +300,8 @@ def test_help_loads_neither_the_web_framework_nor_numpy():
 
 def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
     """Requests with different options, started while others run, some leaving early: each one's text is
-    what it draws alone (`sample_streams` with its seed), and the batch empties when they are done."""
+    what it draws alone (`sample_streams` with its seed), and the batch empties when they are done. Every
+    other request wants its text whole (an answer not streamed): it comes in one hand-over."""
     import numpy as np
     import torch
 
@@ -319,12 +320,14 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
                                   n=1 + i % 2, seed=i, stop=("hh",) if i == 4 else ()) for i, config in enumerate(configs)]
     batcher = Batcher(engine, vocab).start()
     texts = [[""] * r.n for r in requests]
+    calls = [0] * len(requests)
     done = threading.Semaphore(0)
 
     def deliver(index):
         finished = []
 
         def take(pieces):
+            calls[index] += 1
             for piece in pieces:
                 texts[index][piece.index] += piece.text
                 finished.extend([piece.index] if piece.finish_reason else [])
@@ -333,7 +336,7 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
         return take
 
     for index, request in enumerate(requests):  # each joins while the earlier ones are generating
-        batcher.submit(request, deliver(index))
+        batcher.submit(request, deliver(index), whole=index % 2 == 1)
         time.sleep(0.002)
     for _ in requests:
         assert done.acquire(timeout=30)
@@ -348,6 +351,7 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
             if request.stop and "hh" in expected:
                 expected = expected[: expected.find("hh")]
             assert texts[index][choice] == expected, (index, choice)
+    assert [calls[index] == 1 for index in range(len(requests))] == [False, True, False, True, False]
 
 
 def test_the_readmes_openai_example_runs_as_written(server):

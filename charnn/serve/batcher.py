@@ -66,6 +66,7 @@ class ChoiceText:
 
     def __init__(self, vocab: Vocab, max_tokens: int, stop: Sequence[str]):
         self.vocab, self.max_tokens, self.stop = vocab, max_tokens, tuple(stop)
+        self.longest = max(map(len, self.stop), default=1)  # the longest stop string's length
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if vocab.mode == "byte" else None
         self.held = ""  # made, not yet handed out
         self.generated = 0  # characters drawn, a stop string's included
@@ -75,6 +76,8 @@ class ChoiceText:
         """The text that can be handed out after `token`; sets `finish_reason` when the choice ends."""
         self.generated += 1
         piece = self.decoder.decode(bytes((token,))) if self.decoder else self.vocab.chars[token]
+        if not self.stop and self.generated < self.max_tokens:  # nothing to hold back: a step of 64 streams
+            return piece  # makes 64 of these
         self.held += piece
         for stop in self.stop:
             found = self.held.find(stop)
@@ -90,7 +93,7 @@ class ChoiceText:
 
     def _maybe_stop(self) -> int:
         """The length of the longest tail of the held text that begins a stop string."""
-        for length in range(min(len(self.held), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
+        for length in range(min(len(self.held), self.longest - 1), 0, -1):
             tail = self.held[-length:]
             if any(stop.startswith(tail) for stop in self.stop):
                 return length
@@ -105,13 +108,16 @@ class Job:
     """A request in flight: its streams until it joins the batch, its choices, and where text goes."""
 
     def __init__(self, request: CompletionRequest, prompt_ids: np.ndarray, engine: Engine, vocab: Vocab,
-                 deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False):
+                 deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False, whole: bool = False):
         self.streams = Streams(engine, *alike(request.sampling, request.n, request.seed, engine.vocab_size))
         self.unread = prompt_ids  # the prompt not yet read
         self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
         self.deliver = deliver
         self.cancelled = False
         self.paced = paced  # whether its reader counts what it takes: only then can it fall behind
+        # the whole text in one hand-over when it is done (an answer that is not streamed): one wake-up of
+        # the event loop a request, not one a character
+        self.kept: list[list[str]] | None = [[] for _ in self.choices] if whole else None
         self.delivered = 0  # steps of text handed out (the worker counts)
         self.taken = 0  # of those, taken by the client (its reader counts)
 
@@ -163,12 +169,13 @@ class Batcher:
         return np.asarray(self.vocab.encode(prompt), dtype=np.int64)
 
     def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None],
-               paced: bool = False) -> Job:
+               paced: bool = False, whole: bool = False) -> Job:
         """Start a request; `deliver` is called from the worker thread with each step's new text (a list
         of `Piece`, the last one of each choice with its finish reason), or an exception if it failed.
         `paced`: the caller adds to `job.taken` what its client takes (and calls `wake`), and the job
-        pauses while more than MAX_BACKLOG steps wait for its client."""
-        job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver, paced)
+        pauses while more than MAX_BACKLOG steps wait for its client. `whole`: `deliver` is called once,
+        with every choice's whole text, when the last one finishes."""
+        job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver, paced, whole)
         with self._wake:
             if self._stopping:
                 raise CharnnError("the server is shutting down")
@@ -292,15 +299,20 @@ class Batcher:
     def _hand_out(self, ids: list[int]) -> None:
         """Each stream's new character to its choice; each job's new text to its client; the finished leave."""
         pieces: dict[int, tuple[Job, list[Piece]]] = {}
-        keep = []
+        keep, done = [], []
         for row, ((job, index), token) in enumerate(zip(self._rows, ids)):
             choice = job.choices[index]
             text = choice.add(token)
-            if text or choice.finish_reason:
+            if job.kept is not None:  # kept until the job is done (no Piece a step: they cost at 64 streams)
+                job.kept[index].append(text)
+                if choice.finish_reason and job.finished:
+                    done.append((job, [Piece(number, "".join(texts), kind.finish_reason)
+                                       for number, (texts, kind) in enumerate(zip(job.kept, job.choices))]))
+            elif text or choice.finish_reason:
                 pieces.setdefault(id(job), (job, []))[1].append(Piece(index, text, choice.finish_reason))
             if not choice.finish_reason:
                 keep.append(row)
-        for job, job_pieces in pieces.values():
+        for job, job_pieces in [*pieces.values(), *done]:
             job.delivered += 1
             job.deliver(job_pieces)
         self._keep(self._pause_behind(keep))

@@ -50,7 +50,8 @@ class CompletionStream:
     prompts (n: each request's own, so with equal n exactly that)."""
 
     def __init__(self, batcher: Batcher, requests: CompletionRequest | Sequence[CompletionRequest],
-                 mailbox: Mailbox | None = None):
+                 mailbox: Mailbox | None = None, whole: bool = False):
+        """`whole`: the text comes once, when every choice is done (for `collect`), not step by step."""
         mailbox = mailbox or Mailbox(asyncio.get_running_loop())
         self.requests = (requests,) if isinstance(requests, CompletionRequest) else tuple(requests)
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -62,7 +63,7 @@ class CompletionStream:
         self.jobs: list[Job] = []
         try:
             for number, request in enumerate(self.requests):
-                self.jobs.append(batcher.submit(request, self._poster(mailbox, number), paced=True))
+                self.jobs.append(batcher.submit(request, self._poster(mailbox, number), paced=not whole, whole=whole))
         except BaseException:  # a later prompt's characters: the earlier ones leave the batch
             self.cancel()
             raise

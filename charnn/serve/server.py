@@ -142,7 +142,7 @@ class CompletionServer:
     def start(self, parsed: ParsedRequest) -> CompletionStream:
         batcher = self.batchers[parsed.model]
         try:
-            return CompletionStream(batcher, parsed.completions, self.mailbox)
+            return CompletionStream(batcher, parsed.completions, self.mailbox, whole=not parsed.stream)
         except CharnnError as err:  # the prompt's characters, or the server stopping
             raise ApiError(400, err.message, param=parsed.prompt_param, code="invalid_prompt") from None
 
