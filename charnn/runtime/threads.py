@@ -155,8 +155,7 @@ class ThreadPolicy:
     MIN_GAP = 1.0  # and at least this many seconds: probes take 2% of the time at most
     RECHECK = 30.0  # seconds
     MAX_RECHECK = 240.0
-    GROUP_SECONDS = 0.001  # units shorter than this are judged in groups: one-stream sampling steps of 86
-    # microseconds paid 2-7% for a judgement each (Python bookkeeping between BLAS calls)
+    GROUP_SECONDS = 0.001  # shorter units are judged in groups: judging each 86 us sampling step cost 2-7%
 
     def __init__(self, choice: ThreadChoice, apply: Callable[[int], None], initial: int | None = None,
                  clock: Callable[[], float] = time.monotonic, trial: Callable[[int], float] | None = None):
@@ -203,8 +202,7 @@ class ThreadPolicy:
             return None
         held = self._held
         if held[0] or seconds < self.GROUP_SECONDS:  # a group, judged as one unit once it lasts long enough
-            held[0] += seconds
-            held[1] += work
+            held[0], held[1] = held[0] + seconds, held[1] + work
             if held[0] < self.GROUP_SECONDS:
                 return None
             seconds, work, held[0], held[1] = held[0], held[1], 0.0, 0.0

@@ -76,8 +76,8 @@ class ChoiceText:
         """The text that can be handed out after `token`; sets `finish_reason` when the choice ends."""
         self.generated += 1
         piece = self.decoder.decode(bytes((token,))) if self.decoder else self.vocab.chars[token]
-        if not self.stop and self.generated < self.max_tokens:  # nothing to hold back: a step of 64 streams
-            return piece  # makes 64 of these
+        if not self.stop and self.generated < self.max_tokens:  # no stop string to hold text back for: the
+            return piece  # common case, 64 times a step at 64 streams
         self.held += piece
         for stop in self.stop:
             found = self.held.find(stop)
