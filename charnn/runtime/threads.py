@@ -3,13 +3,10 @@ numpy engine's BLAS alike.
 
 Nobody computes on an idle machine. On our 2-core CI machine the default training step ran at 18,900
 characters a second on two threads and 11,800 on one when idle, but beside a process spinning one core
-two threads fell to 7,700 while one thread kept 11,800 (a thread that waits for its partner at every
-barrier spins while the partner waits for a core). So a `ThreadPolicy` times the work itself at each
-candidate count, keeps the fastest, and measures again when the time a unit takes moves by more than a
-quarter, and every so often anyway (a neighbour that leaves only changes the two-thread speed).
-
-`--threads N`, else `CHARNN_THREADS`, else a user's own `OMP_NUM_THREADS` fixes the count; `--threads
-auto` asks for the policy whatever the environment says. PyTorch's reductions and products round
+two threads fell to 7,700 (a thread that waits for its partner at every barrier spins while the partner
+waits for a core). So a `ThreadPolicy` times the work itself at each candidate count and keeps the
+fastest. `--threads N`, else `CHARNN_THREADS`, else a user's own `OMP_NUM_THREADS` fixes the count;
+`--threads auto` asks for the policy whatever the environment says. PyTorch's reductions round
 differently on different thread counts, so two runs are bit-identical only with a fixed count.
 
 Torch-free: the caller hands in the function that applies a count (`torch.set_num_threads`, or the
@@ -128,7 +125,8 @@ class ThreadPolicy:
     sampling step) by timing the units themselves.
 
     Call `start()` before each unit (it applies the count the unit is to run at) and `finish(seconds,
-    work)` after it. A probe runs `PROBE_ROUNDS` rounds; in each, every candidate has a turn of at least
+    work)` after it. A probe runs `PROBE_ROUNDS` rounds (to `MAX_ROUNDS` while the two fastest counts are
+    within `CLOSE`: the loser costs little, a wrong pick more); in each, every candidate has a turn of at least
     `PER_TURN` units and `TURN_SECONDS`, after one unmeasured unit the first time a count is used (it pays
     for starting the threads). It keeps the count with the least time per unit of work; after the start,
     the current count stays unless another is `MARGIN` faster. A count `GIVE_UP` times as slow as the best
@@ -140,6 +138,7 @@ class ThreadPolicy:
     """
 
     PROBE_ROUNDS = 2
+    CLOSE, MAX_ROUNDS = 0.1, 6
     PER_TURN = 4
     TURN_SECONDS = 0.2
     MAX_PER_TURN = 4096  # 256 sampling steps lasted 22 ms: inside one of a bursty neighbour's spells
@@ -312,6 +311,12 @@ class _Probe:
         """`count`'s time per unit of work so far: all its time over all its work, what a run would see."""
         return self.time[count] / self.work[count]
 
+    def close(self) -> bool:
+        """Whether the two fastest counts so far are within CLOSE (beside a half-busy core, two rounds of
+        turns chose two threads for 32-stream sampling in most runs, where one thread read 7% faster)."""
+        times = sorted(self.per_work(count) for count in self.order if count in self.time)
+        return len(times) > 1 and times[1] < times[0] * (1 + self.policy.CLOSE)
+
     def _begin_turn(self) -> None:
         self.units, self.spent = 0, 0.0
         self.settling = self.count not in self.policy._used
@@ -342,8 +347,8 @@ class _Probe:
         self.turn += 1
         if self.turn >= len(self.order):
             self.round, self.turn = self.round + 1, 0
-        if self.round >= self.policy.PROBE_ROUNDS or len(self.order) < 1 or (
-                len(self.order) == 1 and self.order[0] in self.seconds):
+        if self.round >= self.policy.PROBE_ROUNDS and not (self.close() and self.round < self.policy.MAX_ROUNDS) or (
+                len(self.order) < 1 or len(self.order) == 1 and self.order[0] in self.seconds):
             return False
         self._begin_turn()
         return True
@@ -356,12 +361,9 @@ TRIAL_SPAN = 0.04  # seconds of tries at each other count: longer than a neighbo
 def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
     """The counts worth timing whole units at, in their order: always the fewest threads, and the others
     whose `trial` (a small piece of parallel work) takes under `give_up` times the fewest threads' best
-    try, on average over TRIAL_SPAN seconds of tries. Beside a busy neighbour a training step on two
-    threads of two cores has taken 7 seconds where one thread takes 0.07: each of the step's thousands
-    of barriers waited for a time slice. The trial shows it for a tenth of a second. One thread has no
-    barrier to wait at, so a slow trial of it is bad luck (a lost time slice), never a reason to leave it
-    out: beside two spinning cores, one thread's trial once took twice two threads', and the run that
-    trusted it trained at a seventh of one thread's speed."""
+    try, on average over TRIAL_SPAN seconds of tries. Beside a busy neighbour a training step on two of two
+    cores has taken 7 s where one thread takes 0.07 (each barrier waited for a time slice). One thread has
+    no barrier, so a slow trial of it is a lost time slice, never a reason to leave it out."""
     if trial is None or len(counts) < 2:
         return counts
     fewest = min(counts)
@@ -369,11 +371,12 @@ def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: flo
     yardstick = min(trial(fewest) for _ in range(TRIAL_TRIES))
     kept = [fewest]
     for count in sorted(set(counts) - {fewest}):
-        trial(count)  # pays for starting the threads
-        # a few tries in a row can all fall while a spinning neighbour waits for its slice: beside one
-        # spinning core, three quick tries of two threads let a training unit of 6 seconds through in 2 of
-        # 5 runs. So the tries go on for longer than a slice, and their average decides, as a run sees it.
-        tries = [trial(count)]
+        # a few tries in a row can all fall while a spinning neighbour waits for its slice (beside one
+        # spinning core, three quick tries let a 6-second training unit through in 2 of 5 runs), so the
+        # tries go on for longer than a slice, and their average decides. The first pays for starting the
+        # threads, unless it stalled for two spans itself (0.2 s beside two spinning cores: enough said).
+        first = trial(count)
+        tries = [first] if first >= 2 * TRIAL_SPAN else [trial(count)]
         while sum(tries) < TRIAL_SPAN and len(tries) < 1000:  # (a trial too quick to time ends too)
             tries.append(trial(count))
         if sum(tries) / len(tries) <= give_up * yardstick:
