@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -56,10 +55,9 @@ def _counted(shapes: list[str]) -> str:
     return ", ".join(f"{shape} x{shapes.count(shape)}" for shape in dict.fromkeys(shapes))
 
 
-def plans_memory() -> Path:
+def plans_memory(runs: Path) -> Path:
     """The speed memory the plans above read and wrote (charnn.plan.memory): their runs root's."""
-    root = Path(os.environ.get("CHARNN_RUNS_DIR", "runs"))
-    return (root if root.is_absolute() else Path(tempfile.gettempdir()) / root) / CACHE_DIR / FILE_NAME
+    return runs / CACHE_DIR / FILE_NAME
 
 
 def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: str = "10m",
@@ -116,15 +114,24 @@ def main() -> None:
     parser.add_argument("--no-speeds", action="store_true", help="only the plans (and the runs asked for)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, repeats=args.repeats, log=lambda m: print(m, file=sys.stderr),
-                      workloads=() if args.no_speeds else WORKLOADS)
+    with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
+        # the plans' own runs root: a fresh speed memory that the idle plans begin (no leftover of earlier runs)
+        runs = Path(tmp) / "runs"
+        runs.mkdir()
+        report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, repeats=args.repeats,
+                          log=lambda m: print(m, file=sys.stderr), workloads=() if args.no_speeds else WORKLOADS,
+                          runs=runs)
+        after_plans(args, report, plans_memory(runs))
+
+
+def after_plans(args: argparse.Namespace, report, memory: Path) -> None:
+    """The tables, then the runs asked for (the whole run with a copy of the plans' speed memory)."""
     figures = report.to_dict()
     print(speed_table(report), "", plan_table(report), sep="\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
         if args.whole_run:
-            memory = plans_memory()
             result = train_beside(args.corpus, LOADS["two cores"], Path(tmp), memory=memory)
             replanned = result["config"]["sizing"].get("replanned")
             chosen = f"{result['config']['model']['num_layers']}x{result['config']['model']['hidden_size']} " \

@@ -71,12 +71,16 @@ def test_the_busy_benchmark_measures_every_mode_beside_every_load_and_stops_its_
     from charnn.bench.busy import run_busy, synthetic_corpus  # noqa: PLC0415
 
     corpus = synthetic_corpus(tmp_path / "corpus.txt", chars=200_000)
-    report = run_busy(0.3, plan_tries=1, corpus=corpus, loads={"one core": ("full",)}, workloads=("sample 1",))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    report = run_busy(0.3, plan_tries=1, corpus=corpus, loads={"one core": ("full",)}, workloads=("sample 1",),
+                      runs=runs)
     rates = report.rates["sample 1"]
     assert set(rates) == {"one core"}
     assert all(set(r) == {"1 thread", "all threads", "policy"} and min(r.values()) > 0 for r in rates.values())
     assert report.policy_share("sample 1", "one core") > 0
     assert set(report.plans) == {"one core"} and report.plans["one core"][0].startswith("2x")
+    assert (runs / ".cache" / "speeds.json").is_file()  # the plans' speed memory, for the next load's plans
     spinning = [line for line in os.popen("ps -eo args").read().splitlines() if line.startswith(sys.executable)
                 and "while True" in line]
     assert spinning == []  # the competitors are gone

@@ -73,10 +73,12 @@ def measure(work: str, threads: str, seconds: float) -> float:
     return float(done.stdout.split()[-1])
 
 
-def plan_shape(corpus: Path, budget: str = "10m", before: Path | None = None) -> str:
+def plan_shape(corpus: Path, budget: str = "10m", before: Path | None = None, runs: Path | None = None) -> str:
     """The shape `charnn train CORPUS --max-time BUDGET --dry-run` chooses ('2x256 d0.1'); with `before`,
-    the charnn checkout there chooses."""
+    the charnn checkout there chooses; with `runs`, a runs root whose speed memory the plan reads and adds to."""
     env = _environment()
+    if runs is not None:
+        env["CHARNN_RUNS_DIR"] = str(runs)
     if before is not None:
         env["PYTHONPATH"] = str(before)
     done = subprocess.run([sys.executable, "-m", "charnn", "train", str(Path(corpus).resolve()), "--max-time",
@@ -124,11 +126,12 @@ class BusyReport:
 
 def run_busy(seconds: float, plan_tries: int, corpus: Path | None, loads: dict = LOADS,
              workloads: tuple[str, ...] = WORKLOADS, before: Path | None = None, repeats: int = 1,
-             log: Callable[[str], None] = lambda message: None) -> BusyReport:
+             log: Callable[[str], None] = lambda message: None, runs: Path | None = None) -> BusyReport:
     """The matrix: every workload under every load at every thread mode, `repeats` times (the modes of a
     cell one after another, their order turning each time, so that a neighbour's slower or quicker
     minute falls on all of them alike), then `plan_tries` plans of `corpus` at ten minutes under every
-    load (and with the checkout `before`, if given)."""
+    load (and with the checkout `before`, if given), in the runs root `runs` if given: the idle load's
+    plans come first and begin its speed memory, as a user's first runs would."""
     report, modes = BusyReport(), list(thread_modes().items())
     for load, kinds in loads.items():
         with competitors(kinds):
@@ -139,7 +142,7 @@ def run_busy(seconds: float, plan_tries: int, corpus: Path | None, loads: dict =
                         report.add(work, load, mode, measure(work, threads, seconds))
             for _ in range(plan_tries if corpus is not None else 0):
                 log(f"planning {corpus.name}, beside {load}")
-                report.plans.setdefault(load, []).append(plan_shape(corpus))
+                report.plans.setdefault(load, []).append(plan_shape(corpus, runs=runs))
                 if before is not None:
                     report.plans_before.setdefault(load, []).append(plan_shape(corpus, before=before))
     return report
