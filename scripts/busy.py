@@ -8,7 +8,9 @@ share of a time budget evaluation takes.
 
 The competitors (processes spinning half a core, one core, two) are started and stopped here, each in a
 session of its own, as another user's work would be (charnn.bench.busy). Run it on an otherwise idle
-machine: the "idle" row assumes one. Prints Markdown tables; --json FILE keeps the figures.
+machine: the "idle" row assumes one. The plans run in a runs root of their own, idle first, so that
+their speed memory starts empty and the idle plans begin it (charnn.plan.memory), as a user's first runs
+would; the whole run gets a copy of it. Prints Markdown tables; --json FILE keeps the figures.
 """
 
 from __future__ import annotations
