@@ -354,8 +354,7 @@ class _Probe:
         return True
 
 
-TRIAL_TRIES = 3
-TRIAL_SPAN = 0.04  # seconds of tries at each other count: longer than a neighbour's time slice
+TRIAL_TRIES, TRIAL_SPAN = 3, 0.04  # tries at the fewest threads; seconds of them at each other count (> a time slice)
 
 
 def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
@@ -367,8 +366,7 @@ def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: flo
     if trial is None or len(counts) < 2:
         return counts
     fewest = min(counts)
-    # the yardstick is the best of three tries: the first may pay for starting threads, any may lose a slice
-    yardstick = min(trial(fewest) for _ in range(TRIAL_TRIES))
+    yardstick = min(trial(fewest) for _ in range(TRIAL_TRIES))  # best of three: any try may lose a slice
     kept = [fewest]
     for count in sorted(set(counts) - {fewest}):
         # a few tries in a row can all fall while a spinning neighbour waits for its slice (beside one
