@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from charnn.plan import sizing
 from charnn.config import ModelConfig, TrainConfig
+from charnn.plan.shapes import parse_shape
 from charnn.plan.sizing import Budget, Shape, Situation, SpeedTable, choose
 from charnn.runtime.threads import ThreadChoice
 from conftest import TINY, run_cli
@@ -390,16 +391,41 @@ def test_a_step_budget_evaluates_alike_on_any_device():
 
 
 class Sized:
-    """What planning.Replanner reads of a planning.Sizing: the situation, the speeds, the --size."""
+    """What planning.Replanner reads of a planning.Sizing: the situation, the speeds, the --size, and the
+    speeds timed again under the load a re-plan saw (`now`: the same relative speeds, unless given)."""
 
-    def __init__(self, situation, speeds, size="auto", precision="fp32"):
+    def __init__(self, situation, speeds, size="auto", precision="fp32", now=None):
         self.situation, self.speeds, self.size, self.precision = situation, speeds, size, precision
+        self.now, self.allowances = now or speeds, []
+
+    def timed_now(self, allowance):
+        self.allowances.append(allowance)
+        return Timed(self.now)
 
 
-def replanner(corpus: float, seconds: float | None):
+class Timed:
+    """Speeds timed afresh (as speed.MeasuredSpeeds): a table whose shapes are all timed already."""
+
+    device_type = "cpu"
+
+    def __init__(self, table):
+        self.table, self.checked = table, []
+
+    def chars_per_sec(self, shape):
+        return self.table.chars_per_sec(shape)
+
+    def check(self, shapes, force=False):
+        self.checked += shapes
+        return False
+
+    def record(self):
+        return {"2x256 b8 s128": {"chars_per_sec": self.table.chars_per_sec(sizing.default_shape()), "threads": 1}}
+
+
+def replanner(corpus: float, seconds: float | None, now=None):
     from charnn.plan.planning import Replanner  # noqa: PLC0415
 
-    sized = Sized(situation(corpus, seconds), SpeedTable(CPU.table))
+    sized = Sized(situation(corpus, seconds), SpeedTable(CPU.table), now=now)
     plan = choose(sized.situation, sized.speeds)
     return Replanner(sized, plan, lambda new: ("model", "config")), plan
 
@@ -416,6 +442,22 @@ def test_a_run_that_sees_another_speed_than_it_planned_is_planned_again_for_the_
     assert new.plan.train["precision"] == "fp32"  # the run keeps the precision it chose
     faster = replanner(24 * MB, 3600)[0].decide(60.0, seen=plan.chars_per_sec * 2)
     assert width(faster.plan) > width(plan)
+
+
+def test_a_new_plan_takes_the_relative_speeds_timed_under_the_load_it_saw():
+    """Beside busy neighbours the policy falls back to one thread, which costs a small model less than a
+    large one: the new plan reads the shapes' speeds as timed again then, scaled to the speed seen."""
+    busy = SpeedTable({name: rate * (0.6 if parse_shape(name).hidden_size <= 256 else 0.3)
+                       for name, rate in CPU.table.items()})
+    replan, plan = replanner(3.2 * MB, 1800, now=busy)
+    seen = plan.chars_per_sec / 6
+    new = replan.decide(60.0, seen=seen)
+    again = choose(situation(3.2 * MB, 1740), replace(busy, factor=seen / busy.chars_per_sec(plan.shape)))
+    uniform = choose(situation(3.2 * MB, 1740), replace(CPU, factor=1 / 6))
+    assert width(plan) > width(new.plan) > width(uniform)  # every shape slowed alike: a model smaller still
+    assert (new.plan.shape, new.plan.steps) == (again.shape, again.steps)
+    assert replan.sized.allowances == [pytest.approx(18.0)]  # 1% of the half hour goes into the timing
+    assert new.plan.timings != plan.timings and new.plan.replanned["first_timings"] == plan.timings
 
 
 @pytest.mark.parametrize("corpus, seconds, elapsed, ratio", [

@@ -39,6 +39,7 @@ REPLAN_AFTER = 60.0  # seconds of training before the speed seen is compared wit
 REPLAN_SOONEST = 15.0  # or fewer in a short budget, but not fewer than these (see Replanner.due)
 REPLAN_RATIO = 1.5  # the speed seen this many times above or below the planned: the plan is made again
 REPLAN_SHARE = 0.05  # of the budget, at most, may be spent for a new plan to be made
+REPLAN_TIMING = 0.01  # of the budget, at most, goes into timing the shapes again under the load a re-plan saw
 
 
 class Sizing:
@@ -71,6 +72,12 @@ class Sizing:
     def speeds(self) -> MeasuredSpeeds:
         """The speeds of the precision chosen (the last planned)."""
         return self.speeds_in[self.precision]
+
+    def timed_now(self, allowance: float) -> MeasuredSpeeds:
+        """The chosen precision's speeds, to be timed afresh within `allowance` seconds and without the
+        memory: for a re-plan, whose point is the load the run saw."""
+        s = self.speeds
+        return MeasuredSpeeds(s.device, s.vocab_size, allowance, s.seconds_per_shape, s.threads, s.precision)
 
     def plan(self, estimate_time: bool = False) -> sizing.Plan:
         """The plan, in the precision the run will use. With --precision auto and a mixed precision on the
@@ -135,9 +142,12 @@ class Replan:
 class Replanner:
     """A busy moment at the start can still mislead the timing, and a neighbour can come or go. After the
     first REPLAN_AFTER seconds of a run planned for a time (a --max-time, or the default budget), the
-    training speed seen is compared with the planned (sooner in a short budget: `due`): more than REPLAN_RATIO apart while less than
-    REPLAN_SHARE of the budget is spent, and the plan is made again for the rest of the budget at the
-    speed seen. `build` turns a plan into the run's configurations."""
+    training speed seen is compared with the planned (sooner in a short budget: `due`): more than
+    REPLAN_RATIO apart while less than REPLAN_SHARE of the budget is spent, and the plan is made again
+    for the rest of the budget at the speed seen. The shapes are timed again under that load first: it
+    does not slow every shape alike (one thread, where the policy falls back to it, costs a small model
+    less), so the new timings give the shapes' relative speeds, and the speed seen scales them.
+    `build` turns a plan into the run's configurations."""
 
     def __init__(self, sized: Sizing, plan: sizing.Plan, build: Callable[[sizing.Plan], tuple[ModelConfig, TrainConfig]]):
         self.sized, self.plan, self.build = sized, plan, build
@@ -158,12 +168,19 @@ class Replanner:
         ratio = seen / planned
         if 1 / REPLAN_RATIO <= ratio <= REPLAN_RATIO:
             return None
-        self.sized.speeds.allowance = 0.0  # no more timing in the middle of a run: the table, scaled
-        situation = replace(self.sized.situation, spent=elapsed)
-        plan = sizing.choose(situation, sizing.ScaledSpeeds(self.sized.speeds, ratio), self.sized.size)
+        now = self.sized.timed_now(REPLAN_TIMING * budget)
+        now.check([self.plan.shape], force=True)
+        speeds = sizing.ScaledSpeeds(now, seen / now.chars_per_sec(self.plan.shape))
+        situation, size = replace(self.sized.situation, spent=elapsed), self.sized.size
+        plan = sizing.choose(situation, speeds, size)
+        for _ in range(CHECKS):
+            if not now.check(sizing.decisive_shapes(plan, situation)):
+                break
+            plan = sizing.choose(situation, speeds, size)
         why = {"elapsed": round(elapsed, 1), "seen_chars_per_sec": round(seen, 1), "planned_chars_per_sec":
-               round(planned, 1), "ratio": round(ratio, 3), "first": self.plan.describe()}
-        plan = replace(plan, train={**plan.train, "precision": self.sized.precision}, timings=self.plan.timings,
+               round(planned, 1), "ratio": round(ratio, 3), "first": self.plan.describe(),
+               "first_timings": self.plan.timings}
+        plan = replace(plan, train={**plan.train, "precision": self.sized.precision}, timings=now.record(),
                        precision=self.plan.precision, replanned=why)
         return Replan(plan, *self.build(plan))
 
