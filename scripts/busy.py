@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from charnn.plan import sizing  # noqa: E402
-from charnn.bench.busy import LOADS, WORKLOADS, _environment, competitors, run_busy  # noqa: E402
+from charnn.bench.busy import LOADS, WORKLOADS, Plans, _environment, competitors, run_busy  # noqa: E402
 from charnn.data.tokens import CACHE_DIR  # noqa: E402
 from charnn.plan.memory import FILE_NAME  # noqa: E402
 from charnn.plan.shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable  # noqa: E402
@@ -120,9 +120,8 @@ def main() -> None:
         # the plans' own runs root: a fresh speed memory that the idle plans begin (no leftover of earlier runs)
         runs = Path(tmp) / "runs"
         runs.mkdir()
-        report = run_busy(args.seconds, args.plans, args.corpus, before=args.before, repeats=args.repeats,
-                          log=lambda m: print(m, file=sys.stderr), workloads=() if args.no_speeds else WORKLOADS,
-                          runs=runs)
+        report = run_busy(args.seconds, Plans(args.corpus, args.plans, runs, args.before), repeats=args.repeats,
+                          log=lambda m: print(m, file=sys.stderr), workloads=() if args.no_speeds else WORKLOADS)
         after_plans(args, report, plans_memory(runs))
 
 

@@ -68,13 +68,12 @@ def test_bench_shows_the_mixed_precision_beside_fp32_where_the_device_has_it(mon
 def test_the_busy_benchmark_measures_every_mode_beside_every_load_and_stops_its_competitors(tmp_path):
     import os  # noqa: PLC0415
 
-    from charnn.bench.busy import run_busy, synthetic_corpus  # noqa: PLC0415
+    from charnn.bench.busy import Plans, run_busy, synthetic_corpus  # noqa: PLC0415
 
     corpus = synthetic_corpus(tmp_path / "corpus.txt", chars=200_000)
     runs = tmp_path / "runs"
     runs.mkdir()
-    report = run_busy(0.3, plan_tries=1, corpus=corpus, loads={"one core": ("full",)}, workloads=("sample 1",),
-                      runs=runs)
+    report = run_busy(0.3, Plans(corpus, tries=1, runs=runs), loads={"one core": ("full",)}, workloads=("sample 1",))
     rates = report.rates["sample 1"]
     assert set(rates) == {"one core"}
     assert all(set(r) == {"1 thread", "all threads", "policy"} and min(r.values()) > 0 for r in rates.values())
@@ -98,7 +97,7 @@ def test_the_busy_benchmark_alternates_the_modes_of_a_cell_and_shows_the_median_
 
     monkeypatch.setattr(busy, "measure", fake_measure)
     monkeypatch.setattr(busy, "thread_modes", lambda: {"1 thread": "1", "all threads": "2", "policy": "auto"})
-    report = busy.run_busy(1.0, plan_tries=0, corpus=None, loads={"idle": ()}, workloads=("eval",), repeats=3)
+    report = busy.run_busy(1.0, loads={"idle": ()}, workloads=("eval",), repeats=3)
     # each repeat starts with another mode, so none always runs first (or last) beside a neighbour
     assert calls == ["1", "2", "auto", "2", "auto", "1", "auto", "1", "2"]
     assert report.rates["eval"]["idle"] == {"1 thread": 20.0, "all threads": 6.0, "policy": 11.0}

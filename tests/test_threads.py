@@ -6,7 +6,8 @@ import itertools
 import pytest
 
 from charnn.errors import CharnnError
-from charnn.runtime.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads, viable
+from charnn.runtime.contention import busy_seconds, crowded, viable, watch_cores
+from charnn.runtime.threads import ThreadChoice, ThreadPolicy, parse_threads, resolve_threads
 
 
 class FakeMachine:
@@ -196,6 +197,60 @@ def test_a_count_whose_small_trial_is_slow_is_not_given_a_whole_unit():
     # each probe asks again (a neighbour may leave): the start and the re-check at 30 s; a first try that
     # stalls for two spans is its answer
     assert trials[:3] == [1, 1, 1] and trials[3:].count(2) == 2 and trials[4:6] == [1, 1]
+
+
+def _watched(machine: FakeMachine, others: float | None, timings: dict[int, float]):
+    """A policy on two cores whose start finds `others` cores kept busy by other processes; its trials."""
+    trials = []
+
+    def trial(threads):
+        trials.append((threads, machine.now))
+        return timings[threads]
+
+    policy = ThreadPolicy(ThreadChoice(None, "auto", 2), machine.apply, clock=machine.clock, trial=trial,
+                          watch=lambda: lambda: others)
+    return policy, trials
+
+
+def test_a_start_beside_a_whole_busy_core_does_not_even_try_two_threads_until_the_clock_re_checks():
+    machine = FakeMachine({1: 0.07, 2: 7.0})  # a trial of two threads stalls for a time slice: 0.3 s
+    policy, trials = _watched(machine, 1.0, {1: 0.002, 2: 0.3})
+    counts = machine.run(policy, 500)
+    assert 2 not in counts and policy.threads == 1 and policy.changes[0].rates.keys() == {1}
+    assert trials and min(now for _, now in trials) >= ThreadPolicy.RECHECK  # the re-check's trial, no sooner
+    assert [n for n, _ in trials] == [1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("others", [0.5, None])  # half a core busy; a system that cannot say
+def test_a_start_with_room_tries_the_other_counts_after_its_first_turn(others):
+    machine = FakeMachine({1: 0.08, 2: 0.05})
+    policy, trials = _watched(machine, others, {1: 0.002, 2: 0.0015})
+    counts = machine.run(policy, 100)
+    assert counts[:3] == [1, 1, 1] and policy.threads == 2 and policy.changes[0].after == 2
+    assert trials[0][1] >= ThreadPolicy.TURN_SECONDS and {n for n, _ in trials} == {1, 2}
+
+
+@pytest.mark.parametrize("counts, cores, others, left_out", [
+    ([2], 2, 1.0, {2}),  # a spinning core of two
+    ([2], 2, 0.5, set()),  # half of one: two threads still as fast as one
+    ([2], 2, None, set()),
+    ([2, 4], 4, 1.0, {4}),
+    ([2, 4], 4, 0.2, set()),
+    ([2, 4], 4, 3.0, {2, 4}),
+])
+def test_crowded_counts_are_those_the_busy_cores_leave_no_room_for(counts, cores, others, left_out):
+    assert crowded(counts, cores, others) == left_out
+
+
+def test_the_cores_use_is_read_from_proc_stat_for_the_cores_this_process_may_run_on(monkeypatch):
+    stat = ("cpu  900 0 300 5000 100 0 0 0 0 0\n"  # all cores together: not counted again
+            "cpu0 100 10 50 2000 40 5 5 2 0 0\ncpu1 700 0 200 1000 0 0 0 0 0 0\ncpu2 100 0 50 2000 60 0 0 0 0 0\n"
+            "intr 12345\nprocs_running 3\n")
+    assert busy_seconds(stat, {0, 2}, 100) == pytest.approx((172 + 150) / 100)  # idle and iowait are free
+    readings = iter([(10.0, 2.0, 100.0), (11.5, 2.5, 101.0), (20.0, 3.0, 200.0), (20.01, 3.0, 200.01)])
+    monkeypatch.setattr("charnn.runtime.contention._reading", lambda: next(readings))
+    assert watch_cores()() == pytest.approx(1.0)  # 1.5 busy seconds in a second, half a second of them ours
+    assert watch_cores()() is None  # ten milliseconds: too few ticks to say
 
 
 def _tries(first: list[float], then: float):

@@ -124,14 +124,23 @@ class BusyReport:
         return row["policy"] / max(row["1 thread"], row["all threads"])
 
 
-def run_busy(seconds: float, plan_tries: int, corpus: Path | None, loads: dict = LOADS,
-             workloads: tuple[str, ...] = WORKLOADS, before: Path | None = None, repeats: int = 1,
-             log: Callable[[str], None] = lambda message: None, runs: Path | None = None) -> BusyReport:
+@dataclass(frozen=True)
+class Plans:
+    """The plans a busy benchmark takes under each load: `tries` of `corpus` at ten minutes, in the runs
+    root `runs` if given (its speed memory), and with the charnn checkout `before` too, if given."""
+
+    corpus: Path
+    tries: int
+    runs: Path | None = None
+    before: Path | None = None
+
+
+def run_busy(seconds: float, plans: Plans | None = None, loads: dict = LOADS, workloads: tuple[str, ...] = WORKLOADS,
+             repeats: int = 1, log: Callable[[str], None] = lambda message: None) -> BusyReport:
     """The matrix: every workload under every load at every thread mode, `repeats` times (the modes of a
     cell one after another, their order turning each time, so that a neighbour's slower or quicker
-    minute falls on all of them alike), then `plan_tries` plans of `corpus` at ten minutes under every
-    load (and with the checkout `before`, if given), in the runs root `runs` if given: the idle load's
-    plans come first and begin its speed memory, as a user's first runs would."""
+    minute falls on all of them alike), then the `plans` under every load: the idle load's come first
+    and begin the speed memory of their runs root, as a user's first runs would."""
     report, modes = BusyReport(), list(thread_modes().items())
     for load, kinds in loads.items():
         with competitors(kinds):
@@ -140,11 +149,11 @@ def run_busy(seconds: float, plan_tries: int, corpus: Path | None, loads: dict =
                     for mode, threads in modes[repeat % len(modes):] + modes[:repeat % len(modes)]:
                         log(f"{work}, {mode}, beside {load}" + (f" ({repeat + 1} of {repeats})" if repeats > 1 else ""))
                         report.add(work, load, mode, measure(work, threads, seconds))
-            for _ in range(plan_tries if corpus is not None else 0):
-                log(f"planning {corpus.name}, beside {load}")
-                report.plans.setdefault(load, []).append(plan_shape(corpus, runs=runs))
-                if before is not None:
-                    report.plans_before.setdefault(load, []).append(plan_shape(corpus, before=before))
+            for _ in range(plans.tries if plans is not None else 0):
+                log(f"planning {plans.corpus.name}, beside {load}")
+                report.plans.setdefault(load, []).append(plan_shape(plans.corpus, runs=plans.runs))
+                if plans.before is not None:
+                    report.plans_before.setdefault(load, []).append(plan_shape(plans.corpus, before=plans.before))
     return report
 
 

@@ -75,12 +75,12 @@ def bench(
 def _busy(options: BenchOptions, log):
     import tempfile  # noqa: PLC0415
 
-    from ..bench.busy import run_busy, synthetic_corpus  # noqa: PLC0415
+    from ..bench.busy import Plans, run_busy, synthetic_corpus  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="charnn-busy-") as tmp:
         corpus = synthetic_corpus(Path(tmp) / "corpus.txt")
         seconds = options.seconds or (4.0 if options.quick else 8.0)
-        return run_busy(seconds, plan_tries=2 if options.quick else 5, corpus=corpus, log=log)
+        return run_busy(seconds, Plans(corpus, tries=2 if options.quick else 5), log=log)
 
 
 def busy_tables(report: dict) -> list[Table]:

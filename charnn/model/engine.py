@@ -39,6 +39,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..config import ModelConfig
+from ..runtime.contention import watch_cores
 from ..runtime.threads import ThreadChoice, ThreadPolicy, resolve_threads
 
 READ_CHUNK = 1024  # prime characters per stretch: bounds the memory of a long prime's input terms
@@ -250,7 +251,8 @@ class Engine:
         many = streams >= MANY_STREAMS
         if many not in self._policies:
             initial = max(self.threads.candidates) if many else min(self.threads.candidates)
-            self._policies[many] = ThreadPolicy(self.threads, self.pool.set, initial=initial, trial=self._trial)
+            self._policies[many] = ThreadPolicy(self.threads, self.pool.set, initial=initial, trial=self._trial,
+                                                  watch=watch_cores)
         return self._policies[many]
 
     # --- a stretch of text -------------------------------------------------------------------

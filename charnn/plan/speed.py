@@ -23,7 +23,8 @@ from ..model.spec import training_bytes
 from ..model.step import clip_gradients, forward_backward, make_optimizer, optimizer_step
 from ..runtime.device import torch_trial
 from ..runtime.memory import available_bytes
-from ..runtime.threads import ThreadChoice, resolve_threads, viable
+from ..runtime.contention import viable
+from ..runtime.threads import ThreadChoice, resolve_threads
 from .memory import SpeedMemory
 from .shapes import CPU_REFERENCE, CPU_SPEEDS, Shape, SpeedTable, parse_shape
 

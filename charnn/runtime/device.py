@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from ..errors import CharnnError
+from .contention import watch_cores
 from .threads import ThreadChoice, ThreadPolicy, resolve_threads
 
 
@@ -41,7 +42,7 @@ def set_torch_threads(threads: int) -> None:
 
 def torch_trial(threads: int) -> float:
     """Seconds for a small piece of PyTorch's parallel work on `threads` threads, what
-    charnn.runtime.threads.viable compares: 48 parallel passes, each ending at a barrier where the threads wait
+    charnn.runtime.contention.viable compares: 48 parallel passes, each ending at a barrier where the threads wait
     for each other (about a millisecond in all on an idle machine). A busy neighbour that makes threads
     wait for a core shows at so many barriers, where a few might all be lucky."""
     set_torch_threads(threads)
@@ -61,7 +62,7 @@ def torch_thread_policy(device: torch.device, choice: ThreadChoice | None = None
     if device.type != "cpu":
         return ThreadPolicy(ThreadChoice(torch.get_num_threads(), "the accelerator", torch.get_num_threads()),
                             lambda n: None)
-    return ThreadPolicy(choice or resolve_threads(), set_torch_threads, trial=torch_trial)
+    return ThreadPolicy(choice or resolve_threads(), set_torch_threads, trial=torch_trial, watch=watch_cores)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ..errors import CharnnError
+from .contention import crowded, viable
 
 ENV_VAR = "CHARNN_THREADS"
 SOURCES = ("--threads", ENV_VAR, "OMP_NUM_THREADS")
@@ -157,11 +158,16 @@ class ThreadPolicy:
     GROUP_SECONDS = 0.001  # shorter units are judged in groups: judging each 86 us sampling step cost 2-7%
 
     def __init__(self, choice: ThreadChoice, apply: Callable[[int], None], initial: int | None = None,
-                 clock: Callable[[], float] = time.monotonic, trial: Callable[[int], float] | None = None):
+                 clock: Callable[[], float] = time.monotonic, trial: Callable[[int], float] | None = None,
+                 watch: Callable[[], Callable[[], float | None]] | None = None):
         """`apply(n)` sets the pool to n threads; it is called before every unit, so it must be cheap when
         the pool already has n (torch.set_num_threads takes 0.1 microseconds). `trial(n)`, if given, times
-        a small piece of parallel work at n threads (a millisecond on an idle machine): see `viable`."""
-        self.choice, self.apply, self.clock, self.trial = choice, apply, clock, trial
+        a small piece of parallel work at n threads (a millisecond on an idle machine): see `viable`.
+        `watch()`, if given, starts watching the cores (charnn.runtime.contention.watch_cores): a start then
+        runs its first turn at one thread before it tries the others, and leaves out those that the cores
+        other processes kept busy meanwhile leave no room for (`crowded`: not even a trial of them)."""
+        self.choice, self.apply, self.clock, self.trial, self.watch = choice, apply, clock, trial, watch
+        self._deferred: list[int] = []  # a start's counts that wait for the end of its first turn
         self.adaptive = choice.fixed is None and len(choice.candidates) > 1
         self.threads = choice.fixed or initial or max(choice.candidates)
         self._used: set[int] = set()
@@ -256,11 +262,23 @@ class ThreadPolicy:
         # spinning core, two threads' one unit a probe cost one-stream sampling 8%; the clock's re-checks
         # (and a start) still ask every count, so a neighbour that leaves is noticed
         skip = self._hopeless if reason == "the speed moved" else set()
-        order = viable([first] + [c for c in self.choice.candidates if c != first and c not in skip],
-                       self.trial, self.GIVE_UP)
+        order = [first] + [c for c in self.choice.candidates if c != first and c not in skip]
+        if reason == "start" and self.watch is not None and len(order) > 1:
+            order, self._deferred, self._watching = order[:1], order[1:], self.watch()
+        else:
+            order = viable(order, self.trial, self.GIVE_UP)
         self._asked = set(order)
         self._probe = _Probe(self, order)
         self._recent.clear()
+
+    def _admit(self, first: int) -> list[int]:
+        """The counts a start held back for its first turn (at `first`) that the cores' use during it
+        leaves room for and that pass the trial."""
+        deferred, self._deferred = self._deferred, []
+        room = [n for n in deferred if n not in crowded(deferred, self.choice.cores, self._watching())]
+        admitted = viable([first] + room, self.trial, self.GIVE_UP)[1:]
+        self._asked |= set(admitted)
+        return admitted
 
     def _decide(self) -> ThreadChange | None:
         probe, self._probe = self._probe, None
@@ -344,6 +362,8 @@ class _Probe:
         return self._next_turn()
 
     def _next_turn(self) -> bool:
+        if self.policy._deferred and self.round == self.turn == 0:
+            self.order += self.policy._admit(self.order[0])
         self.turn += 1
         if self.turn >= len(self.order):
             self.round, self.turn = self.round + 1, 0
@@ -352,34 +372,6 @@ class _Probe:
             return False
         self._begin_turn()
         return True
-
-
-TRIAL_TRIES, TRIAL_SPAN = 3, 0.04  # tries at the fewest threads; seconds of them at each other count (> a time slice)
-
-
-def viable(counts: list[int], trial: Callable[[int], float] | None, give_up: float) -> list[int]:
-    """The counts worth timing whole units at, in their order: always the fewest threads, and the others
-    whose `trial` (a small piece of parallel work) takes under `give_up` times the fewest threads' best
-    try, on average over TRIAL_SPAN seconds of tries. Beside a busy neighbour a training step on two of two
-    cores has taken 7 s where one thread takes 0.07 (each barrier waited for a time slice). One thread has
-    no barrier, so a slow trial of it is a lost time slice, never a reason to leave it out."""
-    if trial is None or len(counts) < 2:
-        return counts
-    fewest = min(counts)
-    yardstick = min(trial(fewest) for _ in range(TRIAL_TRIES))  # best of three: any try may lose a slice
-    kept = [fewest]
-    for count in sorted(set(counts) - {fewest}):
-        # a few tries in a row can all fall while a spinning neighbour waits for its slice (beside one
-        # spinning core, three quick tries let a 6-second training unit through in 2 of 5 runs), so the
-        # tries go on for longer than a slice, and their average decides. The first pays for starting the
-        # threads, unless it stalled for two spans itself (0.2 s beside two spinning cores: enough said).
-        first = trial(count)
-        tries = [first] if first >= 2 * TRIAL_SPAN else [trial(count)]
-        while sum(tries) < TRIAL_SPAN and len(tries) < 1000:  # (a trial too quick to time ends too)
-            tries.append(trial(count))
-        if sum(tries) / len(tries) <= give_up * yardstick:
-            kept.append(count)
-    return [count for count in counts if count in kept]
 
 
 class TimedUnit:
