@@ -515,3 +515,6 @@ def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gai
     in_fp32 = choose(situation(1.11 * MB, 600), CPU)
     assert (plan.chars > 1.3 * in_fp32.chars) == (chosen == "bf16")  # planned at bf16's speed: more text read
     assert sized.speeds.precision == chosen and torch.device("cpu").type == sized.speeds.device_type
+    now = sized.timed_now(6.0)  # a re-plan's: the chosen precision, timed afresh, without the memory
+    assert (now.precision, now.allowance, now.memory, now.timed, now.threads) == (chosen, 6.0, None, {},
+                                                                                 sized.speeds.threads)
