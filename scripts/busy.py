@@ -87,20 +87,33 @@ def train_beside(corpus: Path, kinds: tuple[str, ...], workdir: Path, budget: st
             "eval_seconds": sum(r["eval_seconds"] for r in evals), "evaluations": len(evals)}
 
 
-def plan_at_seen_speed(result: dict) -> str:
-    """The shape the rule would have chosen had it known the speed the run saw over its whole budget."""
+def plan_at_seen_speed(result: dict, factor: float = 1.0) -> str:
+    """The shape the run's last decision would have made had it known the speed the run saw over its
+    whole budget (times `factor`): the first plan's, or after a re-plan the re-plan's, for the rest of
+    the budget it was made for. Only the speed differs from that decision."""
     sized, corpus = result["config"]["sizing"], result["config"]["corpus"]
-    factor = sized["timings"][CPU_REFERENCE]["chars_per_sec"] / CPU_SPEEDS[CPU_REFERENCE]
-    table = {**{k: v * factor for k, v in CPU_SPEEDS.items()},
+    scale = sized["timings"][CPU_REFERENCE]["chars_per_sec"] / CPU_SPEEDS[CPU_REFERENCE]
+    table = {**{k: v * scale for k, v in CPU_SPEEDS.items()},
              **{k: v["chars_per_sec"] for k, v in sized["timings"].items()}}
     model, train = result["config"]["model"], result["config"]["train"]
     trained = Shape(model["num_layers"], model["hidden_size"], train["batch_size"], train["seq_len"], model["cell"])
     # the speed seen over the table's speed for the shape trained (after a re-plan, not the one first planned)
-    speeds = sizing.ScaledSpeeds(SpeedTable(table), result["seen"] / SpeedTable(table).chars_per_sec(trained))
-    situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=result["config"]["model"]["vocab_size"],
-                                 budget=sizing.Budget(seconds=600.0), val_chars=corpus["val_tokens"])
+    seen = factor * result["seen"]
+    speeds = sizing.ScaledSpeeds(SpeedTable(table), seen / SpeedTable(table).chars_per_sec(trained))
+    spent = (sized.get("replanned") or {}).get("elapsed", 0.0)
+    situation = sizing.Situation(train_chars=corpus["train_tokens"], vocab_size=model["vocab_size"],
+                                 budget=sizing.Budget(seconds=600.0), val_chars=corpus["val_tokens"], spent=spent)
     plan = sizing.choose(situation, speeds)
     return f"{plan.shape.num_layers}x{plan.shape.hidden_size} d{plan.model['dropout']}"
+
+
+def same_choice_band(result: dict) -> tuple[float, float]:
+    """How far the speed seen could have been off, down and up (as factors, in steps of 1%, to 0.5x and 2x),
+    before the rule chose another shape than at the speed seen: how close a call the whole run was."""
+    at_seen = plan_at_seen_speed(result)
+    down = next((f / 100 for f in range(99, 49, -1) if plan_at_seen_speed(result, f / 100) != at_seen), 0.5)
+    up = next((f / 100 for f in range(101, 201) if plan_at_seen_speed(result, f / 100) != at_seen), 2.0)
+    return down, up
 
 
 def main() -> None:
@@ -137,7 +150,9 @@ def after_plans(args: argparse.Namespace, report, memory: Path) -> None:
             replanned = result["config"]["sizing"].get("replanned")
             chosen = f"{result['config']['model']['num_layers']}x{result['config']['model']['hidden_size']} " \
                      f"d{result['config']['model']['dropout']}"
+            band = same_choice_band(result)
             figures["whole_run"] = {"chosen": chosen, "at_seen_speed": plan_at_seen_speed(result),
+                                    "same_choice_from_to": band,
                                     "seen_chars_per_sec": round(result["seen"], 1),
                                     "planned_chars_per_sec": result["config"]["sizing"]["chars_per_sec"],
                                     "memory": memory.is_file(), "replanned": replanned}
@@ -145,7 +160,8 @@ def after_plans(args: argparse.Namespace, report, memory: Path) -> None:
                   + (f"planned {replanned['first']}, then again after {replanned['elapsed']:.0f} s at "
                      f"{replanned['ratio']:.2f}x the planned speed; " if replanned else "")
                   + f"trained {chosen} at {figures['whole_run']['planned_chars_per_sec']:,.0f} chars/s planned; "
-                  f"the run saw {result['seen']:,.0f}, at which the rule chooses {figures['whole_run']['at_seen_speed']}")
+                  f"the run saw {result['seen']:,.0f}, at which the rule chooses {figures['whole_run']['at_seen_speed']} "
+                  f"(the same from {band[0]:.2f}x to {band[1]:.2f}x that speed)")
         if args.eval_share:
             result = train_beside(args.eval_share, (), Path(tmp))
             share = result["eval_seconds"] / result["elapsed"]
