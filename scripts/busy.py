@@ -107,12 +107,17 @@ def plan_at_seen_speed(result: dict, factor: float = 1.0) -> str:
     return f"{plan.shape.num_layers}x{plan.shape.hidden_size} d{plan.model['dropout']}"
 
 
-def same_choice_band(result: dict) -> tuple[float, float]:
+def same_choice_band(result: dict, shape_only: bool = False) -> tuple[float, float]:
     """How far the speed seen could have been off, down and up (as factors, in steps of 1%, to 0.5x and 2x),
-    before the rule chose another shape than at the speed seen: how close a call the whole run was."""
-    at_seen = plan_at_seen_speed(result)
-    down = next((f / 100 for f in range(99, 49, -1) if plan_at_seen_speed(result, f / 100) != at_seen), 0.5)
-    up = next((f / 100 for f in range(101, 201) if plan_at_seen_speed(result, f / 100) != at_seen), 2.0)
+    before the rule chose another plan (`shape_only`: another shape, layers x width) than at the speed
+    seen: how close a call the whole run was."""
+    def choice(factor: float) -> str:
+        plan = plan_at_seen_speed(result, factor)
+        return plan.split()[0] if shape_only else plan
+
+    at_seen = choice(1.0)
+    down = next((f / 100 for f in range(99, 49, -1) if choice(f / 100) != at_seen), 0.5)
+    up = next((f / 100 for f in range(101, 201) if choice(f / 100) != at_seen), 2.0)
     return down, up
 
 
@@ -150,18 +155,22 @@ def after_plans(args: argparse.Namespace, report, memory: Path) -> None:
             replanned = result["config"]["sizing"].get("replanned")
             chosen = f"{result['config']['model']['num_layers']}x{result['config']['model']['hidden_size']} " \
                      f"d{result['config']['model']['dropout']}"
-            band = same_choice_band(result)
-            figures["whole_run"] = {"chosen": chosen, "at_seen_speed": plan_at_seen_speed(result),
-                                    "same_choice_from_to": band,
+            band, shape_band = same_choice_band(result), same_choice_band(result, shape_only=True)
+            at_seen = plan_at_seen_speed(result)
+            figures["whole_run"] = {"chosen": chosen, "at_seen_speed": at_seen,
+                                    "same_shape": chosen.split()[0] == at_seen.split()[0],
+                                    "same_choice_from_to": band, "same_shape_from_to": shape_band,
                                     "seen_chars_per_sec": round(result["seen"], 1),
                                     "planned_chars_per_sec": result["config"]["sizing"]["chars_per_sec"],
-                                    "memory": memory.is_file(), "replanned": replanned}
+                                    "memory": memory.is_file(), "replanned": replanned,
+                                    "config": result["config"]}  # to judge it again: plan_at_seen_speed
             print(f"\nbeside two cores ({'with' if memory.is_file() else 'without'} the plans' speed memory): "
                   + (f"planned {replanned['first']}, then again after {replanned['elapsed']:.0f} s at "
                      f"{replanned['ratio']:.2f}x the planned speed; " if replanned else "")
                   + f"trained {chosen} at {figures['whole_run']['planned_chars_per_sec']:,.0f} chars/s planned; "
                   f"the run saw {result['seen']:,.0f}, at which the rule chooses {figures['whole_run']['at_seen_speed']} "
-                  f"(the same from {band[0]:.2f}x to {band[1]:.2f}x that speed)")
+                  f"(the same from {band[0]:.2f}x to {band[1]:.2f}x that speed; its shape from {shape_band[0]:.2f}x "
+                  f"to {shape_band[1]:.2f}x)")
         if args.eval_share:
             result = train_beside(args.eval_share, (), Path(tmp))
             share = result["eval_seconds"] / result["elapsed"]
