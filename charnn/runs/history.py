@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ..data.checked import finite, odd_values, plain, read_model_config, section, text, texts, train_config, whole
+from ..data.checked import finite, odd_values, read_model_config, section, text, texts, train_config, whole
 from ..data.corpus import corpus_name
 from ..errors import CharnnError
 from ..model.spec import parameter_count
