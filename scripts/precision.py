@@ -5,6 +5,7 @@ and at equal time.
     python scripts/precision.py time [--minutes 10]          # equal time: fp32 and bf16 --max-time, taking turns
     nice -n 19 python scripts/precision.py steps             # equal steps: the steps fp32 took, in both precisions
     python scripts/precision.py table                        # the tables, from what the runs left
+    python scripts/precision.py steps --seed 7 --corpus tinyshakespeare   # another seed, beside the first
 
 `time` needs a quiet machine (its budget is wall-clock time); `steps` trains with --max-steps, so its
 results do not depend on the load and it may run in the background. Every run is `--size small` (the
@@ -29,7 +30,8 @@ WORK = REPO / "runs" / "precision"
 CORPORA = {"tinyshakespeare": REPO / "corpora" / "tinyshakespeare.txt",
            "warandpeace": REPO / "corpora" / "warandpeace.txt",
            "pystdlib": REPO / "runs" / "sizing" / "corpora" / "pystdlib.txt"}
-COMMON = ["--size", "small", "--seed", "1337", "--eval-every", "1000", "--eval-chars", "200000", "--quiet"]
+COMMON = ["--size", "small", "--eval-every", "1000", "--eval-chars", "200000", "--quiet"]
+SEED = 1337
 
 
 def charnn(*args: str) -> subprocess.CompletedProcess:
@@ -67,12 +69,18 @@ def run_dir(corpus: str, label: str) -> Path:
     return WORK / "runs" / f"{corpus}-{label}"
 
 
-def train(corpus: str, label: str, *limits: str) -> None:
+def seeded(label: str, seed: int) -> str:
+    """A run's label with its seed, where the seed is not the first one's."""
+    return label if seed == SEED else f"{label}-seed{seed}"
+
+
+def train(corpus: str, label: str, seed: int, *limits: str) -> None:
     """A run, unless a finished one is there (a run cut short is trained again from the start)."""
+    label = seeded(label, seed)
     out, done = run_dir(corpus, label), WORK / "done" / f"{corpus}-{label}"
     if done.is_file() and (out / "best.pt").is_file():
         return
-    charnn("train", str(CORPORA[corpus]), *COMMON, *limits, "--out", str(out), "--overwrite")
+    charnn("train", str(CORPORA[corpus]), *COMMON, "--seed", str(seed), *limits, "--out", str(out), "--overwrite")
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text("finished\n")
 
@@ -82,21 +90,22 @@ def steps_of(corpus: str, label: str) -> int:
     return max(r["step"] for r in records if r["kind"] == "eval")
 
 
-def equal_time(minutes: float, mixed: str) -> None:
-    for corpus in CORPORA:
+def equal_time(minutes: float, mixed: str, corpora: list[str], seed: int) -> None:
+    for corpus in corpora:
         for precision in ("fp32", mixed):  # taking turns, so a change in the machine's load hits both
-            print(f"{corpus}: {precision} for {minutes:g} minutes", file=sys.stderr)
-            train(corpus, f"{precision}-time", "--precision", precision, "--max-time", f"{minutes:g}m")
+            print(f"{corpus}: {precision} for {minutes:g} minutes, seed {seed}", file=sys.stderr)
+            train(corpus, f"{precision}-time", seed, "--precision", precision, "--max-time", f"{minutes:g}m")
 
 
-def equal_steps(mixed: str) -> None:
-    for corpus in CORPORA:
+def equal_steps(mixed: str, corpora: list[str], seed: int) -> None:
+    """The steps the first seed's fp32 run took in its time, whatever the seed."""
+    for corpus in corpora:
         if not (run_dir(corpus, "fp32-time") / "metrics.jsonl").is_file():
             continue
         steps = str(steps_of(corpus, "fp32-time"))
         for precision in ("fp32", mixed):
-            print(f"{corpus}: {precision} for {steps} steps", file=sys.stderr)
-            train(corpus, f"{precision}-steps", "--precision", precision, "--max-steps", steps)
+            print(f"{corpus}: {precision} for {steps} steps, seed {seed}", file=sys.stderr)
+            train(corpus, f"{precision}-steps", seed, "--precision", precision, "--max-steps", steps)
 
 
 def score(corpus: str, label: str) -> float | None:
@@ -106,18 +115,18 @@ def score(corpus: str, label: str) -> float | None:
     return json.loads(charnn("eval", str(run), "--json", "--threads", "auto").stdout)["loss"]
 
 
-def table(mixed: str) -> None:
+def table(mixed: str, corpora: list[str], seed: int) -> None:
     print(f"| corpus | fp32 steps | fp32, equal steps | {mixed}, equal steps | difference | fp32, 10 min | "
           f"{mixed}, 10 min | difference | {mixed} steps in 10 min |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for corpus in CORPORA:
-        losses = {label: score(corpus, label) for label in
+    for corpus in corpora:
+        losses = {label: score(corpus, seeded(label, seed)) for label in
                   ("fp32-steps", f"{mixed}-steps", "fp32-time", f"{mixed}-time")}
         cells = [corpus, _steps(corpus, "fp32-time")]
         for a, b in (("fp32-steps", f"{mixed}-steps"), ("fp32-time", f"{mixed}-time")):
             cells += [_loss(losses[a]), _loss(losses[b]),
                       f"{losses[b] - losses[a]:+.4f}" if None not in (losses[a], losses[b]) else ""]
-        print("| " + " | ".join(cells + [_steps(corpus, f"{mixed}-time")]) + " |")
+        print("| " + " | ".join(cells + [_steps(corpus, seeded(f"{mixed}-time", seed))]) + " |")
 
 
 def _loss(value: float | None) -> str:
@@ -134,15 +143,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--mixed", default="bf16", help="the mixed precision to compare (default bf16)")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"the runs' seed (default {SEED}); runs with "
+                        "another are kept beside the first seed's")
+    parser.add_argument("--corpus", action="append", choices=list(CORPORA),
+                        help="only this corpus (repeatable; default all three)")
     args = parser.parse_args()
+    corpora = args.corpus or list(CORPORA)
     if args.part == "speed":
         speed(args.rounds)
     elif args.part == "time":
-        equal_time(args.minutes, args.mixed)
+        equal_time(args.minutes, args.mixed, corpora, args.seed)
     elif args.part == "steps":
-        equal_steps(args.mixed)
+        equal_steps(args.mixed, corpora, args.seed)
     else:
-        table(args.mixed)
+        table(args.mixed, corpora, args.seed)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,17 @@ cell then trains with --max-steps, so the cosine schedule spans the steps as it 
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
 any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
 
+The grid, for each corpus and budget: the rule's choice and the fixed default; the next narrower and
+wider shapes; dropout a step each way; 8, 16 and 32 streams; the learning rate halved and doubled (the
+last two so that the rule may choose them from the device's speed as it chooses the shape). The long
+stage (an hour) trains the choice, the default and the wider shape. Each function says what it trims.
+
 Every result is appended to scripts/sizing-results.jsonl (one JSON object a line: corpora, speeds,
 cells), so an interrupted study resumes where it stopped (a cell cut short resumes from its last.pt)
-and the table can be regenerated at any time. The code it trains with is a snapshot of charnn/ taken
-when `run` starts (runs/sizing/code-PID), so editing the working tree does not disturb it.
+and the table can be regenerated at any time. A cell trained for other steps than today's speed table
+gives (the shapes timed again) does not count: it is trained again, in a run directory of its own. The
+code it trains with is a snapshot of charnn/ taken when `run` starts (runs/sizing/code-PID), so editing
+the working tree does not disturb it.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +56,7 @@ SEED = 1337
 CHEAP_BUDGETS = (120.0, 600.0)
 LONG_BUDGETS = (3600.0,)
 LONG_CORPORA = ("warandpeace", "pystdlib")
+STUDY_STREAMS = (8, 16, 32)  # the streams the grid tries around each choice
 STUDY_VOCAB = 96  # the vocabulary the speeds are timed with (the corpora have 65 to 203 characters)
 
 
@@ -232,9 +240,9 @@ class Cell:
     def key(self) -> str:
         return f"{self.corpus} {self.budget:g}s {self.config.name}"
 
-    @property
-    def run_name(self) -> str:
-        return self.key.replace(" ", "_")
+    def run_name(self, steps: int) -> str:
+        """Its run directory's name: a cell planned for other steps (another speed table) is another run."""
+        return f"{self.key.replace(' ', '_')}_{steps}"
 
 
 def situation(corpus: dict, budget: float) -> Situation:
@@ -249,16 +257,28 @@ def rule_config(corpus: dict, budget: float, speeds: SpeedTable) -> Config:
     return Config(s.num_layers, s.hidden_size, plan.model["dropout"], s.batch_size, s.seq_len, plan.train["lr"])
 
 
-def neighbours(config: Config, corpus: dict, budget: float) -> list[Config]:
-    """The grid around a choice: the next narrower and wider candidate, and dropout one step each way."""
+def neighbours(config: Config, corpus: dict, budget: float, epochs: float) -> list[Config]:
+    """The grid around a choice: the next narrower and wider candidate, and dropout one step each way.
+    Trimmed: more dropout where the choice reads its text less than once (nothing is read again, so the
+    rule could only ever lower it there)."""
     shapes = sizing.candidates(situation(corpus, budget), config.batch)
     names = [s.name for s in shapes]
     at = names.index(config.shape.name) if config.shape.name in names else 0
     near = [shapes[i] for i in (at - 1, at + 1) if 0 <= i < len(shapes)]
-    out = [Config(s.num_layers, s.hidden_size, config.dropout) for s in near]
-    out += [Config(config.layers, config.hidden, round(d, 1)) for d in (config.dropout - 0.1, config.dropout + 0.1)
-            if 0.0 <= d <= 0.5]
+    out = [replace(config, layers=s.num_layers, hidden=s.hidden_size) for s in near]
+    out += [replace(config, dropout=round(d, 1)) for d in (config.dropout - 0.1, config.dropout + 0.1)
+            if 0.0 <= d <= 0.5 and (d < config.dropout or epochs >= 1.0)]
     return out
+
+
+def training_neighbours(config: Config, corpus: dict) -> list[Config]:
+    """The choice with the other streams and the learning rate halved and doubled: what the rule could
+    choose from the device's speed besides the shape. Trimmed: streams the rule may never take for this
+    corpus (fewer than sizing.MIN_WINDOWS windows a stream an epoch) are not trained."""
+    train = int(corpus["chars"] * 0.9)
+    out = [replace(config, batch=streams) for streams in STUDY_STREAMS
+           if streams != config.batch and train >= streams * config.seq_len * sizing.MIN_WINDOWS]
+    return out + [replace(config, lr=round(config.lr * factor, 6)) for factor in (0.5, 2.0)]
 
 
 def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell]:
@@ -270,10 +290,14 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
     for budget in budgets:
         for name in names:
             chosen = rule_config(corpora[name], budget, speeds)
-            wanted = [(0, chosen), (0, DEFAULT)] + [(1 + i, c) for i, c in enumerate(neighbours(chosen, corpora[name],
-                                                                                                   budget))]
-            if stage == "long":
+            steps = cell_steps(Cell(name, budget, chosen, 0), corpora[name], speeds)
+            epochs = steps * chosen.shape.chars_per_step / situation(corpora[name], budget).train_chars
+            near = neighbours(chosen, corpora[name], budget, epochs)
+            wanted = [(0, chosen), (0, DEFAULT)] + [(1 + i, c) for i, c in enumerate(near)]
+            if stage == "long":  # the wider shape alone
                 wanted = wanted[:2] + [c for c in wanted[2:] if c[1].dropout == chosen.dropout][-1:]
+            else:
+                wanted += [(1 + len(near) + i, c) for i, c in enumerate(training_neighbours(chosen, corpora[name]))]
             for priority, config in wanted:
                 cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]))
                 found.setdefault(cell.key, cell)
@@ -296,7 +320,7 @@ def snapshot_code() -> Path:
 
 
 def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -> dict:
-    run = WORK / "runs" / cell.run_name
+    run = WORK / "runs" / cell.run_name(steps)
     if (run / "last.pt").is_file():
         command = ["train", "--resume", str(run)]
     else:
@@ -315,15 +339,27 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
             "threads": threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _claim_path(cell: Cell) -> Path:
-    return WORK / "claims" / cell.run_name
+def _claim_path(cell: Cell, steps: int) -> Path:
+    return WORK / "claims" / cell.run_name(steps)
 
 
-def claim(cell: Cell) -> bool:
+def current(record: dict, steps: int) -> bool:
+    """Whether a cell's record is for these steps: the speeds timed again move every cell's steps, and a
+    record trained for other steps (by more than 2%) is not the cell any more: it is trained again."""
+    return abs(record["steps"] - steps) <= 0.02 * steps
+
+
+def results_for(results: list[dict], planned: list[tuple[Cell, int]]) -> dict[str, dict]:
+    """The records of the planned cells that are current, by key (the latest of each)."""
+    steps = {cell.key: n for cell, n in planned}
+    return {r["key"]: r for r in results if r["kind"] == "cell" and r["key"] in steps and current(r, steps[r["key"]])}
+
+
+def claim(cell: Cell, steps: int) -> bool:
     """Take a cell for this process: not if it is done or a live study process has it (several can run)."""
-    if any(r.get("key") == cell.key for r in read_results() if r["kind"] == "cell"):
+    if cell.key in results_for(read_results(), [(cell, steps)]):
         return False
-    path = _claim_path(cell)
+    path = _claim_path(cell, steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.kill(int(path.read_text()), 0)
@@ -334,8 +370,8 @@ def claim(cell: Cell) -> bool:
     return True
 
 
-def release(cell: Cell) -> None:
-    _claim_path(cell).unlink(missing_ok=True)
+def release(cell: Cell, steps: int) -> None:
+    _claim_path(cell, steps).unlink(missing_ok=True)
 
 
 def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: int) -> None:
@@ -348,7 +384,7 @@ def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: i
                 if not queue:
                     return
                 cell, steps = queue.pop(0)
-            if not claim(cell):  # done meanwhile, or another study process is training it
+            if not claim(cell, steps):  # done meanwhile, or another study process is training it
                 continue
             print(f"start  {cell.key}: {steps:,} steps", flush=True)
             try:
@@ -357,7 +393,7 @@ def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: i
                 print(f"FAILED {cell.key}: {err}", flush=True)
                 continue
             finally:
-                release(cell)
+                release(cell, steps)
             append_result(record)
             print(f"done   {cell.key}: best {record['best_val_loss']:.4f} ({record['wall_seconds']}s)", flush=True)
 
@@ -372,9 +408,15 @@ def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: i
 # --- the table ----------------------------------------------------------------------------------
 
 
+def planned(stages: tuple[str, ...], corpora: dict, speeds: SpeedTable) -> list[tuple[Cell, int]]:
+    """The cells of these stages and the steps each trains for, on today's speed table."""
+    return [(c, cell_steps(c, corpora[c.corpus], speeds)) for stage in stages for c in cells(stage, corpora, speeds)]
+
+
 def table(results: list[dict], corpora: dict, speeds: SpeedTable) -> str:
-    """Markdown: for each corpus and budget, the rule's choice and its loss, the best grid point's, the default's."""
-    done = {r["key"]: r for r in results if r["kind"] == "cell"}
+    """Markdown: for each corpus and budget, the rule's choice and its loss, the best grid point's, the
+    default's; only the records trained for the steps today's speed table gives."""
+    done = results_for(results, planned(("cheap", "long"), corpora, speeds))
     lines = ["| corpus | size | budget | chosen | its loss | best grid point | its loss | 2x256 default | "
              "chosen - best | chosen - default |", "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for budget in CHEAP_BUDGETS + LONG_BUDGETS:
@@ -402,9 +444,9 @@ def _table_row(name: str, corpus: dict, budget: float, done: dict, speeds: Speed
     def diff(a, b):
         return "" if a is None or b is None else f"{a - b:+.3f}"
 
-    best_name = best["config"].rsplit(" lr", 1)[0].replace(" b8 s128", "") if best else "pending"
+    best_name = best["config"].replace(" s128", "") if best else "pending"
     return (f"| {name} | {corpus['bytes'] / 1e6:.1f} MB | {budget / 60:g} min | "
-            f"{chosen.name.rsplit(' lr', 1)[0].replace(' b8 s128', '')} | {fmt(mine)} | {best_name} | "
+            f"{chosen.name.replace(' s128', '')} | {fmt(mine)} | {best_name} | "
             f"{fmt(best['best_val_loss'] if best else None)} | {fmt(default)} | "
             f"{diff(mine, best['best_val_loss'] if best else None)} | {diff(mine, default)} |")
 
@@ -414,7 +456,7 @@ def _table_row(name: str, corpus: dict, budget: float, done: dict, speeds: Speed
 
 def study_shapes() -> list[Shape]:
     pairs = [(2, w) for w in sizing.WIDTHS] + [(3, w) for w in sizing.DEEP_WIDTHS[:2]]
-    return [Shape(layers, width, 8, 128) for layers, width in pairs] + [Shape(2, 256, 16, 128)]
+    return [Shape(layers, width, streams, 128) for layers, width in pairs for streams in STUDY_STREAMS]
 
 
 def main() -> None:
@@ -444,8 +486,9 @@ def main() -> None:
         print(table(results, corpora, speeds))
         return
     stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
-    done = {r["key"] for r in results if r["kind"] == "cell"}
-    todo = [(c, cell_steps(c, corpora[c.corpus], speeds)) for stage in stages for c in cells(stage, corpora, speeds)
+    everything = planned(stages, corpora, speeds)
+    done = results_for(results, everything)
+    todo = [(c, steps) for c, steps in everything
             if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
     budget_total = sum(c.budget for c, _ in todo)
     print(f"{len(todo)} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
