@@ -14,6 +14,8 @@ evaluations included (`charnn.plan.sizing.steps_in_budget`, the same conversion 
 cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
 any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
+Cells train and shapes are timed in float32: a mixed precision changes the device's speed, which
+--size auto times when it runs, not what a shape learns per step.
 
 The grid, for each corpus and budget: the rule's choice and the fixed default; the next narrower and
 wider shapes; dropout a step each way; 8, 16 and 32 streams; the learning rate halved and doubled (the
@@ -325,7 +327,7 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
         command = ["train", "--resume", str(run)]
     else:
         command = ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", str(steps),
-                   *cell.config.options(), "--seed", str(SEED), "--log-every", "100"]
+                   *cell.config.options(), "--seed", str(SEED), "--log-every", "100", "--precision", "fp32"]
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads),
            "CHARNN_RUNS_DIR": str(WORK / "runs")}
     started = time.time()
