@@ -258,6 +258,6 @@ def run(app, sock: socket.socket, config: ServeConfig, tally: Tally | None = Non
     map_large_blocks()
     notes = Notes()
     limits = ConnectionLimits.of(config)
-    settings = uvicorn.Config(app, lifespan="on", log_level="error", access_log=False, ws="none", loop="asyncio",
+    settings = uvicorn.Config(app, lifespan="on", log_level="error", access_log=False, ws="none", loop="auto",
                               http=connection_class(limits, notes, tally or Tally()), timeout_graceful_shutdown=config.grace_seconds + 5)
     Server(settings).run(sockets=[sock])
