@@ -127,7 +127,7 @@ def corpus_path(name: str) -> Path:
     path = WORK / "corpora" / f"{name}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
+        partial = path.with_suffix(f".part-{os.getpid()}-{threading.get_ident()}")  # builders never share one
         CORPORA[name](partial)
         partial.rename(path)
     return path
@@ -378,6 +378,11 @@ def release(cell: Cell, steps: int) -> None:
 
 def run_cells(todo: list[tuple[Cell, int]], corpora: dict, jobs: int, threads: int) -> None:
     code = snapshot_code()
+    for name in {cell.corpus for cell, _ in todo}:  # built here, once, not by two workers at a time
+        digest = hashlib.sha256(corpus_path(name).read_bytes()).hexdigest()
+        if digest != corpora[name]["sha256"]:
+            raise SystemExit(f"{name}: the corpus built here is not the one the results file records "
+                             f"(sha256 {digest[:12]}..., recorded {corpora[name]['sha256'][:12]}...)")
     queue = list(todo)
 
     def worker() -> None:
