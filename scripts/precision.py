@@ -122,7 +122,7 @@ def table(mixed: str, corpora: list[str], seed: int) -> None:
     for corpus in corpora:
         losses = {label: score(corpus, seeded(label, seed)) for label in
                   ("fp32-steps", f"{mixed}-steps", "fp32-time", f"{mixed}-time")}
-        cells = [corpus, _steps(corpus, "fp32-time")]
+        cells = [corpus, _steps(corpus, seeded("fp32-time", seed))]
         for a, b in (("fp32-steps", f"{mixed}-steps"), ("fp32-time", f"{mixed}-time")):
             cells += [_loss(losses[a]), _loss(losses[b]),
                       f"{losses[b] - losses[a]:+.4f}" if None not in (losses[a], losses[b]) else ""]
