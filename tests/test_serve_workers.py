@@ -158,3 +158,32 @@ def test_a_model_that_cannot_load_is_one_line_from_many_workers(tmp_path):
     result = run_cli("serve", tmp_path / "nothing-here", "--workers", 2, "--port", 0)
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("charnn: error:"), lines
+
+
+def report_mask(index, sources, config, sockets, threads, tally, pipe, parent):
+    """A worker's stand-in: what its process holds back as it starts, then as `work` would go on."""
+    from charnn.serve import workers  # noqa: PLC0415
+
+    at_start = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    workers.unblock_signals()
+    pipe.send((sorted(at_start), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))))
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="no signal masks on this platform")
+def test_workers_start_with_stop_signals_held_until_their_handlers_are_ready(monkeypatch):
+    # else a SIGTERM from the server (another worker failed at once) could reach a worker still in
+    # multiprocessing's start-up, which prints a traceback instead of ending quietly
+    from charnn.serve import workers  # noqa: PLC0415
+
+    monkeypatch.setattr(workers, "work", report_mask)
+    sock = workers.listen("127.0.0.1", 0)
+    pool = workers.Workers([None], ServeConfig(), [sock], ThreadChoice(None, "auto", 1))
+    try:
+        pool._start()
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the parent's back
+        at_start, after = pool.pipes[0].recv()
+        assert {signal.SIGINT, signal.SIGTERM} <= set(at_start)
+        assert signal.SIGINT not in after and signal.SIGTERM not in after
+    finally:
+        pool.stop()
+        sock.close()

@@ -44,6 +44,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 from ..config import ServeConfig
@@ -136,14 +137,17 @@ class Workers:
         self.pipes: list = []
 
     def _start(self) -> None:
-        for index in range(len(self.sockets)):
-            receive, send = self.context.Pipe(duplex=False)
-            process = self.context.Process(target=work, name=f"charnn-serve-{index}", args=(
-                index, self.sources, self.config, self.sockets, self.threads, self.tally, send, os.getpid()))
-            process.start()
-            send.close()
-            self.processes.append(process)
-            self.pipes.append(receive)
+        """The workers, forked with SIGINT and SIGTERM blocked: a signal (another worker's error stops the
+        server) that reached a worker before its handlers were ready would end it with a traceback."""
+        with signals_blocked():
+            for index in range(len(self.sockets)):
+                receive, send = self.context.Pipe(duplex=False)
+                process = self.context.Process(target=work, name=f"charnn-serve-{index}", args=(
+                    index, self.sources, self.config, self.sockets, self.threads, self.tally, send, os.getpid()))
+                process.start()
+                send.close()
+                self.processes.append(process)
+                self.pipes.append(receive)
 
     def run(self, on_ready: Callable[[dict], None] | None) -> None:
         """Until a signal (then the workers stop, and it is raised again) or a worker's death (CharnnError)."""
@@ -245,16 +249,43 @@ def work(index: int, sources: list[str | None], config: ServeConfig, sockets: li
     tally.row = index
     try:
         try:
+            unblock_signals()  # blocked since the fork: one that came meanwhile is raised here, and caught
             die_with(parent)
             from .server import serve_on  # noqa: PLC0415
 
             serve_on(sources, config, sock, lambda shapes: pipe.send(("ready", shapes)), tally, threads)
         except CharnnError as err:
+            block_signals()  # the server stops every worker at this message: its SIGTERM must not break the exit
             pipe.send(("error", err.message, err.hint))
             sys.exit(1)
     except (KeyboardInterrupt, Terminated, BrokenPipeError):
         pass  # how a signal comes back once uvicorn has stopped, or while an error is being sent (another
         # worker's error stops the server): the server asked for it, and has its message already
+    finally:
+        block_signals()  # ending anyway: a signal now would interrupt multiprocessing's exit with a traceback
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_blocked():
+    """SIGINT and SIGTERM held back from this thread (and from processes it forks) meanwhile."""
+    block_signals()
+    try:
+        yield
+    finally:
+        unblock_signals()
+
+
+def block_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def unblock_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def die_with(parent: int) -> None:
