@@ -32,6 +32,8 @@ the server ends as the signal says (143 or 130). A second Ctrl-C kills them at o
 dies is reported on stderr and the server stops the others and exits 1, so that a supervisor (systemd,
 a container runtime) restarts it whole: restarting the one worker would hide a crash that repeats.
 Each worker dies with the server (PR_SET_PDEATHSIG on Linux): even a killed server leaves no orphans.
+A worker holds SIGINT and SIGTERM back until its handlers are ready and again as it ends, so that the
+server stopping it at any moment ends it quietly.
 """
 
 from __future__ import annotations
