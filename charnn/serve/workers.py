@@ -59,6 +59,7 @@ BACKLOG = 2048
 STOP_MARGIN = 10.0  # seconds a worker has to exit after its grace period (uvicorn's own margin is 5)
 SPREADS_CONNECTIONS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # held back while a worker starts and ends
 
 
 def worker_count(config: ServeConfig, threads: ThreadChoice) -> int:
@@ -265,9 +266,6 @@ def work(index: int, sources: list[str | None], config: ServeConfig, sockets: li
         # worker's error stops the server): the server asked for it, and has its message already
     finally:
         block_signals()  # ending anyway: a signal now would interrupt multiprocessing's exit with a traceback
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
