@@ -245,8 +245,8 @@ class ServeConfig:
     write_timeout: float = 30.0  # a client that reads nothing for this long is dropped (its text waits paused)
     max_connections: int = 1024  # open at once (fewer if the file limit is lower); more are refused at once
     threads: str | None = None  # --threads: a count or "auto"; None: CHARNN_THREADS, OMP_NUM_THREADS or auto
-    chat_template: Path | None = None  # a JSON file (charnn.serve.chat_template); None: the default template
-    # processes serving the port, each with its own models and batch: a count, or "auto": one per core's
+    chat_template: Path | None = None  # a JSON file (charnn.serve.chat); None: the default template
+    # processes serving the port, and as many engines sampling for them: a count, or "auto": one per core's
     # worth of threads (charnn.serve.workers.worker_count), since one process's GIL holds it to about a core
     workers: str = "auto"
 

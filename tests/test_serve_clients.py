@@ -264,7 +264,7 @@ def test_a_template_file_changes_what_is_written_and_where_the_reply_ends(model,
 
 
 def test_the_readme_shows_what_the_default_template_writes():
-    from charnn.serve.chat_template import ChatTemplate, _template
+    from charnn.serve.chat import ChatTemplate, _template
     from conftest import REPO
 
     section = (REPO / "README.md").read_text(encoding="utf-8").split("### The chat template", 1)[1].split("\n#", 1)[0]

@@ -15,7 +15,7 @@ from charnn import CharnnError
 from charnn.config import ServeConfig
 from charnn.runtime.threads import ThreadChoice
 from charnn.serve.tally import Tally
-from charnn.serve.workers import worker_count, worker_threads
+from charnn.serve.workers import worker_count
 from conftest import run_cli
 from test_serve import Server, complete, wait_for
 
@@ -26,7 +26,7 @@ def model(workdir):
 
 
 def workers_of(server) -> list[int]:
-    """The server's worker processes (its children)."""
+    """The server's processes (its children): the HTTP workers, then the engines."""
     pid = server.process.pid
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -42,8 +42,6 @@ def test_auto_is_one_worker_per_core_of_threads_and_never_more_than_the_requests
     assert worker_count(auto, ThreadChoice(2, "--threads", 8)) == 4
     assert worker_count(ServeConfig(max_concurrent=3), ThreadChoice(None, "auto", 8)) == 3
     assert worker_count(ServeConfig(workers="2"), ThreadChoice(None, "auto", 8)) == 2
-    assert worker_threads(ThreadChoice(None, "auto", 8), 4).candidates == (1, 2)  # a worker's share of the cores
-    assert worker_threads(ThreadChoice(3, "--threads", 8), 4).fixed == 3
 
 
 @pytest.mark.parametrize("value", ["0", "many", "-1", "100000"])
@@ -117,7 +115,7 @@ def test_max_concurrent_is_the_servers_total_not_each_workers(model):
 def test_a_signal_lets_every_workers_streams_finish_then_stops_them_all(model, signum, code):
     server = Server(model, "--workers", 2, "--max-tokens", 100_000, "--grace-seconds", 20)
     workers = workers_of(server)
-    assert len(workers) == 2
+    assert len(workers) == 4  # two HTTP workers and two engines
     streams = [httpx.stream("POST", server.url + "/v1/completions", timeout=60,
                             json={"prompt": "ROMEO:", "max_tokens": 3000, "seed": s, "stream": True}) for s in range(4)]
     lines = [stream.__enter__().iter_lines() for stream in streams]
@@ -133,14 +131,52 @@ def test_a_signal_lets_every_workers_streams_finish_then_stops_them_all(model, s
     assert "Traceback" not in server.stderr and "stopping the others" not in server.stderr
 
 
-def test_a_worker_that_dies_is_reported_and_the_server_exits_1(model):
+@pytest.mark.parametrize("which,name", [(0, "worker 0"), (2, "engine 0")], ids=["worker", "engine"])
+def test_a_process_that_dies_is_reported_and_the_server_exits_1(model, which, name):
     server = Server(model, "--workers", 2, "--grace-seconds", 1)
-    first, second = workers_of(server)
-    os.kill(first, signal.SIGKILL)
+    processes = workers_of(server)
+    os.kill(processes[which], signal.SIGKILL)
     assert server.process.wait(30) == 1
-    assert gone(second)
-    assert f"worker 0 (pid {first}) was killed by SIGKILL; stopping the others" in server.stderr
-    assert "charnn: error: the server stopped: worker 0" in server.stderr and "Traceback" not in server.stderr
+    assert all(gone(pid) for pid in processes)
+    assert f"{name} (pid {processes[which]}) was killed by SIGKILL; stopping the others" in server.stderr
+    assert f"charnn: error: the server stopped: {name}" in server.stderr and "Traceback" not in server.stderr
+
+
+def test_requests_past_the_first_engines_fill_spill_to_the_next_with_the_same_text(model):
+    # the first engine takes SPILL streams, the third request of 8 goes to the second: whichever engine
+    # samples a request, its seed alone decides its text
+    bodies = [{"prompt": "ROMEO:", "max_tokens": 400, "seed": seed, "n": 8, "temperature": 0.9} for seed in (1, 2, 3)]
+    one = Server(model, "--workers", 1)
+    try:
+        expected = [[choice["text"] for choice in complete(one, **body)["choices"]] for body in bodies]
+    finally:
+        assert one.stop() == 143
+    two = Server(model, "--workers", 2)
+    try:
+        streams = [httpx.stream("POST", two.url + "/v1/completions", timeout=60, json={**body, "stream": True})
+                   for body in bodies]
+        readers = [stream.__enter__().iter_lines() for stream in streams]
+        texts = [[""] * 8 for _ in bodies]
+        for reader, text in zip(readers, texts):
+            for line in reader:
+                if line.startswith("data: {"):
+                    for choice in json.loads(line[6:])["choices"]:
+                        text[choice["index"]] += choice["text"]
+        for stream in streams:
+            stream.__exit__(None, None, None)
+        assert texts == expected
+    finally:
+        assert two.stop() == 143
+
+
+def test_the_first_engine_fills_to_spill_then_the_least_busy_takes_each_request():
+    tally = Tally(2, rows=4)
+    rows = [2, 3]
+    assert [tally.spill("routed", rows, 8, fill=16) for _ in range(3)] == [0, 0, 1]  # 8, 16, then 8 on the second
+    assert tally.spill("routed", rows, 4, fill=16) == 1  # 16 against 8: the least busy
+    tally.add("routed", -16, 2)
+    assert tally.spill("routed", rows, 1, fill=16) == 0  # the first has room again
+    assert [tally.value("routed", row) for row in rows] == [1, 12] and tally.total("routed") == 13
 
 
 def test_a_server_killed_outright_leaves_no_workers(model):
@@ -160,7 +196,7 @@ def test_a_model_that_cannot_load_is_one_line_from_many_workers(tmp_path):
     assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("charnn: error:"), lines
 
 
-def report_mask(index, sources, config, sockets, threads, tally, pipe, parent):
+def report_mask(index, sources, config, threads, shared, pipe, parent):
     """A worker's stand-in: what its process holds back as it starts, then as `work` would go on."""
     from charnn.serve import workers  # noqa: PLC0415
 
@@ -187,3 +223,33 @@ def test_workers_start_with_stop_signals_held_until_their_handlers_are_ready(mon
     finally:
         pool.stop()
         sock.close()
+
+
+def test_an_engine_keeps_to_its_share_of_the_cores_while_another_has_streams():
+    from charnn.serve.engines import EngineHost  # noqa: PLC0415
+
+    tally = Tally(2, rows=4)
+    host = EngineHost({}, [], tally, engines=[2, 3], cores=2)
+    assert host.share() is None  # no engine has streams
+    tally.add("routed", 5, 2)
+    assert host.share() is None  # alone: its thread policy chooses among all the cores
+    tally.add("routed", 1, 3)
+    assert host.share() == 1  # two engines with streams: a core each
+
+
+def test_a_limit_on_blas_threads_holds_whoever_sets_them():
+    from charnn.model.engine import BlasThreads  # noqa: PLC0415
+
+    pool = BlasThreads()
+    if not pool.libraries:
+        pytest.skip("numpy's BLAS is not one threadpoolctl can size")
+    with pool:
+        try:
+            pool.limit(1)
+            pool.set(2)  # what a prompt's read asks for, under the engine's policy
+            assert {library.get_num_threads() for library in pool.libraries} == {1}
+            pool.limit(None)
+            pool.set(2)
+            assert {library.get_num_threads() for library in pool.libraries} == {2}
+        finally:
+            pool.limit(None)

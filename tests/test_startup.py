@@ -149,8 +149,8 @@ TORCH_FREE = ("config", "errors", "units", "printable", "runtime.threads", "runt
               "model.spec", "model.archive", "model.base", "model.weights", "model.engine", "runs.rundir",
               "runs.locate", "runs.claim", "runs.metrics", "runs.history", "runs.info", "plan.request",
               "generate.settings", "generate.choice", "generate.streams", "generate.beam", "generate.sampler",
-              "generate.output", "serve.completions", "serve.chat_template", "serve.chat", "serve.batcher", "serve.relay",
-              "serve.server", "serve.tally", "serve.workers", "cli")
+              "generate.output", "serve.completions", "serve.chat", "serve.batcher", "serve.relay",
+              "serve.server", "serve.tally", "serve.workers", "serve.engines", "cli")
 
 
 def test_the_modules_that_read_runs_and_sample_never_import_torch():

@@ -69,8 +69,9 @@ def serve(
              "where the reply starts and the strings that end it (see the README). \\[default: 'User:' and "
              "'Assistant:' turns, as a play is set down]", metavar="FILE", show_default=False)] = None,
     workers: Annotated[Optional[str], _option(
-        "Processes serving the port, each with its own copy of the models and its own batch; auto: one per "
-        "core (per --threads threads, if fixed). --max-concurrent and --max-connections count all of them.",
+        "Processes serving the port, and as many engine processes sampling for all of them (1: one process "
+        "doing both); auto: one per core (per --threads threads, if fixed). --max-concurrent and "
+        "--max-connections count all of them.",
         "workers", metavar="N|auto")] = None,
     threads: ThreadsOption = None,
     quiet: QuietFlag = False,
@@ -97,7 +98,7 @@ def serve(
         for name, shape in shapes.items():
             say(console, f"charnn: model {name}: {shape.num_layers}x{shape.hidden_size} {shape.cell.upper()}",
                 quiet=quiet)
-        processes = f"; {workers} worker processes" if workers > 1 else ""
+        processes = f"; {workers} worker processes and {workers} engines" if workers > 1 else ""
         say(console, f"charnn: serving at {url} (API at {url}/v1, a page at {url}/{processes}); Ctrl-C stops",
             quiet=quiet)
 

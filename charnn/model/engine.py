@@ -59,6 +59,7 @@ class BlasThreads:
     _open = 0  # blocks open in this process
     _saved: list = []  # the pool sizes before the first of them
     _current: int | None = None  # the size set inside the blocks
+    _limit: int | None = None  # the most any `set` may ask for (a server's engine sharing the cores with others)
 
     def __init__(self):
         self.libraries = ThreadpoolController().select(user_api="blas").lib_controllers
@@ -70,7 +71,12 @@ class BlasThreads:
         BlasThreads._open += 1
         return self
 
+    def limit(self, threads: int | None) -> None:
+        """Hold every later `set` to at most `threads` (None: no limit), whoever asks: a policy, a read."""
+        BlasThreads._limit = threads
+
     def set(self, threads: int) -> None:
+        threads = threads if BlasThreads._limit is None else min(threads, BlasThreads._limit)
         if threads != BlasThreads._current and BlasThreads._open:
             for library in self.libraries:
                 library.set_num_threads(threads)

@@ -151,6 +151,9 @@ class _TorchThreads:
     def set(self, threads) -> None:
         return None
 
+    def limit(self, threads) -> None:
+        return None
+
     def start(self) -> None:
         return None
 

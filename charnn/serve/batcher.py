@@ -140,6 +140,10 @@ class Batcher:
     def __init__(self, engine: Engine, vocab: Vocab, name: str = "model", records: dict | None = None):
         self.engine, self.vocab, self.name = engine, vocab, name
         self.records = records or {}  # what the model's file says of its training: step, val_loss
+        self.after_step: Callable[[], None] | None = None  # called by the worker after each step's hand-out
+        self.hand_over: float | None = HAND_OVER  # None: no event loop shares this process's GIL
+        # the threads a step must keep to while other processes step beside this one (None: the policy's)
+        self.sharing: Callable[[], int | None] | None = None
         self._wake = threading.Condition()
         self._arrivals: list[Job] = []
         self._reading: list[Job] = []
@@ -169,13 +173,16 @@ class Batcher:
         return np.asarray(self.vocab.encode(prompt), dtype=np.int64)
 
     def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None],
-               paced: bool = False, whole: bool = False) -> Job:
+               paced: bool = False, whole: bool = False, before: Callable[[Job], None] | None = None) -> Job:
         """Start a request; `deliver` is called from the worker thread with each step's new text (a list
         of `Piece`, the last one of each choice with its finish reason), or an exception if it failed.
         `paced`: the caller adds to `job.taken` what its client takes (and calls `wake`), and the job
         pauses while more than MAX_BACKLOG steps wait for its client. `whole`: `deliver` is called once,
-        with every choice's whole text, when the last one finishes."""
+        with every choice's whole text, when the last one finishes. `before(job)` is called before the
+        job is queued."""
         job = Job(request, self.prompt_ids(request.prompt), self.engine, self.vocab, deliver, paced, whole)
+        if before is not None:  # before the worker can deliver anything for it
+            before(job)
         with self._wake:
             if self._stopping:
                 raise CharnnError("the server is shutting down")
@@ -212,7 +219,9 @@ class Batcher:
                     self._timed_step()
                 except Exception as err:  # a bug: fail what is in flight rather than hang its clients
                     self._fail_all(err)
-                if time.perf_counter() - handed_over > HAND_OVER:
+                if self.after_step is not None:
+                    self.after_step()
+                if self.hand_over is not None and time.perf_counter() - handed_over > self.hand_over:
                     time.sleep(0)  # releases the GIL: a thread waiting for it takes it now
                     handed_over = time.perf_counter()
 
@@ -232,6 +241,13 @@ class Batcher:
     def _timed_step(self) -> None:
         """A step at the thread count the policy for a batch this wide says; timed for it when it only
         samples (a step that also reads prompts is not comparable)."""
+        shared = self.sharing() if self.sharing is not None else None
+        if self.sharing is not None:
+            self.engine.pool.limit(shared)  # reading the prompts too
+        if shared is not None:  # the cores are shared out: no timing decides anything
+            self.engine.pool.set(shared)
+            self._step()
+            return
         reading = bool(self._reading)
         policy = self.engine.policy_for(len(self._rows) + sum(len(job.choices) for job in self._reading))
         policy.start()

@@ -23,11 +23,11 @@ from ..errors import CharnnError
 from ..runs.rundir import RunDir
 from ..runtime.threads import ThreadChoice, resolve_threads
 from .batcher import Batcher
-from .chat import ChatAnswers, parse_chat
-from .chat_template import ChatTemplate, load_template
+from .chat import ChatAnswers, ChatTemplate, load_template, parse_chat
 from .completions import STREAM_END, ApiError, ParsedRequest, TextAnswers, parse_completion, usage
 from .page import PAGE_HEADERS, model_card, page, static_files
 from .relay import CompletionStream, Mailbox
+from .engines import RemoteBatcher, Router
 from .tally import Tally
 
 CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
@@ -175,7 +175,9 @@ def create_app(server: CompletionServer, on_ready: Callable[[], None] | None = N
         server.mailbox = Mailbox(asyncio.get_running_loop())
         for batcher in server.batchers.values():
             batcher.start()
-        publishing = asyncio.ensure_future(server.publish()) if server.tally.workers > 1 else None
+        # a worker whose requests the engines sample has nothing to publish: they publish them
+        local = all(isinstance(batcher, Batcher) for batcher in server.batchers.values())
+        publishing = asyncio.ensure_future(server.publish()) if server.tally.workers > 1 and local else None
         if on_ready is not None:
             on_ready()
         yield
@@ -353,15 +355,18 @@ def serve(sources: list[str | None], config: ServeConfig,
 
 def serve_on(sources: list[str | None], config: ServeConfig, sock: socket.socket,
              on_ready: Callable[[dict], None] | None = None, tally: Tally | None = None,
-             threads: ThreadChoice | None = None) -> None:
+             threads: ThreadChoice | None = None, router: Router | None = None) -> None:
     """One process's server on a listening socket, until SIGTERM or Ctrl-C, which uvicorn turns into:
     stop accepting, give the requests in flight `grace_seconds` to finish, then raise the signal again
-    for the caller's handler. `tally`: the limits' counts, shared with the other workers if any."""
+    for the caller's handler. `tally`: the limits' counts, shared with the other workers if any.
+    `router`: the pipes to the engine processes (`charnn.serve.engines`), which then sample the requests."""
     from .connections import run  # noqa: PLC0415 (uvicorn)
     from .guard import Guard, allowed_hosts  # noqa: PLC0415
 
     template = None if config.chat_template is None else load_template(config.chat_template)
     batchers = open_batchers(sources, threads or resolve_threads(config.threads))
+    if router is not None:
+        batchers = {name: RemoteBatcher(batcher, router) for name, batcher in batchers.items()}
     server = CompletionServer(batchers, config, template, tally)
     for name, missing in server.misfits.items():
         if template is not None:
