@@ -103,7 +103,7 @@ def hey_cell(hey: str, url: str, clients: int, seconds: float, pid: int | None) 
             "other_errors": sum(row["status-code"] not in ("200", "429") for row in rows)}
 
 
-def offline_rates(model: str) -> dict[int, float]:
+def offline_rates(model: str, clients: tuple[int, ...] = CLIENTS) -> dict[int, float]:
     """Characters a second of C streams sampled offline, in this process, as `charnn sample` does."""
     from charnn.generate.output import BufferedOutput, write_samples
     from charnn.generate.sampler import open_sampling_model
@@ -113,7 +113,7 @@ def offline_rates(model: str) -> dict[int, float]:
     loaded = open_sampling_model(model, "cpu", resolve_threads(None))
     rates = {}
     with open(os.devnull, "wb") as sink:
-        for streams in CLIENTS:
+        for streams in clients:
             output = BufferedOutput(sink)
             started = time.perf_counter()
             write_samples(loaded.model, loaded.vocab, SampleRequest(length=OFFLINE_CHARS, num_samples=streams, seed=0),
@@ -149,11 +149,12 @@ def ttfc(url: str, seconds: float) -> dict:
 
 
 def measure(hey: str, url: str, pid: int | None, seconds: float, offline: dict[int, float]) -> dict:
+    """The load table at each client count `offline` has, in that order, then the time to the first character."""
     answer = httpx.post(url + "/v1/completions", json={"prompt": "", "max_tokens": CHARS}, timeout=60).json()
     if answer["usage"]["completion_tokens"] != CHARS:  # each answer counts CHARS characters below
         raise SystemExit(f"a completion of {CHARS} characters came back with {answer['usage']}")
     load = []
-    for clients in CLIENTS:
+    for clients in offline:
         hey_cell(hey, url, clients, min(seconds, 2.0), None)  # warm up: connections, the first steps
         load.append(hey_cell(hey, url, clients, seconds, pid))
         print(f"  {clients} clients: {load[-1]['chars_per_second']:,.0f} characters/s", file=sys.stderr, flush=True)
@@ -189,13 +190,15 @@ def main() -> None:
                         "shipped model's name (default: english)")
     parser.add_argument("--workers", default="1,auto", help="the server's --workers, a run for each (comma-separated)")
     parser.add_argument("--seconds", type=float, default=30, help="seconds for each cell of the tables")
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
+                        help="the client counts of the load table, in this order (comma-separated)")
     parser.add_argument("--url", help="a server already running (with --model's model): measured, not started")
     parser.add_argument("--pid", type=int, help="with --url: the server's process, for its CPU")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     args = parser.parse_args()
     hey = find_hey()
     print(f"offline: {args.model}, {OFFLINE_CHARS} characters a stream", file=sys.stderr, flush=True)
-    offline = offline_rates(args.model)
+    offline = offline_rates(args.model, tuple(int(count) for count in args.clients.split(",")))
     machine = {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()], "model": args.model,
                "seconds": args.seconds}
     results = []
