@@ -142,6 +142,22 @@ def test_a_process_that_dies_is_reported_and_the_server_exits_1(model, which, na
     assert f"charnn: error: the server stopped: {name}" in server.stderr and "Traceback" not in server.stderr
 
 
+def test_a_stream_whose_engine_dies_ends_with_an_error_not_a_hang(model):
+    server = Server(model, "--workers", 2, "--max-tokens", 100_000, "--grace-seconds", 5)
+    engine = workers_of(server)[2]  # the first engine: a lone request goes there
+    try:
+        with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
+                          json={"prompt": "ROMEO:", "max_tokens": 100_000, "stream": True}) as response:
+            lines = response.iter_lines()
+            next(lines)  # text is flowing
+            os.kill(engine, signal.SIGKILL)
+            events = [line for line in lines if line.startswith("data: ")]
+        assert '"server_error"' in events[-1] and "engine" in events[-1]
+    finally:
+        assert server.process.wait(30) == 1
+    assert "Traceback" not in server.stderr
+
+
 def test_requests_past_the_first_engines_fill_spill_to_the_next_with_the_same_text(model):
     # the first engine takes SPILL streams, the third request of 8 goes to the second: whichever engine
     # samples a request, its seed alone decides its text
