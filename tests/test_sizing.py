@@ -4,6 +4,8 @@ timing), options the user gives are never overridden, --size small is today's de
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -15,7 +17,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.plan.shapes import parse_shape
 from charnn.plan.sizing import Budget, Shape, Situation, SpeedTable, choose
 from charnn.runtime.threads import ThreadChoice
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 
 # this 2-core CI machine's speeds (chars/s, 2 threads, idle), as scripts/sizing-results.jsonl records them
 CPU = SpeedTable({"2x128 b8 s128": 39435, "2x256 b8 s128": 15474, "2x384 b8 s128": 7271, "2x512 b8 s128": 3957,
@@ -518,3 +520,13 @@ def test_auto_plans_in_bf16_where_it_pays_and_in_fp32_elsewhere(monkeypatch, gai
     now = sized.timed_now(6.0)  # a re-plan's: the chosen precision, timed afresh, without the memory
     assert (now.precision, now.allowance, now.memory, now.timed, now.threads) == (chosen, 6.0, None, {},
                                                                                  sized.speeds.threads)
+
+
+def test_the_study_fit_scores_todays_constants_on_the_recorded_cells():
+    # scripts/sizing_fit.py reads the committed results (no training): today's rule is its first row
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sizing_fit.py"), "--top", "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| CHARS_PER_PARAMETER")]
+    assert "(today's)" in rows[0] and len(rows) >= 2
+    assert "cells measured, over" in result.stdout

@@ -1,0 +1,156 @@
+"""Fit `--size auto`'s constants to the sizing study's cells (scripts/sizing.py, scripts/sizing-results.jsonl).
+
+    python scripts/sizing_fit.py            # the candidates, best first, and what streams and lr did
+    python scripts/sizing_fit.py --top 30
+
+For every combination of CHARS_PER_PARAMETER, REPEAT_HALF_LIFE and a dropout table in a grid, the rule
+(`charnn.plan.sizing.choose`, with those constants) chooses a configuration for each corpus and budget
+the study has trained; its loss is looked up among the measured cells (those trained for today's speed
+table). A candidate is scored by the issue's targets: the choice within 0.02 nats/char of the best grid
+point measured for that corpus and budget, and never more than 0.01 worse than the fixed 2x256 default.
+Candidates whose choices were not all measured are counted apart: the grid is built around the rule of
+the day, so a rule far from it chooses cells nobody trained (train them with `sizing.py run --only`).
+
+Then, for each corpus and budget, the choice's neighbours in streams and learning rate against it: the
+cells that would move `choose_streams` or the learning rate from a rule of the device's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sizing as study  # noqa: E402  (scripts/sizing.py)
+
+from charnn.plan import sizing  # noqa: E402
+
+NEAR_BEST = 0.02  # the issue's targets, nats/char
+NEAR_DEFAULT = 0.01
+CHARS_PER_PARAMETER = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
+REPEAT_HALF_LIFE = (5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+DROPOUT_TABLES = (  # up to so many epochs: this dropout
+    ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)),
+    ((5.0, 0.1), (15.0, 0.2), (math.inf, 0.3)),
+    ((20.0, 0.1), (60.0, 0.2), (math.inf, 0.3)),
+    ((3.0, 0.0), (10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)),
+    ((1.0, 0.0), (10.0, 0.1), (math.inf, 0.2)),
+)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One corpus at one budget, and what its measured cells say."""
+
+    corpus: str
+    budget: float
+    losses: dict  # config name -> best validation loss
+
+    @property
+    def best(self) -> float:
+        return min(self.losses.values())
+
+    @property
+    def default(self) -> float | None:
+        return self.losses.get(study.DEFAULT.name)
+
+
+@dataclass(frozen=True)
+class Score:
+    constants: tuple
+    unmeasured: int
+    misses: int  # groups where the choice misses a target
+    worst_to_best: float
+    worst_to_default: float
+    mean_to_best: float
+
+
+@contextmanager
+def constants(cpp: float, half_life: float, dropout: tuple):
+    saved = sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS
+    sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = cpp, half_life, dropout
+    try:
+        yield
+    finally:
+        sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = saved
+
+
+def groups(done: dict[str, dict]) -> list[Group]:
+    found: dict[tuple, dict] = {}
+    for record in done.values():
+        found.setdefault((record["corpus"], record["budget"]), {})[record["config"]] = record["best_val_loss"]
+    return [Group(corpus, budget, losses) for (corpus, budget), losses in sorted(found.items())]
+
+
+def score(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> Score:
+    unmeasured, misses, to_best, to_default = 0, 0, [], []
+    with constants(*candidate):
+        for group in cases:
+            chosen = study.rule_config(corpora[group.corpus], group.budget, speeds).name
+            if chosen not in group.losses:
+                unmeasured += 1
+                continue
+            mine = group.losses[chosen]
+            to_best.append(mine - group.best)
+            if group.default is not None:
+                to_default.append(mine - group.default)
+            misses += (mine - group.best > NEAR_BEST) or (group.default is not None and mine - group.default > NEAR_DEFAULT)
+    return Score(candidate, unmeasured, misses, max(to_best, default=0.0), max(to_default, default=0.0),
+                 sum(to_best) / max(1, len(to_best)))
+
+
+def describe(candidate: tuple) -> str:
+    cpp, half_life, dropout = candidate
+    table = ", ".join(f"{p:g} to {limit:g}" if limit != math.inf else f"{p:g} beyond" for limit, p in dropout)
+    return f"CHARS_PER_PARAMETER {cpp:g}, REPEAT_HALF_LIFE {half_life:g}, dropout {table}"
+
+
+def training_report(cases: list[Group], corpora: dict, speeds) -> list[str]:
+    """For each group, the streams and learning-rate neighbours of today's choice against it."""
+    lines = []
+    for group in cases:
+        chosen = study.rule_config(corpora[group.corpus], group.budget, speeds)
+        if chosen.name not in group.losses:
+            continue
+        variants = [replace(chosen, batch=b) for b in study.STUDY_STREAMS if b != chosen.batch]
+        variants += [replace(chosen, lr=round(chosen.lr * f, 6)) for f in (0.5, 2.0)]
+        cells = [f"{v.name.split(' ', 1)[1]}: {group.losses[v.name] - group.losses[chosen.name]:+.3f}"
+                 for v in variants if v.name in group.losses]
+        if cells:
+            lines.append(f"{group.corpus} {group.budget / 60:g} min, {chosen.name} ({group.losses[chosen.name]:.4f}): "
+                         + "; ".join(cells))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--top", type=int, default=15, help="candidates to print")
+    args = parser.parse_args()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    done = study.results_for(results, study.planned(("cheap", "long"), corpora, speeds))
+    cases = groups(done)
+    print(f"{len(done)} cells measured, over {len(cases)} corpora and budgets\n")
+    today = (sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS)
+    scores = [score(c, cases, corpora, speeds) for c in itertools.product(CHARS_PER_PARAMETER, REPEAT_HALF_LIFE,
+                                                                           DROPOUT_TABLES)]
+    scores.sort(key=lambda s: (s.unmeasured, s.misses, s.worst_to_best, s.mean_to_best))
+    print("| constants | unmeasured | misses | worst to best | worst to default | mean to best |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    mine = next(s for s in scores if s.constants == today) if today in [s.constants for s in scores] else score(
+        today, cases, corpora, speeds)
+    for s in [mine] + [s for s in scores[: args.top] if s is not mine]:
+        label = describe(s.constants) + (" (today's)" if s is mine else "")
+        print(f"| {label} | {s.unmeasured} | {s.misses} | {s.worst_to_best:+.3f} | {s.worst_to_default:+.3f} | "
+              f"{s.mean_to_best:+.3f} |")
+    print("\nStreams and learning rate around today's choice (loss minus the choice's):")
+    print("\n".join(training_report(cases, corpora, speeds)) or "none measured yet")
+
+
+if __name__ == "__main__":
+    main()
