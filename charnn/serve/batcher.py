@@ -51,6 +51,13 @@ class CompletionRequest:
     seed: int | None = None  # None: a fresh one; choice i draws with stream_rng(seed, i)
 
 
+def prompt_ids(vocab: Vocab, config, prompt: str) -> np.ndarray:
+    """The prompt as ids (the model's default start when empty); CharnnError names unknown characters."""
+    if not prompt:
+        return np.asarray(default_prime(vocab, config.reset_ids), dtype=np.int64)
+    return np.asarray(vocab.encode(prompt), dtype=np.int64)
+
+
 @dataclass
 class Piece:
     """New text of one choice, and why it ended (None while it goes on)."""
@@ -167,10 +174,7 @@ class Batcher:
         self._thread.join(timeout)
 
     def prompt_ids(self, prompt: str) -> np.ndarray:
-        """The prompt as ids (the model's default start when empty); CharnnError names unknown characters."""
-        if not prompt:
-            return np.asarray(default_prime(self.vocab, self.engine.config.reset_ids), dtype=np.int64)
-        return np.asarray(self.vocab.encode(prompt), dtype=np.int64)
+        return prompt_ids(self.vocab, self.engine.config, prompt)
 
     def submit(self, request: CompletionRequest, deliver: Callable[[list[Piece] | BaseException], None],
                paced: bool = False, whole: bool = False, before: Callable[[Job], None] | None = None) -> Job:

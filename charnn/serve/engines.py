@@ -34,7 +34,7 @@ import time
 from typing import Callable
 
 from ..errors import CharnnError
-from .batcher import Batcher, CompletionRequest, Job, Piece
+from .batcher import Batcher, CompletionRequest, Job, Piece, prompt_ids
 from .tally import Tally
 
 PUBLISH_EVERY = 0.02  # seconds between an engine's loads published for /health
@@ -287,12 +287,20 @@ class Router:
             raise
 
 
+class Described:
+    """A model's shape without its weights: what a worker needs of an engine's model (the weights it
+    loaded are let go, so N workers do not hold N more copies of a large model)."""
+
+    def __init__(self, config):
+        self.config = config
+
+
 class RemoteBatcher:
-    """A model served by the engine process, as the routes see a `Batcher`."""
+    """A model served by the engine processes, as the routes see a `Batcher`."""
 
     def __init__(self, local: Batcher, router: Router):
-        self.local, self.router = local, router
-        self.engine, self.vocab, self.name, self.records = local.engine, local.vocab, local.name, local.records
+        self.router, self.engine = router, Described(local.engine.config)
+        self.vocab, self.name, self.records = local.vocab, local.name, local.records
 
     def start(self) -> RemoteBatcher:
         self.router.start()
@@ -302,7 +310,7 @@ class RemoteBatcher:
         """Nothing to stop here: an engine ends when every worker's pipe to it has closed."""
 
     def prompt_ids(self, prompt: str):
-        return self.local.prompt_ids(prompt)
+        return prompt_ids(self.vocab, self.engine.config, prompt)
 
     def submit(self, request: CompletionRequest, deliver: Callable, paced: bool = False,
                whole: bool = False) -> RemoteJob:
