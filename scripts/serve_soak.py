@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 import socket
 import statistics
 import subprocess
@@ -54,10 +55,13 @@ def start_server(model: str, clients: int, workers: str = "1") -> tuple[subproce
 
 
 def rss_mib(pid: int) -> float:
+    """The resident memory of the server: its process and its children (workers and engines) together."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    below = sum(rss_mib(int(child)) for child in children.read_text().split()) if children.exists() else 0.0
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1]) / 1024 + below
     return float("nan")
 
 
@@ -215,7 +219,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="choices per request with --slow-readers")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --slow-readers")
     parser.add_argument("--round-seconds", type=float, default=10, help="how long each round's clients stay")
-    parser.add_argument("--workers", default="1", help="the server's --workers (memory is the first process's)")
+    parser.add_argument("--workers", default="1", help="the server's --workers (memory: all its processes together)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     process, url = start_server(args.model, max(counts + [args.slow_readers]), args.workers)

@@ -290,3 +290,26 @@ def test_batches_fed_together_read_as_each_alone(resets):
         assert one.recent is None or (one.recent.seen() == other.recent.seen()).all()
     with pytest.raises(CharnnError, match="one length"):
         feed_each(batches(), [np.array([1]), np.array([1, 2]), np.array([3])])
+
+
+def test_a_read_of_many_streams_holds_its_memory_to_the_bound_and_reads_the_same(monkeypatch):
+    # a server's storm: many requests of many choices reading their prompts together
+    import tracemalloc
+
+    from charnn.model import engine as engine_module
+
+    engine = engine_from_model(model_for("lstm", layers=2))
+    ids = np.random.default_rng(0).integers(0, 17, size=(60, 256))
+    whole_logits, whole_state = engine.read(ids, engine.zero_state(256))
+    monkeypatch.setattr(engine_module, "READ_BYTES", 256 * 1024)
+    tracemalloc.start()
+    try:
+        logits, state = engine.read(ids, engine.zero_state(256))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 256 * 1024  # the stretch's terms, the state and the logits; not 60 steps of terms at once
+    np.testing.assert_allclose(logits, whole_logits, atol=1e-5)
+    for mine, theirs in zip(state, whole_state):
+        for a, b in zip(mine, theirs):
+            np.testing.assert_allclose(a, b, atol=1e-5)

@@ -43,6 +43,9 @@ from ..runtime.contention import watch_cores
 from ..runtime.threads import ThreadChoice, ThreadPolicy, resolve_threads
 
 READ_CHUNK = 1024  # prime characters per stretch: bounds the memory of a long prime's input terms
+# and the bytes of a stretch's input terms and outputs over all its streams: 64 requests of 16 choices
+# reading a 100-character prompt together (a server's storm) took 500 MB in one stretch
+READ_BYTES = 16 * 2**20
 
 
 def _f32(array) -> np.ndarray:
@@ -268,8 +271,10 @@ class Engine:
         the state. `resets` (T, B) marks the steps whose incoming state is zeroed first (--reset-on)."""
         with self.pool:
             self.pool.set(self.policy_for(ids.shape[1]).threads)
-            for start in range(0, len(ids), READ_CHUNK):
-                chunk = slice(start, start + READ_CHUNK)
+            per_step = ids.shape[1] * (self.layers[0]["table"].shape[1] + self.hidden_size) * 4
+            stretch = max(1, min(READ_CHUNK, READ_BYTES // per_step))
+            for start in range(0, len(ids), stretch):
+                chunk = slice(start, start + stretch)
                 x, state = self._read_chunk(ids[chunk], state, None if resets is None else resets[chunk])
             return self.logits(x), state
 

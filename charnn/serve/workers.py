@@ -321,6 +321,7 @@ def host_engine(index: int, sources: list[str | None], config: ServeConfig, thre
     shared.keep(ends)
     shared.tally.row = index
     die_with(parent, signal.SIGKILL)
+    from .connections import map_large_blocks  # noqa: PLC0415
     from .engines import EngineHost  # noqa: PLC0415
     from .server import open_batchers  # noqa: PLC0415
 
@@ -331,6 +332,7 @@ def host_engine(index: int, sources: list[str | None], config: ServeConfig, thre
         sys.exit(1)
     pipe.send(("ready", {name: batcher.engine.config for name, batcher in batchers.items()}))
     cores = None if threads.fixed is not None else threads.cores  # fixed: each engine keeps its count
+    map_large_blocks()  # a storm's batch goes back to the system when it ends, as in a worker
     EngineHost(batchers, ends, shared.tally, shared.engine_rows, cores).serve()
 
 
