@@ -313,3 +313,22 @@ def test_a_read_of_many_streams_holds_its_memory_to_the_bound_and_reads_the_same
     for mine, theirs in zip(state, whole_state):
         for a, b in zip(mine, theirs):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_one_stream_fanned_out_after_its_prompt_samples_as_n_streams_that_each_read_it():
+    from charnn.generate.streams import alike
+
+    engine = engine_from_model(model_for("lstm"))
+    config = SamplingConfig(temperature=0.9, repetition_penalty=1.2)
+    prompt = np.array([4, 3, 5, 6, 2])
+    each = Streams.start(engine, config, num_samples=3, seed=7)
+    each.feed(prompt)
+    options, rngs = alike(config, 3, 7, engine.vocab_size)
+    once = Streams(engine, options.select(np.zeros(1, dtype=np.int64)), rngs[:1])
+    once.feed(prompt)
+    once.fan_out(options, rngs)
+    assert len(once) == 3
+    np.testing.assert_allclose(once.logits, each.logits, atol=1e-5)
+    assert [ids.tolist() for ids in once.sample(40)] == [ids.tolist() for ids in each.sample(40)]
+    with pytest.raises(CharnnError, match="only one stream fans out"):
+        once.fan_out(options, rngs)

@@ -217,6 +217,14 @@ class Streams:
         if self.recent is not None:
             self.recent = self.recent.select(rows)
 
+    def fan_out(self, options: StreamOptions, rngs: Sequence[np.random.Generator]) -> None:
+        """This one stream, having read a prompt, as len(rngs) streams with these options and generators:
+        the same state and history each (n choices of one prompt read it once, not n times)."""
+        if len(self) != 1 or len(options) != len(rngs):
+            raise CharnnError("only one stream fans out, to one generator per stream")
+        self.keep(np.zeros(len(rngs), dtype=np.int64))
+        self.options, self.rngs = options, list(rngs)
+
     def join(self, other: Streams) -> None:
         """Take in the streams of `other` (read from the same model) after these ones; both settle first."""
         if other.model is not self.model:

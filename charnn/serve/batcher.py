@@ -116,7 +116,10 @@ class Job:
 
     def __init__(self, request: CompletionRequest, prompt_ids: np.ndarray, engine: Engine, vocab: Vocab,
                  deliver: Callable[[list[Piece] | BaseException], None], paced: bool = False, whole: bool = False):
-        self.streams = Streams(engine, *alike(request.sampling, request.n, request.seed, engine.vocab_size))
+        options, rngs = alike(request.sampling, request.n, request.seed, engine.vocab_size)
+        # one stream reads the prompt; it fans out to the n choices as it joins the batch
+        self.streams = Streams(engine, options.select(np.zeros(1, dtype=np.int64)), rngs[:1])
+        self.fan = (options, rngs) if request.n > 1 else None
         self.unread = prompt_ids  # the prompt not yet read
         self.choices = [ChoiceText(vocab, request.max_tokens, request.stop) for _ in range(request.n)]
         self.deliver = deliver
@@ -288,6 +291,9 @@ class Batcher:
         return [job for job in self._reading if len(job.unread) == 0]
 
     def _join(self, job: Job) -> None:
+        if job.fan is not None:
+            job.streams.fan_out(*job.fan)
+            job.fan = None
         if self._batch is None:
             self._batch = job.streams
         else:
