@@ -143,7 +143,8 @@ class Shared:
     @property
     def engine_rows(self) -> list[int]:
         """The engines' rows of the tally, after the workers'."""
-        return list(range(len(self.sockets), len(self.sockets) + len(self.links[0]) if self.links else 0))
+        engines = len(self.links[0]) if self.links else 0
+        return list(range(len(self.sockets), len(self.sockets) + engines))
 
     def keep(self, own: list) -> None:
         ends = [end for row in self.links for link in row for end in link]
