@@ -185,6 +185,22 @@ def test_requests_past_the_first_engines_fill_spill_to_the_next_with_the_same_te
         assert two.stop() == 143
 
 
+def test_every_stream_routed_to_an_engine_is_given_back_however_its_request_ends(model):
+    server = Server(model, "--workers", 2, "--max-tokens", 100_000)
+    try:
+        assert httpx.get(server.url + "/health").json()["engines"] == [0, 0]
+        complete(server, prompt="ROMEO:", max_tokens=50, n=3)  # finished
+        for _ in range(4):  # streams left halfway, by clients that hang up
+            with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
+                              json={"prompt": "ROMEO:", "max_tokens": 100_000, "n": 8, "stream": True}) as response:
+                next(response.iter_lines())
+        bad = httpx.post(server.url + "/v1/completions", json={"prompt": "ROMEO:\u0001", "n": 4})
+        assert bad.status_code == 400  # refused before any engine heard of it
+        wait_for(lambda: httpx.get(server.url + "/health").json()["engines"] == [0, 0])
+    finally:
+        assert server.stop() == 143
+
+
 def test_the_first_engine_fills_to_spill_then_the_least_busy_takes_each_request():
     tally = Tally(2, rows=4)
     rows = [2, 3]

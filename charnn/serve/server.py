@@ -229,8 +229,10 @@ def _add_routes(app, server: CompletionServer) -> None:
     async def health():
         if server.tally.workers > 1:
             await asyncio.sleep(HEALTH_WAIT)
+        engines = range(server.tally.workers, server.tally.rows)  # the engines' rows, after the workers'
         return {"status": "ok", "models": list(server.batchers), **server.in_flight(),
-                "slots": server.tally.total("slots"), "workers": server.tally.workers, "worker": server.tally.row}
+                "slots": server.tally.total("slots"), "workers": server.tally.workers, "worker": server.tally.row,
+                **({"engines": [server.tally.value("routed", row) for row in engines]} if engines else {})}
 
     @app.get("/v1/models")
     async def models(request: Request):
