@@ -44,7 +44,9 @@ FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the e
 SEND_BUFFER = 128 * 1024
 NOTE_EVERY = 60.0  # seconds between two log lines of one kind
 CONNECTION = "charnn.connection"  # the scope key of a request's connection (see `Connection.when_lost`)
-M_MMAP_THRESHOLD, MAP_FROM = -3, 128 * 1024  # glibc's mallopt parameter, and its usual starting value
+# glibc's mallopt parameters: blocks from MAP_FROM up are mapped from the system and given back when freed;
+# below, the heap, which keeps up to TRIM_FROM free at its top rather than give it back and fault it in again
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MAP_FROM, TRIM_FROM = -1, -3, 2**20, 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -222,12 +224,16 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, notes: Notes) -> None:
 
 
 def map_large_blocks() -> None:
-    """Keep glibc's malloc mapping blocks of 128 KiB and more (a big batch's arrays) from the system and
-    giving them back when freed. Left alone, it raises that threshold after the first such free, and
-    every later batch's arrays come from a heap it rarely returns: a storm of 64 requests of 16 choices
-    left the server 20-33 MiB larger for good, 8 MiB this way. Elsewhere: nothing to do."""
+    """Keep glibc's malloc mapping blocks of 1 MiB and more (a storm's batch, its prompts' reads) from the
+    system and giving them back when freed. Left alone, it raises that threshold after the first such free,
+    and every later batch's arrays come from a heap it rarely returns: a storm of 64 requests of 16 choices
+    left the server 20-33 MiB larger for good. Not lower: a step's arrays at 64 streams (256 KiB) mapped and
+    faulted in anew each step, and a heap trimmed at glibc's 128 KiB (fixed once a threshold is set) grown
+    again each step, cost an engine 25% of its speed at 8 streams. Elsewhere: nothing to do."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MAP_FROM)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MAP_FROM)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_FROM)
     except (OSError, AttributeError):
         pass
 
