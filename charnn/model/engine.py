@@ -18,8 +18,10 @@ Streams are columns: selecting, joining and zeroing them is column work (`select
 a batch can gain and lose streams between steps (`charnn.generate.streams`, which steps a model through
 this interface whatever computes it: here, or PyTorch's stepper on a GPU).
 
-BLAS's threads follow charnn's thread policy (charnn.runtime.threads), one policy for a few streams and one for
-many, each timing the steps it runs. They start where measurements put them on an idle machine: fewer
+BLAS's threads follow charnn's thread policy (charnn.runtime.threads), one policy for each width class of
+batch (1, 2-3, 4-7, 8-15 and 16 or more streams: a server's batch changes width as requests come and
+go, and what one stream's steps taught a policy held 8 streams on one thread, 40% slower, after a
+client alone), each timing the steps it runs. They start where measurements put them on an idle machine: fewer
 than MANY_STREAMS streams on one thread (their products take a fraction of a millisecond, and handing
 part of one to a second thread costs more: on our 2-core CI machine, a VM, a product numpy's OpenBLAS
 split between two threads took up to 8 ms, where one thread takes 0.08 ms), more on all threads (for a
@@ -108,7 +110,7 @@ class Engine:
         self.config = config
         self.threads = threads or resolve_threads()
         self.pool = BlasThreads()
-        self._policies: dict[bool, ThreadPolicy] = {}
+        self._policies: dict[int, ThreadPolicy] = {}
         self.cell = config.cell
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
@@ -255,14 +257,14 @@ class Engine:
         return perf_counter() - started
 
     def policy_for(self, streams: int) -> ThreadPolicy:
-        """The thread policy for stepping this many streams: one for a few, one for many (each of the
-        engine's life), whose counts apply inside `with engine.pool:`."""
-        many = streams >= MANY_STREAMS
-        if many not in self._policies:
-            initial = max(self.threads.candidates) if many else min(self.threads.candidates)
-            self._policies[many] = ThreadPolicy(self.threads, self.pool.set, initial=initial, trial=self._trial,
-                                                  watch=watch_cores)
-        return self._policies[many]
+        """The thread policy for stepping this many streams: one for each width class, powers of two up to
+        MANY_STREAMS (each of the engine's life), whose counts apply inside `with engine.pool:`."""
+        width = min(max(1, streams), MANY_STREAMS).bit_length()
+        if width not in self._policies:
+            initial = max(self.threads.candidates) if streams >= MANY_STREAMS else min(self.threads.candidates)
+            self._policies[width] = ThreadPolicy(self.threads, self.pool.set, initial=initial, trial=self._trial,
+                                                 watch=watch_cores)
+        return self._policies[width]
 
     # --- a stretch of text -------------------------------------------------------------------
 
