@@ -107,6 +107,42 @@ def test_headers_sent_a_byte_at_a_time_still_meet_the_deadline(server):
     assert status_of(read_to_close(sock)) == 408 and time.monotonic() - start < 4
 
 
+@pytest.mark.parametrize("sent", [
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Filler: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"GET /" + b"a" * 20_000,  # a request line that never ends
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: b\r\n" * 3_000,  # many small headers
+], ids=["one-long-header", "endless-request-line", "many-headers"])
+def test_a_request_whose_head_passes_16_kib_is_refused_at_once(server, sent):
+    sock = connect(server)
+    sock.sendall(sent)
+    start = time.monotonic()
+    response = read_to_close(sock)
+    assert status_of(response) == 431 and time.monotonic() - start < 0.9  # not the header deadline's 408
+    assert json.loads(response.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
+
+
+def test_a_body_past_16_kib_is_not_a_head_and_bytes_that_are_not_http_are_400(server):
+    body = b'{"prompt": "ROMEO:", "max_tokens": 3' + b" " * 30_000 + b"}"  # under --max-body-bytes
+    sock = connect(server)
+    sock.sendall(request_bytes(body, headers="Connection: close\r\n"))
+    response = read_to_close(sock)
+    assert status_of(response) == 200, response[:300]
+    sock = connect(server)
+    sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64))  # a TLS hello
+    response = read_to_close(sock)
+    assert status_of(response) == 400 and b"invalid_request" in response
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    sock = connect(server)
+    sock.sendall(request_bytes({"prompt": "ROMEO:", "max_tokens": 4, "seed": 1})
+                 + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    response = read_to_close(sock)
+    first, second = response.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200") and b'"text_completion"' in first
+    assert second.startswith(b"200") and b'"status":"ok"' in second.replace(b" ", b"")
+
+
 def test_connections_past_the_limit_are_refused_and_service_comes_back(server):
     held = [connect(server) for _ in range(12)]  # open, saying nothing
     time.sleep(0.2)

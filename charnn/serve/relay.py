@@ -1,19 +1,34 @@
-"""A request's text, handed from a batcher's worker thread to asyncio: what the server's routes iterate.
+"""A request's text, from a batcher's worker thread to its client: the API's answers.
 
 The worker posts each step's new text to a `Mailbox`, which wakes the event loop once for everything
 posted since its last wake-up (a step of 32 requests posts 32 pieces); a `CompletionStream` is one
 request's text as an async iterator, which counts what its client has taken so that a client that stops
 reading pauses its request (charnn.serve.batcher) instead of piling text up; the prompts of one API request
-are one `CompletionStream`.
+are one `CompletionStream`. `Api` answers the API's requests with them, as plain ASGI in front of FastAPI:
+FastAPI's middleware, routing and request objects had cost a worker half of its CPU a request, which a
+model's step shares the cores with (README, "How fast").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Callable, Sequence
 
+from ..errors import CharnnError
 from .batcher import Batcher, CompletionRequest, Job, Piece
+from .chat import ChatAnswers
+from .completions import STREAM_END, ApiError, TextAnswers, usage
+from .guard import respond
+
+CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]  # proxies must not hold the stream back
+
+
+class ClientLeft(Exception):
+    """The client of a `CompletionStream` went away."""
 
 
 class Mailbox:
@@ -98,6 +113,11 @@ class CompletionStream:
         for job in self.jobs:
             self._batcher.cancel(job)
 
+    def lose(self) -> None:
+        """The client went away: the requests leave the batch, and whoever iterates gets `ClientLeft`."""
+        self.cancel()
+        self._queue.put_nowait((0, ClientLeft()))
+
     async def collect(self) -> list[Piece]:
         """Every choice's whole text and finish reason, in choice order."""
         texts = [Piece(index, "") for index in range(self.choices)]
@@ -121,3 +141,115 @@ def _merge(items: list[tuple[int, list[Piece]]], offsets: list[int]) -> list[Pie
             else:
                 merged[index] = Piece(index, piece.text, piece.finish_reason)
     return [merged[index] for index in sorted(merged)]
+
+
+class Api:
+    """ASGI: POST /v1/completions and /v1/chat/completions answered here, every other request passed to
+    `app`. `server` is the `charnn.serve.server.CompletionServer` whose checks and limits each request
+    goes through: the key, a slot of --max-concurrent, the body's size, then the parse."""
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+        self.routes = {"/v1/completions": (server.parse_completion, TextAnswers),
+                       "/v1/chat/completions": (server.parse_chat, ChatAnswers)}
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        try:
+            if scope["method"] != "POST":
+                raise ApiError(405, f"{scope['method']} {scope['path']}: Method Not Allowed")
+            await self.answer(scope, receive, send, *route)
+        except ApiError as err:  # before the answer began: it is the answer
+            extra = {429: [(b"retry-after", b"1")], 405: [(b"allow", b"POST")]}.get(err.status, [])
+            await respond(send, err.status, err.body(), extra)
+
+    async def answer(self, scope, receive, send, parse: Callable, answers: type[TextAnswers]) -> None:
+        server = self.server
+        server.authorize(header(scope, b"authorization"))
+        slot = server.take_slot(scope)
+        try:
+            announced = header(scope, b"content-length") or ""
+            parsed = parse(await read_body(receive, announced, server.config.max_body_bytes))
+            stream = server.start(parsed)
+        except BaseException:
+            slot.free()
+            raise
+        connection = scope.get(CONNECTION)
+        if connection is not None:  # the requests leave the batch the moment their client does
+            connection.when_lost(stream.lose)
+        try:
+            if parsed.stream:
+                await stream_answer(send, stream, answers(parsed.model), server, parsed)
+            else:
+                await whole_answer(send, stream, answers(parsed.model), server, parsed)
+        finally:
+            stream.cancel()
+            slot.free()
+
+
+def header(scope, name: bytes) -> str | None:
+    """A request header's first value, as text (its bytes as latin-1, as Starlette decodes them)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def read_body(receive, announced: str, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes the limit, announced or not."""
+    if announced.isdigit() and int(announced) > limit:
+        raise ApiError(413, f"the body has {int(announced):,} bytes; this server takes at most {limit:,}",
+                       code="body_too_large")
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":  # the client left, or its body's deadline passed
+            raise ApiError(408, "the request's body did not arrive", code="request_timeout")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise ApiError(413, f"the body passes this server's limit of {limit:,} bytes", code="body_too_large")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def json_bytes(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def whole_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed) -> None:
+    """The whole answer as one JSON object (nothing, if its client has gone)."""
+    try:
+        choices = await stream.collect()
+    except ClientLeft:
+        return
+    except CharnnError as err:  # the server stopped under it
+        raise ApiError(503, str(err), kind="server_error") from None
+    body = json_bytes(answers.whole(choices, usage(server.prompt_length(parsed), stream.generated)))
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def stream_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed) -> None:
+    """The answer as server-sent events, each step's text as it comes, then `data: [DONE]`."""
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+
+    async def event(text: str) -> None:
+        await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+
+    try:
+        opening = answers.opening(stream.choices)
+        if opening:
+            await event(opening)
+        async for pieces in stream:
+            await event(answers.chunk(pieces))
+        if parsed.include_usage:
+            await event(answers.usage_chunk(usage(server.prompt_length(parsed), stream.generated)))
+        await event(STREAM_END)
+    except ClientLeft:
+        return
+    except CharnnError as err:  # the server stopped under it
+        await event(f"data: {json.dumps(ApiError(503, str(err), kind='server_error').body())}\n\n")
+    await send({"type": "http.response.body", "body": b""})
