@@ -39,6 +39,7 @@ from ..config import ServeConfig
 from ..errors import CharnnError
 from ..printable import printable
 from .completions import ApiError
+from .relay import CONNECTION
 from .tally import Tally
 
 FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the event loop, stdio
@@ -47,7 +48,6 @@ FD_RESERVE = 32  # descriptors kept for the process itself: models, pipes, the e
 SEND_BUFFER = 128 * 1024
 NOTE_EVERY = 60.0  # seconds between two log lines of one kind
 MAX_HEAD_BYTES = 16 * 1024  # a request's line and headers (h11's limit, which uvicorn's other parser lacks)
-CONNECTION = "charnn.connection"  # the scope key of a request's connection (see `Connection.when_lost`)
 # glibc's mallopt parameters: blocks from MAP_FROM up are mapped from the system and given back when freed;
 # below, the heap, which keeps up to TRIM_FROM free at its top rather than give it back and fault it in again
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MAP_FROM, TRIM_FROM = -1, -3, 2**20, 16 * 2**20

@@ -22,7 +22,7 @@ from .chat import ChatAnswers
 from .completions import STREAM_END, ApiError, TextAnswers, usage
 from .guard import respond
 
-CONNECTION = "charnn.connection"  # where `charnn.serve.connections` leaves a request's connection in its scope
+CONNECTION = "charnn.connection"  # the scope key where `charnn.serve.connections` leaves a request's connection
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]  # proxies must not hold the stream back
 
