@@ -285,3 +285,60 @@ def test_a_limit_on_blas_threads_holds_whoever_sets_them():
             assert {library.get_num_threads() for library in pool.libraries} == {2}
         finally:
             pool.limit(None)
+
+
+class FakeOpenBLAS:
+    """What `BlasThreads` sees of OpenBLAS through threadpoolctl, counting the stops of its threads."""
+
+    internal_api = "openblas"
+
+    def __init__(self):
+        self.stops = 0
+        self.dynlib = self  # the library's own functions
+
+    def blas_thread_shutdown_(self):
+        self.stops += 1
+
+
+def test_blas_threads_stop_only_when_no_thread_of_the_process_computes(monkeypatch):
+    from charnn.model.engine import BlasThreads  # noqa: PLC0415
+
+    monkeypatch.setattr(BlasThreads, "_working", 0)
+    library = FakeOpenBLAS()
+    one, two = BlasThreads(), BlasThreads()  # two models' batchers in one process
+    one.libraries = two.libraries = [library]
+    one.working()
+    two.working()
+    one.resting()
+    assert library.stops == 0  # the other still steps: its products use the threads
+    one.working()
+    two.resting()
+    assert library.stops == 0
+    one.resting()
+    assert library.stops == 1  # nothing computes: the threads stop spinning
+
+
+def process_cpu(pid: int) -> float:
+    """User and system seconds of a process and its children that still run."""
+    pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    ticks = 0
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from Linux's /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_server_that_has_answered_burns_no_cpu_while_idle(workers):
+    """The shipped model's products are large enough for two BLAS threads, which OpenBLAS leaves spinning
+    for a tenth of a second after its last product unless they are stopped."""
+    server = Server("english", "--workers", workers, "--threads", 2)
+    try:
+        for _ in range(3):
+            complete(server, prompt="ROMEO:", max_tokens=300)
+            before = process_cpu(server.process.pid)
+            time.sleep(0.6)
+            assert process_cpu(server.process.pid) - before < 0.03
+    finally:
+        assert server.stop() == 143

@@ -220,6 +220,7 @@ class Batcher:
 
     def _run(self) -> None:
         handed_over = time.perf_counter()
+        self.engine.pool.working()
         with self.engine.pool:  # BLAS's threads follow the engine's policies for the life of the server
             while self._wait_for_work():
                 try:
@@ -234,16 +235,23 @@ class Batcher:
 
     def _wait_for_work(self) -> bool:
         with self._wake:
-            while not (self._arrivals or self._reading or self._rows or self._stopping
-                       or any(job.cancelled or job.caught_up for job in self._paused)):
-                self._wake.wait()
+            if not self._work():
+                self.engine.pool.resting()  # nothing to step: BLAS's threads need not spin meanwhile
+                while not self._work():
+                    self._wake.wait()
+                self.engine.pool.working()
             if self._stopping:
+                self.engine.pool.resting()
                 for job in self._arrivals + self._reading + self._paused + [job for job, _ in self._rows]:
                     job.deliver(CharnnError("the server shut down"))
                 return False
             self._reading += self._arrivals
             self._arrivals = []
             return True
+
+    def _work(self) -> bool:
+        return bool(self._arrivals or self._reading or self._rows or self._stopping
+                    or any(job.cancelled or job.caught_up for job in self._paused))
 
     def _timed_step(self) -> None:
         """A step at the thread count the policy for a batch this wide says; timed for it when it only
