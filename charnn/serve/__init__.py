@@ -2,7 +2,8 @@
 
 Owns: the request and answer shapes of the API and their checks (`completions`; `chat` over it, with the
 template that writes messages as a prompt), many requests stepped as one batch (`batcher`, without a
-web framework), their text handed to asyncio (`relay`), the FastAPI app (`server`), the page at `/`
+web framework), their text handed to asyncio and answered as plain ASGI (`relay`), the server and its
+FastAPI app for the rest (`server`), the page at `/`
 (`page`: `page.html`, `page.js`, `page.css`, and the model card it shows), the defences of a port: Host
 and Origin checks (`guard`), deadlines and a connection limit (`connections`), and the worker processes
 that share a port (`workers`), the engine processes that sample for them (`engines`) and the counts
