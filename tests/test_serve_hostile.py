@@ -375,3 +375,31 @@ def nodelay_of(pid: int, peer) -> int | None:
         return None
     finally:
         os.close(pidfd)
+
+
+def test_requests_that_end_leave_nothing_on_their_keep_alive_connection():
+    """A connection holds a callback for each request in flight on it (its slot; its streams, which hold
+    its text) and forgets each as the request ends: a client sending request after request over one
+    connection must not make the server keep them all."""
+    from charnn.serve.connections import Connection  # noqa: PLC0415
+    from charnn.serve.server import Slot  # noqa: PLC0415
+    from charnn.serve.tally import Tally  # noqa: PLC0415
+
+    class Served:  # what a slot needs of the server
+        tally = Tally()
+
+    connection = Connection.__new__(Connection)  # no transport: its callbacks alone
+    connection.lost = []
+    for _ in range(1000):
+        assert Served.tally.take("slots", 1)
+        slot = Slot(Served, connection)
+        forget = connection.when_lost(lambda: None)  # a request's streams
+        forget()
+        slot.free()
+    assert connection.lost == [] and Served.tally.total("slots") == 0
+    assert Served.tally.take("slots", 1)
+    slot = Slot(Served, connection)  # a request in flight when its client leaves: freed then, once
+    for callback in list(connection.lost):
+        callback()
+    slot.free()
+    assert Served.tally.total("slots") == 0 and not slot.held

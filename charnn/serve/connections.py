@@ -130,9 +130,16 @@ class Connection(HttpToolsProtocol):
             return
         self._watch()
 
-    def when_lost(self, callback: Callable[[], None]) -> None:
-        """Call `callback` the moment the connection closes (a request's slot is freed then)."""
+    def when_lost(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` the moment the connection closes (a request's slot is freed then); returns what
+        forgets it, for a request that ended first: a keep-alive connection would otherwise hold on to
+        every request it ever carried."""
         self.lost.append(callback)
+        return lambda: self._forget(callback)
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        if callback in self.lost:
+            self.lost.remove(callback)
 
     def data_received(self, data: bytes) -> None:
         if self.waiting != "body":

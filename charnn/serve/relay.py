@@ -176,15 +176,16 @@ class Api:
         except BaseException:
             slot.free()
             raise
-        connection = scope.get(CONNECTION)
-        if connection is not None:  # the requests leave the batch the moment their client does
-            connection.when_lost(stream.lose)
+        connection = scope.get(CONNECTION)  # the requests leave the batch the moment their client does
+        forget = None if connection is None else connection.when_lost(stream.lose)
         try:
             if parsed.stream:
                 await stream_answer(send, stream, answers(parsed.model), server, parsed)
             else:
                 await whole_answer(send, stream, answers(parsed.model), server, parsed)
         finally:
+            if forget is not None:
+                forget()
             stream.cancel()
             slot.free()
 

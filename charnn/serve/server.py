@@ -62,13 +62,17 @@ class Slot:
     """One of the server's `--max-concurrent` places, held by a request until it ends or its client
     leaves, whichever comes first (freeing it twice frees it once)."""
 
-    def __init__(self, server: "CompletionServer"):
+    def __init__(self, server: "CompletionServer", connection=None):
+        """`connection`: the request's (charnn.serve.connections), whose end frees the slot too."""
         self.server, self.held = server, True
+        self.forget = None if connection is None else connection.when_lost(self.free)
 
     def free(self) -> None:
         if self.held:
             self.held = False
             self.server.tally.give("slots")
+            if self.forget is not None:
+                self.forget()
 
 
 class CompletionServer:
@@ -103,11 +107,7 @@ class CompletionServer:
         if not self.tally.take("slots", self.config.max_concurrent):
             raise ApiError(429, f"the server is at its limit of {self.config.max_concurrent} requests in flight; "
                            "retry shortly", code="server_busy", kind="rate_limit_error")
-        slot = Slot(self)
-        connection = scope.get(CONNECTION)
-        if connection is not None:
-            connection.when_lost(slot.free)
-        return slot
+        return Slot(self, scope.get(CONNECTION))
 
     def parse_completion(self, body: bytes) -> ParsedRequest:
         return parse_completion(body, list(self.batchers), self.config)
