@@ -178,11 +178,9 @@ class Api:
             raise
         connection = scope.get(CONNECTION)  # the requests leave the batch the moment their client does
         forget = None if connection is None else connection.when_lost(stream.lose)
-        try:
-            if parsed.stream:
-                await stream_answer(send, stream, answers(parsed.model), server, parsed)
-            else:
-                await whole_answer(send, stream, answers(parsed.model), server, parsed)
+        answer = stream_answer if parsed.stream else whole_answer
+        try:  # the slot is freed before the answer's last bytes: its client may send the next request at once
+            await answer(send, stream, answers(parsed.model), server, parsed, slot.free)
         finally:
             if forget is not None:
                 forget()
@@ -219,8 +217,9 @@ def json_bytes(value) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-async def whole_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed) -> None:
-    """The whole answer as one JSON object (nothing, if its client has gone)."""
+async def whole_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed,
+                       done: Callable[[], None]) -> None:
+    """The whole answer as one JSON object (nothing, if its client has gone); `done()` before it is sent."""
     try:
         choices = await stream.collect()
     except ClientLeft:
@@ -228,13 +227,15 @@ async def whole_answer(send, stream: CompletionStream, answers: TextAnswers, ser
     except CharnnError as err:  # the server stopped under it
         raise ApiError(503, str(err), kind="server_error") from None
     body = json_bytes(answers.whole(choices, usage(server.prompt_length(parsed), stream.generated)))
+    done()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def stream_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed) -> None:
-    """The answer as server-sent events, each step's text as it comes, then `data: [DONE]`."""
+async def stream_answer(send, stream: CompletionStream, answers: TextAnswers, server, parsed,
+                        done: Callable[[], None]) -> None:
+    """The answer as server-sent events, each step's text as it comes, then `data: [DONE]` (after `done()`)."""
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
 
     async def event(text: str) -> None:
@@ -248,6 +249,7 @@ async def stream_answer(send, stream: CompletionStream, answers: TextAnswers, se
             await event(answers.chunk(pieces))
         if parsed.include_usage:
             await event(answers.usage_chunk(usage(server.prompt_length(parsed), stream.generated)))
+        done()
         await event(STREAM_END)
     except ClientLeft:
         return
