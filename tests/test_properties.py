@@ -68,3 +68,47 @@ def test_any_bytes_in_character_mode_decode_or_say_to_use_bytes(data):
         return
     vocab = Vocab.from_data(data)
     assert vocab.decode(vocab.encode_bytes(data)[0]) == text
+
+
+def one_by_one(choice, tokens: list[int]) -> str:
+    text = ""
+    for token in tokens:
+        if choice.finish_reason:
+            break
+        text += choice.add(token)
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(tokens=st.lists(st.integers(0, 4), max_size=60), stops=st.lists(st.text("abcde", min_size=1, max_size=4),
+                                                                     max_size=2),
+       max_tokens=st.integers(1, 80), chunks=st.lists(st.integers(1, 9), min_size=1, max_size=8))
+def test_a_choices_text_is_the_same_whatever_chunks_of_steps_hand_it_out(tokens, stops, max_tokens, chunks):
+    """A server hands a choice's characters out a chunk of steps at a time: the text, where it ends and why
+    are those of one character at a time, stop strings straddling chunks included."""
+    from charnn.generate.stops import ChoiceText
+
+    vocab = Vocab(chars="abcde")
+    alone = ChoiceText(vocab, max_tokens, stops)
+    expected = one_by_one(alone, tokens)
+    chunked, text, start = ChoiceText(vocab, max_tokens, stops), "", 0
+    for size in chunks * len(tokens):
+        if chunked.finish_reason or start >= len(tokens):
+            break
+        text += chunked.extend(tokens[start : start + size])
+        start += size
+    assert (text, chunked.finish_reason, chunked.generated) == (expected, alone.finish_reason, alone.generated)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=40), max_tokens=st.integers(1, 50), size=st.integers(1, 9))
+def test_a_byte_models_choice_decodes_the_same_in_chunks(data, max_tokens, size):
+    """Bytes of a character split across chunks decode as they do one at a time (invalid ones as U+FFFD)."""
+    from charnn.generate.stops import ChoiceText
+
+    vocab = Vocab.from_data(b"", mode="byte")
+    alone, chunked = ChoiceText(vocab, max_tokens, ()), ChoiceText(vocab, max_tokens, ())
+    expected = one_by_one(alone, list(data))
+    text = "".join(chunked.extend(list(data[start : start + size])) for start in range(0, len(data), size)
+                   if not chunked.finish_reason)
+    assert (text, chunked.finish_reason) == (expected, alone.finish_reason)

@@ -354,6 +354,45 @@ def test_requests_joining_and_leaving_a_batch_keep_their_own_text():
     assert [calls[index] == 1 for index in range(len(requests))] == [False, True, False, True, False]
 
 
+def test_a_streamed_answer_comes_a_character_first_then_in_chunks_of_steps():
+    """The step a request joins its batch hands its first character out alone (the time to it is a
+    step's); then, while no request arrives, joins or ends, CHUNK steps a hand-out; the choice ends at its
+    length exactly, and its text is the one the same seed gives whole."""
+    import torch
+
+    from charnn import CharRNN, Vocab, engine_from_model
+    from charnn.serve.batcher import CHUNK, Batcher, CompletionRequest
+
+    from conftest import tiny_model_config
+
+    torch.manual_seed(4)
+    vocab = Vocab(chars="\nabcdefgh ")
+    batcher = Batcher(engine_from_model(CharRNN(tiny_model_config(vocab.size)).eval()), vocab).start()
+    request = CompletionRequest(prompt="abc", max_tokens=5 * CHUNK + 3, n=2, seed=9)
+    handed, answers = [], []
+    ended = threading.Semaphore(0)
+
+    def streamed(pieces):
+        handed.append(pieces)
+        if any(piece.finish_reason for piece in pieces):
+            ended.release()
+
+    def whole(pieces):
+        answers.append(pieces)
+        ended.release()
+
+    batcher.submit(request, streamed)
+    assert ended.acquire(timeout=30)
+    batcher.submit(request, whole, whole=True)
+    assert ended.acquire(timeout=30)
+    batcher.stop()
+    sizes = [{len(piece.text) for piece in pieces} for pieces in handed]
+    assert sizes == [{1}] + [{CHUNK}] * 5 + [{2}]
+    assert [piece.finish_reason for piece in handed[-1]] == ["length", "length"]
+    texts = ["".join(piece.text for pieces in handed for piece in pieces if piece.index == i) for i in range(2)]
+    assert texts == [piece.text for piece in answers[0]] and texts[0] != texts[1]
+
+
 def test_the_readmes_openai_example_runs_as_written(server):
     from conftest import REPO
 

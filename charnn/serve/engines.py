@@ -166,9 +166,9 @@ class EngineHost:
 
 # --- a worker's side ---------------------------------------------------------------------------
 
-# A paced request tells the engine how many steps of text its client has taken after this many more:
-# the engine pauses it at MAX_BACKLOG steps ahead, and resumes it at half that, so a few steps' slack
-# costs nothing, while a message a step for each streamed request would cost the engine's GIL.
+# A paced request tells the engine how many hand-outs of text its client has taken after this many more:
+# the engine pauses it at MAX_BACKLOG hand-outs ahead, and resumes it at half that, so a little slack
+# costs nothing, while a message a hand-out for each streamed request would cost the engine's GIL.
 TAKEN_EVERY = 4
 SPILL = 16  # streams the first engine takes before the others get any
 GONE = "the server's engine process has stopped"

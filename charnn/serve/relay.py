@@ -1,6 +1,6 @@
 """A request's text, from a batcher's worker thread to its client: the API's answers.
 
-The worker posts each step's new text to a `Mailbox`, which wakes the event loop once for everything
+The worker posts each hand-out's new text to a `Mailbox`, which wakes the event loop once for everything
 posted since its last wake-up (a step of 32 requests posts 32 pieces); a `CompletionStream` is one
 request's text as an async iterator, which counts what its client has taken so that a client that stops
 reading pauses its request (charnn.serve.batcher) instead of piling text up; the prompts of one API request
