@@ -95,11 +95,13 @@ def warandpeace(out: Path) -> None:
 def pydocs(out: Path) -> None:
     """Technical text: the reStructuredText sources of Python 3.11's documentation, as Debian's package
     python3.11-doc installs them (`apt-get install python3.11-doc`; PSF licence), every
-    _sources/**/*.rst.txt in path order, 11 MB."""
+    _sources/**/*.rst.txt in path order, 11 MB. The study's is version 3.11.2-6+deb12u9, from
+    bookworm-security (`apt-get update` first: with a stale package list, apt installs deb12u8, whose
+    security patches' documentation differs, and `run` refuses the corpus's hash)."""
     root = Path("/usr/share/doc/python3.11/html/_sources")
     files = sorted(root.rglob("*.rst.txt"))
     if not files:
-        raise SystemExit("pydocs needs Debian's python3.11-doc: apt-get install python3.11-doc")
+        raise SystemExit("pydocs needs Debian's python3.11-doc: apt-get update && apt-get install python3.11-doc")
     with out.open("wb") as f:
         for path in files:
             f.write(path.read_bytes())
