@@ -137,6 +137,17 @@ class Streams:
             self.logits, self.state = self.model.read(steps, state, self._delimiters(steps))
         self._remember(ids)
 
+    def feed_but_last(self, ids: Sequence[int] | np.ndarray) -> None:
+        """As `feed`, except that the last id is left for the next step to read with whatever else it
+        reads: a server's new request reads a one-character prompt (an empty one's default start) in its
+        batch's step instead of in a model pass of its own. Its logits then wait for that step."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        require_prime(ids)
+        self.feed(ids[:-1])
+        self.settle()  # what was drawn before the last id is read first, in order
+        self.take(np.full(len(self), ids[-1], dtype=np.int64))
+        self.logits = None  # they follow what was read, not the id now pending
+
     def _steps(self, ids: np.ndarray) -> tuple[np.ndarray, list]:
         """What the streams read for `ids` (T, B), after the ids drawn last if they are not read yet, and
         the state they start from."""
@@ -167,7 +178,7 @@ class Streams:
         if self.pending is None:
             return
         ids, self.pending = self.pending, None
-        state = self.state
+        state = self.state if self.state is not None else self.model.zero_state(len(self))
         if self.reset_ids:  # a stream that completes the delimiter reads its last character from zero
             state = self.model.zero(state, self._delimiters(ids[None])[0])
         self.logits, self.state = self.model.step(ids, state)
@@ -188,9 +199,9 @@ class Streams:
 
     def advance(self) -> np.ndarray:
         """Read the ids drawn last, draw the next ones (B,) and hand them out."""
+        self.settle()
         if self.logits is None:
             raise CharnnError("nothing to continue from: feed a prime first")
-        self.settle()
         ids = choose(self.logits, self.options, self.rngs, None if self.recent is None else self.recent.seen())
         self.take(ids)
         return ids
@@ -226,18 +237,24 @@ class Streams:
         self.options, self.rngs = options, list(rngs)
 
     def join(self, other: Streams) -> None:
-        """Take in the streams of `other` (read from the same model) after these ones; both settle first."""
+        """Take in the streams of `other` (read from the same model) after these ones. Both settle first,
+        unless both have ids still to read (drawn, or left by `feed_but_last`): the next step reads those."""
         if other.model is not self.model:
             raise CharnnError("only streams of the same model can share a batch")
-        if self.logits is None or other.logits is None:
+        if any(s.logits is None and s.pending is None for s in (self, other)):
             raise CharnnError("feed both batches before joining them")
-        self.settle()
-        other.settle()
+        if self.pending is None or other.pending is None:
+            self.settle()
+            other.settle()
         histories = [s.recent if s.recent is not None else RecentWindow(s.options.window, s.model.vocab_size)
                      for s in (self, other)]
+        self.state = self.model.join(*[s.state if s.state is not None else s.model.zero_state(len(s))
+                                       for s in (self, other)])  # before len(self) counts the others
         self.options, self.rngs = self.options.join(other.options), self.rngs + other.rngs
-        self.state = self.model.join(self.state, other.state)
-        self.logits = np.concatenate((self.logits, other.logits))
+        if self.pending is not None:  # both still to read what they drew: in one step, side by side
+            self.pending, self.logits = np.concatenate((self.pending, other.pending)), None
+        else:
+            self.logits = np.concatenate((self.logits, other.logits))
         self.tail = np.concatenate((self.tail, other.tail), axis=1)
         self.recent = histories[0].join(histories[1]) if self.options.penalized else None
 
