@@ -136,13 +136,14 @@ def test_streams_that_leave_their_last_character_unread_draw_what_feed_gives():
 
 
 def test_requests_with_one_character_prompts_arriving_together_keep_their_own_text():
-    """Empty prompts (the default start, one character) and one-character ones, submitted at once so that
-    they join in one step, some with n = 2 and some read slowly enough to pause: each choice's text is
-    what its seed draws alone."""
+    """Empty prompts (the default start, one character) and one-character ones, submitted at once while a
+    batch is stepping, so that they join it in one step with their last characters unread, some with
+    n = 2 and some read slowly enough to pause: each choice's text is what its seed draws alone."""
     engine, vocab = tiny_engine(6)
     batcher = Batcher(engine, vocab).start()
     requests = [CompletionRequest(prompt="" if i % 3 else "a", max_tokens=40 + 13 * i, n=1 + i % 2, seed=i)
                 for i in range(8)]
+    requests[0] = CompletionRequest(prompt="abc", max_tokens=10**6, seed=0)  # a batch stepping throughout
     texts = [[""] * request.n for request in requests]
     ended = threading.Semaphore(0)
     jobs = []
@@ -155,19 +156,22 @@ def test_requests_with_one_character_prompts_arriving_together_keep_their_own_te
                 ended.release()
         return take
 
-    with batcher._wake:  # every request waits for the same step
-        for index, request in enumerate(requests):
+    jobs.append(batcher.submit(requests[0], deliver(0)))
+    wait_for(lambda: texts[0][0], 10)  # a batch is stepping
+    with batcher._wake:  # the others wait for the same step
+        for index, request in enumerate(requests[1:], 1):
             jobs.append(batcher.submit(request, deliver(index), paced=index % 4 == 0))
     for _ in range(200):  # the paced ones' clients take their text late, now and then
         time.sleep(0.002)
         for job in jobs[::4]:
             job.taken = job.delivered
         batcher.wake()
-    for _ in requests:
+    for _ in requests[1:]:
         assert ended.acquire(timeout=30)
+    batcher.cancel(jobs[0])
     wait_for(lambda: batcher.load() == {"requests": 0, "streams": 0, "paused": 0})
     batcher.stop()
-    for index, request in enumerate(requests):
+    for index, request in enumerate(requests[1:], 1):
         prompt = vocab.encode(request.prompt or "\n")
         alone = np.stack(list(sample_streams(engine, prompt, request.max_tokens, request.sampling, request.n,
                                              request.seed)))
