@@ -3,9 +3,9 @@
 A `Batcher` owns one model's engine and one worker thread. Every step of the thread advances every
 request in flight at once, one multi-stream step of a single `Streams` batch (each of a request's
 `n` choices is a stream). A new request first reads its prompt, a slice per step so that a long
-prompt never stalls the others (the last character left for the batch's step to read, while a batch
-steps), then joins the batch, whose step hands its first character out at once; while no request arrives, joins or ends, the batch takes up to `CHUNK` steps
-between hand-outs. A request that finished, or whose client went away, leaves at once and frees its
+prompt never stalls the others (while a batch steps, the last character is left for its step to
+read), then joins the batch, whose step hands its first character out at once; while no request
+arrives, joins or ends, the batch takes up to `CHUNK` steps between hand-outs. A request that finished, or whose client went away, leaves at once and frees its
 columns. A request whose client has not taken its last `MAX_BACKLOG` hand-outs of text is set aside
 (its streams kept, nothing drawn) until the client catches up: a client that stops reading costs
 memory for a few steps, never for its answer.
