@@ -5,10 +5,11 @@ request in flight at once, one multi-stream step of a single `Streams` batch (ea
 `n` choices is a stream). A new request first reads its prompt, a slice per step so that a long
 prompt never stalls the others (while a batch steps, the last character is left for its step to
 read), then joins the batch, whose step hands its first character out at once; while no request
-arrives, joins or ends, the batch takes up to `CHUNK` steps between hand-outs. A request that finished, or whose client went away, leaves at once and frees its
-columns. A request whose client has not taken its last `MAX_BACKLOG` hand-outs of text is set aside
-(its streams kept, nothing drawn) until the client catches up: a client that stops reading costs
-memory for a few steps, never for its answer.
+arrives, joins or ends, the batch takes up to `CHUNK` steps between hand-outs. A request that
+finished, or whose client went away, leaves at once and frees its columns. A request whose client has
+not taken its last `MAX_BACKLOG` hand-outs of text is set aside (its streams kept, nothing drawn)
+until the client catches up: a client that stops reading costs memory for a few steps, never for its
+answer.
 
 Each request's streams draw from generators seeded by the request (`stream_rng(seed, i)`, as
 `charnn sample --seed`), so its text does not depend on its batch-mates, up to floating-point
@@ -268,6 +269,8 @@ class Batcher:
         prompt, as an empty one's default start, then costs no model pass of its own: at 8 clients of 200
         characters these passes, a stream each, took 8% of the time); a request alone reads it all (its
         first character otherwise came 1.3 ms later, from an idle machine)."""
+        if not self._reading:
+            return []
         last = 1 if self._batch is not None else 0
         longer = [job for job in self._reading if len(job.unread) > last]
         if longer:
