@@ -127,7 +127,8 @@ def test_output_holds_small_writes_until_its_interval_or_close():
 def test_num_samples_with_a_separator(workdir):
     result = run_cli("sample", workdir["run"], "-n", "30", "--num-samples", "3", "--separator", "\\0",
                      "--prime", "A", "--seed", "2")
-    samples = result.stdout.decode().split("\0")
+    assert result.stdout.endswith(b"\0")  # every sample ends with it, the last too (records for read -d '')
+    samples = result.stdout.decode().split("\0")[:-1]
     assert len(samples) == 3 and all(len(s) == 31 and s.startswith("A") for s in samples)
 
 

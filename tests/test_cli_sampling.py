@@ -27,6 +27,7 @@ def test_stop_ends_each_sample_at_the_string_without_printing_it(workdir):
     many = run_cli("sample", workdir["run"], "-n", "400", "--seed", "4", "--num-samples", "4", "--prime", "A",
                    "--stop", "\\n", "--separator", "\\0")
     samples = many.stdout.decode().split("\0")
+    assert samples.pop() == ""  # a NUL ends the last sample too
     assert len(samples) == 4 and all(s.startswith("A") and "\n" not in s for s in samples)
     assert len({len(s) for s in samples}) > 1  # each one stopped at its own place
 

@@ -74,7 +74,8 @@ def sample(
         f"Independent samples, generated together as one batch. \\[default: {SampleRequest.num_samples}]",
         panel=OUTPUT)] = None,
     separator: Annotated[Optional[str], _sampling(
-        f"Printed between samples (\\n, \\t and \\0 are understood). \\[default: {_SEPARATOR}]", panel=OUTPUT)] = None,
+        f"Printed between samples (\\n, \\t and \\0 are understood); one ending in \\0 ends the last sample too "
+        f"(records for xargs -0 or read -d ''). \\[default: {_SEPARATOR}]", panel=OUTPUT)] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Type a prime, watch the continuation; the state carries over between turns. "
         "An empty line continues; /reset forgets; /quit or Ctrl-D ends.", rich_help_panel=OUTPUT)] = False,

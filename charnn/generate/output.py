@@ -116,11 +116,15 @@ class SampleWriter:
             del text[:ready]
 
     def finish(self, separator: bytes, prime: bytes) -> None:
-        """Sample 0's held-back end, then every other sample, each after the separator and the prime."""
+        """Sample 0's held-back end, then every other sample, each after the separator and the prime. A
+        separator ending in NUL ends the last sample too: records for `xargs -0` and `read -d ''`, which
+        drop an empty last one, or (read) any last one, left open."""
         self.done[0] = True
         self._write_first()
         for text in self.texts[1:]:
             self.output.write(separator + prime + bytes(text))
+        if separator.endswith(b"\0"):
+            self.output.write(separator)
 
 
 def encode_prime(vocab: Vocab, prime: bytes, drop_unknown: bool = False) -> tuple:
