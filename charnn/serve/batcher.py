@@ -267,7 +267,7 @@ class Batcher:
         shortest of them, so a short prompt never waits for a long one); those ready to join are returned.
         While a batch steps, a prompt's last character is left for its step to read (a one-character
         prompt, as an empty one's default start, then costs no model pass of its own: at 8 clients of 200
-        characters these passes, a stream each, took 8% of the time); a request alone reads it all (its
+        characters the steps with such passes took 8% of the time); a request alone reads it all (its
         first character otherwise came 1.4 ms later, from an idle machine)."""
         if not self._reading:
             return []
