@@ -6,10 +6,12 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from charnn import CharRNN, SamplingConfig, Vocab, engine_from_model
 from charnn.generate.streams import Streams, sample_streams
+from charnn.model.stepper import TorchSteps
 from charnn.serve.batcher import CHUNK, Batcher, CompletionRequest
 
 from conftest import tiny_model_config
@@ -107,11 +109,16 @@ def tiny_engine(seed: int):
     return engine_from_model(CharRNN(tiny_model_config(vocab.size)).eval()), vocab
 
 
-def test_streams_that_leave_their_last_character_unread_draw_what_feed_gives():
+@pytest.mark.parametrize("stepper", ["numpy", "torch"])
+def test_streams_that_leave_their_last_character_unread_draw_what_feed_gives(stepper):
     """`feed_but_last` leaves a prompt's last character for the next step: streams fed so, alone or
     joined to a batch that has drawn already (its pending ids and theirs read in one step), or to one
-    started the same way (neither has a state yet), draw what `feed` then `sample` draws."""
+    started the same way (neither has a state yet), draw what `feed` then `sample` draws, whichever
+    steps the model (the numpy engine on a CPU, PyTorch's stepper on a GPU)."""
     engine, _ = tiny_engine(5)
+    if stepper == "torch":
+        torch.manual_seed(5)
+        engine = TorchSteps(CharRNN(tiny_model_config(engine.vocab_size)).eval())
     config = SamplingConfig(repetition_penalty=1.3)
     for prompt in ([3], [1, 2, 3, 4]):
         alone = [np.stack(list(sample_streams(engine, prompt, 30, config, 2, seed))) for seed in (1, 2)]
