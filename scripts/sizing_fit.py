@@ -6,7 +6,7 @@
 For every combination of CHARS_PER_PARAMETER, REPEAT_HALF_LIFE and a dropout table in a grid, the rule
 (`charnn.plan.sizing.choose`, with those constants) chooses a configuration for each corpus and budget
 the study has trained; its loss is looked up among the measured cells (those trained for today's speed
-table). A candidate is scored by the issue's targets: the choice within 0.02 nats/char of the best grid
+table; at two minutes, the mean over the seeds measured). A candidate is scored by the issue's targets: the choice within 0.02 nats/char of the best grid
 point measured for that corpus and budget, and never more than 0.01 worse than the fixed 2x256 default.
 Candidates whose choices were not all measured are counted apart: the grid is built around the rule of
 the day, so a rule far from it chooses cells nobody trained (train them with `sizing.py run --only`).
@@ -81,10 +81,9 @@ def constants(cpp: float, half_life: float, dropout: tuple):
 
 
 def groups(done: dict[str, dict]) -> list[Group]:
-    found: dict[tuple, dict] = {}
-    for record in done.values():
-        found.setdefault((record["corpus"], record["budget"]), {})[record["config"]] = record["best_val_loss"]
-    return [Group(corpus, budget, losses) for (corpus, budget), losses in sorted(found.items())]
+    """Each corpus and budget's configurations, a configuration's loss the mean over its seeds measured."""
+    return [Group(corpus, budget, {name: mean for name, (mean, _) in configs.items()})
+            for (corpus, budget), configs in sorted(study.mean_losses(done).items())]
 
 
 def score(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> Score:

@@ -530,3 +530,34 @@ def test_the_study_fit_scores_todays_constants_on_the_recorded_cells():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| CHARS_PER_PARAMETER")]
     assert "(today's)" in rows[0] and len(rows) >= 2
     assert "cells measured, over" in result.stdout
+
+
+def _study():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("sizing_study", REPO / "scripts" / "sizing.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_study_trains_two_minute_cells_at_every_seed_and_scores_their_mean():
+    study = _study()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    planned = study.cells("cheap", corpora, speeds)
+    seeds: dict[tuple, set] = {}
+    for cell in planned:
+        seeds.setdefault((cell.corpus, cell.budget, cell.config.name), set()).add(cell.config.seed)
+    assert len({cell.key for cell in planned}) == len(planned)
+    for (_, budget, _), found in seeds.items():
+        assert found == (set(study.SEEDS) if budget in study.REPLICATED_BUDGETS else {study.SEED})
+    record = {"corpus": "c", "budget": 120.0, "config": study.DEFAULT.name}
+    done = {"a": {**record, "best_val_loss": 1.50}, "b": {**record, "best_val_loss": 1.60, "seed": 2},
+            "c": {**record, "config": "other", "best_val_loss": 1.52}}
+    losses = study.mean_losses(done)[("c", 120.0)]
+    assert losses[study.DEFAULT.name] == pytest.approx((1.55, 2)) and losses["other"] == (1.52, 1)
+    row = study._table_row("c", {"bytes": 10**6}, 120.0, study.DEFAULT, losses)
+    assert "| 1.550 | other" in row and "| 1.520* |" in row and "+0.030" in row  # the best by its mean, one seed so far
+    assert "*" not in study._table_row("c", {"bytes": 10**6}, 600.0, study.DEFAULT, {"other": (1.52, 1)})
