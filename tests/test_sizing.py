@@ -561,3 +561,19 @@ def test_the_study_trains_two_minute_cells_at_every_seed_and_scores_their_mean()
     row = study._table_row("c", {"bytes": 10**6}, 120.0, study.DEFAULT, losses)
     assert "| 1.550 | other" in row and "| 1.520* |" in row and "+0.030" in row  # the best by its mean, one seed so far
     assert "*" not in study._table_row("c", {"bytes": 10**6}, 600.0, study.DEFAULT, {"other": (1.52, 1)})
+
+
+def test_the_study_trims_32_streams_only_where_16_fell_clearly_behind_8():
+    study = _study()
+    wide = study.Cell("c", 600.0, replace(study.DEFAULT, batch=32), 60)
+    names = [replace(study.DEFAULT, batch=b).name for b in (8, 16)]
+
+    def losses(budget, sixteen, seeds=1):
+        return {("c", budget): {names[0]: (1.40, seeds), names[1]: (sixteen, seeds)}}
+
+    assert "16 streams made 1.430" in study.trimmed(wide, losses(600.0, 1.43))
+    assert study.trimmed(wide, losses(600.0, 1.41)) is None  # near enough that 32 might still win
+    assert study.trimmed(replace(wide, config=study.DEFAULT), losses(600.0, 1.43)) is None  # 8 streams: kept
+    two_minutes = replace(wide, budget=120.0)
+    assert study.trimmed(two_minutes, losses(120.0, 1.43)) is None  # not before every seed is in
+    assert study.trimmed(two_minutes, losses(120.0, 1.43, seeds=len(study.SEEDS))) is not None
