@@ -199,7 +199,7 @@ def measure_speeds(shapes: list[Shape], repeat: int, seconds: float) -> None:
         record = {"kind": "speed", "shape": shape.name, "chars_per_sec": round(max(rates), 1),
                   "eval_chars_per_sec": round(evaluation, 1),
                   "samples": [round(r) for r in rates], "threads": torch.get_num_threads(),
-                  "load": os.getloadavg()[0], "machine": platform.processor() or platform.machine(),
+                  "load": os.getloadavg()[0], "machine": cpu_name(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_result(record)
         print(f"{shape.name:>16}  {max(rates):>9,.0f} chars/s  (median {statistics.median(rates):,.0f}, "
@@ -366,7 +366,17 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
             "seed": cell.config.seed,
             "steps": steps, "best_val_loss": min(r["val_loss"] for r in evals), "final_val_loss": evals[-1]["val_loss"],
             "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "wall_seconds": round(time.time() - started),
-            "threads": threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "threads": threads, "cpu": cpu_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def cpu_name() -> str:
+    """The CPU's model, which a cell's record keeps: another CPU rounds differently, another draw."""
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return models[0] if models else platform.processor() or platform.machine()
 
 
 def _claim_path(cell: Cell, steps: int) -> Path:
