@@ -14,6 +14,8 @@ evaluations included (`charnn.plan.sizing.steps_in_budget`, the same conversion 
 cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
 any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
+Two-minute cells train at two seeds, and at a third where those two split by more than SPLIT; the
+table and the fit score a configuration by the mean over its seeds.
 Cells train and shapes are timed in float32: a mixed precision changes the device's speed, which
 --size auto times when it runs, not what a shape learns per step.
 
@@ -45,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,6 +62,10 @@ SEED = 1337
 # margins), so they are trained at each of these seeds and scored by the mean; longer cells at SEED alone.
 SEEDS = (SEED, 2)
 REPLICATED_BUDGETS = (120.0,)
+# Where those two seeds split by more than SPLIT (the targets' margin to the best grid point), the mean of
+# two is no better than the margin, and TIEBREAK_SEED trains the configuration a third time.
+TIEBREAK_SEED = 3
+SPLIT = 0.02
 CHEAP_BUDGETS = (120.0, 600.0)
 LONG_BUDGETS = (3600.0,)
 LONG_CORPORA = ("warandpeace", "pystdlib")
@@ -313,24 +320,36 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
                 cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]))
                 found.setdefault(cell.key, cell)
                 if budget in REPLICATED_BUDGETS:  # the other seeds, before the next grid points
-                    for seed in SEEDS[1:]:
-                        again = Cell(name, budget, replace(config, seed=seed), priority * 10 + 5)
+                    for seed, rank in [(seed, 5) for seed in SEEDS[1:]] + [(TIEBREAK_SEED, 7)]:
+                        again = Cell(name, budget, replace(config, seed=seed), priority * 10 + rank)
                         found.setdefault(again.key, again)
     return sorted(found.values(), key=lambda c: (c.priority, c.budget, c.corpus))
 
 
-def trimmed(cell: Cell, losses: dict[tuple[str, float], dict[str, tuple[float, int]]]) -> str | None:
+def trimmed(cell: Cell, losses: dict[tuple[str, float], dict[str, "Measured"]]) -> str | None:
     """Why a cell can no longer change a decision, from the cells measured (None: it can). 32 streams,
     where 16 fell more than 0.02 behind 8 at every seed: a CPU step costs its characters, so more streams
-    buy only fewer updates, and a loss that grows from 8 to 16 streams does not turn at 32."""
+    buy only fewer updates, and a loss that grows from 8 to 16 streams does not turn at 32. The tie-break
+    seed, where the first seeds agree (or are not all in: `undecided` tells the two apart)."""
+    here = losses.get((cell.corpus, cell.budget), {})
+    if cell.config.seed == TIEBREAK_SEED:
+        first = here.get(cell.config.name)
+        if first is None or first.n < len(SEEDS) or first.spread > SPLIT:
+            return None if first is not None and first.n >= len(SEEDS) else "its first seeds are not all in"
+        return f"seeds {' and '.join(map(str, SEEDS))} agree within {SPLIT} ({first.spread:.3f} apart)"
     if cell.config.batch != max(STUDY_STREAMS):
         return None
-    here = losses.get((cell.corpus, cell.budget), {})
     eight, sixteen = (here.get(replace(cell.config, batch=b).name) for b in STUDY_STREAMS[:2])
     wanted = seeds_wanted(cell.budget)
     if eight and sixteen and min(eight[1], sixteen[1]) >= wanted and sixteen[0] - eight[0] > 0.02:
         return f"16 streams made {sixteen[0]:.3f} against 8 streams' {eight[0]:.3f}"
     return None
+
+
+def undecided(cell: Cell, losses: dict[tuple[str, float], dict[str, "Measured"]]) -> bool:
+    """A tie-break seed whose first seeds are not all in yet: asked again later, not trimmed."""
+    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
+    return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
 
 
 def cell_steps(cell: Cell, corpus: dict, speeds: SpeedTable) -> int:
@@ -422,7 +441,7 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
         if digest != corpora[name]["sha256"]:
             raise SystemExit(f"{name}: the corpus built here is not the one the results file records "
                              f"(sha256 {digest[:12]}..., recorded {corpora[name]['sha256'][:12]}...)")
-    queue = list(todo)
+    queue, deferred = list(todo), set()
 
     def worker() -> None:
         while True:
@@ -432,7 +451,14 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
                 cell, steps = queue.pop(0)
             if not claim(cell, steps):  # done meanwhile, or another study process is training it
                 continue
-            why = trimmed(cell, mean_losses(results_for(read_results(), everything)))
+            losses = mean_losses(results_for(read_results(), everything))
+            if undecided(cell, losses) and cell.key not in deferred:  # its first seeds are still training
+                release(cell, steps)
+                with _lock:
+                    deferred.add(cell.key)
+                    queue.append((cell, steps))
+                continue
+            why = trimmed(cell, losses)
             if why:
                 release(cell, steps)
                 print(f"trim   {cell.key}: {why}", flush=True)
@@ -464,19 +490,34 @@ def planned(stages: tuple[str, ...], corpora: dict, speeds: SpeedTable) -> list[
     return [(c, cell_steps(c, corpora[c.corpus], speeds)) for stage in stages for c in cells(stage, corpora, speeds)]
 
 
-def seeds_wanted(budget: float) -> int:
-    return len(SEEDS) if budget in REPLICATED_BUDGETS else 1
+class Measured(NamedTuple):
+    """A configuration's best validation loss, averaged over the seeds measured; how many those are; and
+    how far apart the first two seeds' losses are (0 with one seed)."""
+
+    mean: float
+    n: int
+    spread: float = 0.0
 
 
-def mean_losses(done: dict[str, dict]) -> dict[tuple[str, float], dict[str, tuple[float, int]]]:
-    """For each (corpus, budget): config name -> (its best validation loss, averaged over the seeds
-    measured, and how many those are)."""
-    found: dict[tuple[str, float], dict[str, list[float]]] = {}
+def seeds_wanted(budget: float, spread: float = 0.0) -> int:
+    if budget not in REPLICATED_BUDGETS:
+        return 1
+    return len(SEEDS) + (spread > SPLIT)
+
+
+def mean_losses(done: dict[str, dict]) -> dict[tuple[str, float], dict[str, Measured]]:
+    """For each (corpus, budget): config name -> its Measured losses over the seeds trained."""
+    found: dict[tuple[str, float], dict[str, dict[int, float]]] = {}
     for record in done.values():
-        found.setdefault((record["corpus"], record["budget"]), {}).setdefault(record["config"], []).append(
-            record["best_val_loss"])
-    return {group: {name: (statistics.fmean(losses), len(losses)) for name, losses in configs.items()}
-            for group, configs in found.items()}
+        seeds = found.setdefault((record["corpus"], record["budget"]), {}).setdefault(record["config"], {})
+        seeds[record.get("seed", SEED)] = record["best_val_loss"]
+    return {group: {name: _measured(seeds) for name, seeds in configs.items()} for group, configs in found.items()}
+
+
+def _measured(seeds: dict[int, float]) -> Measured:
+    first = [seeds[s] for s in SEEDS if s in seeds]
+    spread = max(first) - min(first) if len(first) > 1 else 0.0
+    return Measured(statistics.fmean(seeds.values()), len(seeds), spread)
 
 
 def table(results: list[dict], corpora: dict, speeds: SpeedTable) -> str:
@@ -495,13 +536,12 @@ def table(results: list[dict], corpora: dict, speeds: SpeedTable) -> str:
     return "\n".join(lines)
 
 
-def _table_row(name: str, corpus: dict, budget: float, chosen: Config, here: dict[str, tuple[float, int]]) -> str:
-    wanted = seeds_wanted(budget)
+def _table_row(name: str, corpus: dict, budget: float, chosen: Config, here: dict[str, Measured]) -> str:
     best = min(here, key=lambda config: here[config][0], default=None)
     mine, default, top = here.get(chosen.name), here.get(DEFAULT.name), here.get(best)
 
     def fmt(x):
-        return "pending" if x is None else f"{x[0]:.3f}" + ("*" if x[1] < wanted else "")
+        return "pending" if x is None else f"{x[0]:.3f}" + ("*" if x[1] < seeds_wanted(budget, x[2]) else "")
 
     def diff(a, b):
         return "" if a is None or b is None else f"{a[0] - b[0]:+.3f}"
@@ -551,15 +591,18 @@ def main() -> None:
     wanted = [(c, steps) for c, steps in everything
               if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
     losses = mean_losses(done)
-    todo = [(c, steps) for c, steps in wanted if not trimmed(c, losses)]
-    budget_total = sum(c.budget for c, _ in todo)
-    print(f"{len(todo)} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
+    todo = [(c, steps) for c, steps in wanted if undecided(c, losses) or not trimmed(c, losses)]
+    budget_total = sum(c.budget for c, _ in todo if not undecided(c, losses))
+    maybe = sum(undecided(c, losses) for c, _ in todo)
+    print(f"{len(todo) - maybe} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
           f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
-          f"{args.threads} thread on an otherwise idle machine)")
+          f"{args.threads} thread on an otherwise idle machine), and {maybe} tie-break seeds if their first "
+          f"seeds split by more than {SPLIT}")
     if args.command == "plan":
         for cell, steps in wanted:
-            why = trimmed(cell, losses)
-            print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps" + (f"  trimmed: {why}" if why else ""))
+            why = None if undecided(cell, losses) else trimmed(cell, losses)
+            when = "  if its first seeds split" if undecided(cell, losses) else ""
+            print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps" + (f"  trimmed: {why}" if why else when))
     elif args.command == "run":
         run_cells(todo[: args.limit], everything, corpora, args.jobs, args.threads)
 

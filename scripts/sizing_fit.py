@@ -82,7 +82,7 @@ def constants(cpp: float, half_life: float, dropout: tuple):
 
 def groups(done: dict[str, dict]) -> list[Group]:
     """Each corpus and budget's configurations, a configuration's loss the mean over its seeds measured."""
-    return [Group(corpus, budget, {name: mean for name, (mean, _) in configs.items()})
+    return [Group(corpus, budget, {name: measured.mean for name, measured in configs.items()})
             for (corpus, budget), configs in sorted(study.mean_losses(done).items())]
 
 

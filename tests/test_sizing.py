@@ -551,16 +551,38 @@ def test_the_study_trains_two_minute_cells_at_every_seed_and_scores_their_mean()
     for cell in planned:
         seeds.setdefault((cell.corpus, cell.budget, cell.config.name), set()).add(cell.config.seed)
     assert len({cell.key for cell in planned}) == len(planned)
+    two_minutes = set(study.SEEDS) | {study.TIEBREAK_SEED}
     for (_, budget, _), found in seeds.items():
-        assert found == (set(study.SEEDS) if budget in study.REPLICATED_BUDGETS else {study.SEED})
+        assert found == (two_minutes if budget in study.REPLICATED_BUDGETS else {study.SEED})
     record = {"corpus": "c", "budget": 120.0, "config": study.DEFAULT.name}
-    done = {"a": {**record, "best_val_loss": 1.50}, "b": {**record, "best_val_loss": 1.60, "seed": 2},
-            "c": {**record, "config": "other", "best_val_loss": 1.52}}
+    done = {"a": {**record, "best_val_loss": 1.50}, "b": {**record, "best_val_loss": 1.51, "seed": 2},
+            "c": {**record, "config": "other", "best_val_loss": 1.49}}
     losses = study.mean_losses(done)[("c", 120.0)]
-    assert losses[study.DEFAULT.name] == pytest.approx((1.55, 2)) and losses["other"] == (1.52, 1)
+    assert losses[study.DEFAULT.name] == pytest.approx((1.505, 2, 0.01)) and losses["other"] == (1.49, 1, 0.0)
     row = study._table_row("c", {"bytes": 10**6}, 120.0, study.DEFAULT, losses)
-    assert "| 1.550 | other" in row and "| 1.520* |" in row and "+0.030" in row  # the best by its mean, one seed so far
-    assert "*" not in study._table_row("c", {"bytes": 10**6}, 600.0, study.DEFAULT, {"other": (1.52, 1)})
+    assert "| 1.505 | other" in row and "| 1.490* |" in row and "+0.015" in row  # the best by its mean; one seed so far
+    assert "*" not in study._table_row("c", {"bytes": 10**6}, 600.0, study.DEFAULT, {"other": (1.52, 1, 0.0)})
+
+
+def test_the_study_trains_a_third_seed_only_where_the_first_two_split():
+    study = _study()
+    record = {"corpus": "c", "budget": 120.0, "config": study.DEFAULT.name}
+    third = study.Cell("c", 120.0, replace(study.DEFAULT, seed=study.TIEBREAK_SEED), 7)
+
+    def losses(*by_seed):
+        return study.mean_losses({str(seed): {**record, "seed": seed, "best_val_loss": loss} for seed, loss in by_seed})
+
+    one = losses((study.SEED, 1.50))
+    assert study.undecided(third, one) and study.undecided(third, {})  # asked again once seed 2 is in
+    agree, split = losses((study.SEED, 1.50), (2, 1.515)), losses((study.SEED, 1.50), (2, 1.53))
+    assert not study.undecided(third, agree) and "0.015 apart" in study.trimmed(third, agree)
+    assert not study.undecided(third, split) and study.trimmed(third, split) is None
+    assert study.trimmed(replace(third, config=study.DEFAULT), split) is None  # the first seeds are never trimmed
+    settled = losses((study.SEED, 1.50), (2, 1.53), (study.TIEBREAK_SEED, 1.51))[("c", 120.0)][study.DEFAULT.name]
+    assert settled == pytest.approx((1.5133, 3, 0.03), abs=1e-4)  # the mean of all three; the spread of the first two
+    row = study._table_row("c", {"bytes": 10**6}, 120.0, study.DEFAULT, split[("c", 120.0)])
+    assert "| 1.515* |" in row  # two seeds that split want the third
+    assert "*" not in study._table_row("c", {"bytes": 10**6}, 120.0, study.DEFAULT, {study.DEFAULT.name: settled})
 
 
 def test_the_study_trims_32_streams_only_where_16_fell_clearly_behind_8():
