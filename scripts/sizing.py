@@ -20,7 +20,8 @@ Cells train and shapes are timed in float32: a mixed precision changes the devic
 --size auto times when it runs, not what a shape learns per step.
 
 The grid, for each corpus and budget: the rule's choice and the fixed default; the next narrower and
-wider shapes; dropout a step each way; 8, 16 and 32 streams; the learning rate halved and doubled (the
+wider shapes; dropout a step each way (and half a step below where that step is more than SPLIT
+away); 8, 16 and 32 streams; the learning rate halved and doubled (the
 last two so that the rule may choose them from the device's speed as it chooses the shape). The long
 stage (an hour) trains the choice, the default and the wider shape. Each function says what it trims.
 
@@ -276,9 +277,9 @@ def rule_config(corpus: dict, budget: float, speeds: SpeedTable) -> Config:
 
 
 def neighbours(config: Config, corpus: dict, budget: float, epochs: float) -> list[Config]:
-    """The grid around a choice: the next narrower and wider candidate, and dropout one step each way.
-    Trimmed: more dropout where the choice reads its text less than once (nothing is read again, so the
-    rule could only ever lower it there)."""
+    """The grid around a choice: the next narrower and wider candidate, dropout one step each way, and the
+    half step below. Trimmed: more dropout where the choice reads its text less than once (nothing is
+    read again, so the rule could only ever lower it there); the half step, in `trimmed`."""
     shapes = sizing.candidates(situation(corpus, budget), config.batch)
     names = [s.name for s in shapes]
     at = names.index(config.shape.name) if config.shape.name in names else 0
@@ -286,6 +287,8 @@ def neighbours(config: Config, corpus: dict, budget: float, epochs: float) -> li
     out = [replace(config, layers=s.num_layers, hidden=s.hidden_size) for s in near]
     out += [replace(config, dropout=round(d, 1)) for d in (config.dropout - 0.1, config.dropout + 0.1)
             if 0.0 <= d <= 0.5 and (d < config.dropout or epochs >= 1.0)]
+    if config.dropout >= 0.1:  # the half step below, trained only where the step below is far off
+        out.append(replace(config, dropout=round(config.dropout - 0.05, 2)))
     return out
 
 
@@ -326,30 +329,70 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
     return sorted(found.values(), key=lambda c: (c.priority, c.budget, c.corpus))
 
 
-def trimmed(cell: Cell, losses: dict[tuple[str, float], dict[str, "Measured"]]) -> str | None:
-    """Why a cell can no longer change a decision, from the cells measured (None: it can). 32 streams,
-    where 16 fell more than 0.02 behind 8 at every seed: a CPU step costs its characters, so more streams
-    buy only fewer updates, and a loss that grows from 8 to 16 streams does not turn at 32. The tie-break
-    seed, where the first seeds agree (or are not all in: `undecided` tells the two apart)."""
+Losses = dict[tuple[str, float], dict[str, "Measured"]]
+
+
+def trimmed(cell: Cell, losses: Losses) -> str | None:
+    """Why a cell can no longer change a decision, from the cells measured (None: it can, or it cannot be
+    told yet: see `undecided`)."""
+    return _half_step_trim(cell, losses) or _tiebreak_trim(cell, losses) or _streams_trim(cell, losses)
+
+
+def undecided(cell: Cell, losses: Losses) -> bool:
+    """A cell that waits on others to decide whether it is wanted: asked again later, not trimmed yet."""
+    if _half_step(cell.config):
+        steps = _whole_steps(cell, losses)
+        if any(m is None or m.n < seeds_wanted(cell.budget) for m in steps):
+            return True
+        if _half_step_trim(cell, losses):
+            return False
+    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
+    return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
+
+
+def _half_step(config: Config) -> bool:
+    return round(config.dropout * 10, 6) % 1 != 0
+
+
+def _whole_steps(cell: Cell, losses: Losses) -> list:
     here = losses.get((cell.corpus, cell.budget), {})
-    if cell.config.seed == TIEBREAK_SEED:
-        first = here.get(cell.config.name)
-        if first is None or first.n < len(SEEDS) or first.spread > SPLIT:
-            return None if first is not None and first.n >= len(SEEDS) else "its first seeds are not all in"
-        return f"seeds {' and '.join(map(str, SEEDS))} agree within {SPLIT} ({first.spread:.3f} apart)"
+    return [here.get(replace(cell.config, dropout=round(cell.config.dropout + d, 1)).name) for d in (-0.05, 0.05)]
+
+
+def _half_step_trim(cell: Cell, losses: Losses) -> str | None:
+    """Dropout half-way between two steps, where the two steps agree within SPLIT: the rule's dropout
+    could not move by more than the margin between them."""
+    if not _half_step(cell.config):
+        return None
+    below, above = _whole_steps(cell, losses)
+    if below is None or above is None or min(below.n, above.n) < seeds_wanted(cell.budget):
+        return None
+    if abs(below.mean - above.mean) <= SPLIT:
+        d = cell.config.dropout
+        return (f"dropout {d - 0.05:g} and {d + 0.05:g} agree within {SPLIT} ({below.mean:.3f} and "
+                f"{above.mean:.3f})")
+    return None
+
+
+def _tiebreak_trim(cell: Cell, losses: Losses) -> str | None:
+    """The tie-break seed, where the first seeds agree within SPLIT."""
+    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
+    if cell.config.seed != TIEBREAK_SEED or undecided(cell, losses) or first.spread > SPLIT:
+        return None
+    return f"seeds {' and '.join(map(str, SEEDS))} agree within {SPLIT} ({first.spread:.3f} apart)"
+
+
+def _streams_trim(cell: Cell, losses: Losses) -> str | None:
+    """32 streams, where 16 fell more than 0.02 behind 8 at every seed: a CPU step costs its characters, so
+    more streams buy only fewer updates, and a loss that grows from 8 to 16 streams does not turn at 32."""
     if cell.config.batch != max(STUDY_STREAMS):
         return None
+    here = losses.get((cell.corpus, cell.budget), {})
     eight, sixteen = (here.get(replace(cell.config, batch=b).name) for b in STUDY_STREAMS[:2])
     wanted = seeds_wanted(cell.budget)
     if eight and sixteen and min(eight[1], sixteen[1]) >= wanted and sixteen[0] - eight[0] > 0.02:
         return f"16 streams made {sixteen[0]:.3f} against 8 streams' {eight[0]:.3f}"
     return None
-
-
-def undecided(cell: Cell, losses: dict[tuple[str, float], dict[str, "Measured"]]) -> bool:
-    """A tie-break seed whose first seeds are not all in yet: asked again later, not trimmed."""
-    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
-    return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
 
 
 def cell_steps(cell: Cell, corpus: dict, speeds: SpeedTable) -> int:
@@ -596,12 +639,12 @@ def main() -> None:
     maybe = sum(undecided(c, losses) for c, _ in todo)
     print(f"{len(todo) - maybe} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
           f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
-          f"{args.threads} thread on an otherwise idle machine), and {maybe} tie-break seeds if their first "
-          f"seeds split by more than {SPLIT}")
+          f"{args.threads} thread on an otherwise idle machine), and {maybe} more if the cells they wait on "
+          f"call for them (a third seed, a half step of dropout)")
     if args.command == "plan":
         for cell, steps in wanted:
             why = None if undecided(cell, losses) else trimmed(cell, losses)
-            when = "  if its first seeds split" if undecided(cell, losses) else ""
+            when = "  waits on other cells" if undecided(cell, losses) else ""
             print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps" + (f"  trimmed: {why}" if why else when))
     elif args.command == "run":
         run_cells(todo[: args.limit], everything, corpora, args.jobs, args.threads)

@@ -599,3 +599,22 @@ def test_the_study_trims_32_streams_only_where_16_fell_clearly_behind_8():
     two_minutes = replace(wide, budget=120.0)
     assert study.trimmed(two_minutes, losses(120.0, 1.43)) is None  # not before every seed is in
     assert study.trimmed(two_minutes, losses(120.0, 1.43, seeds=len(study.SEEDS))) is not None
+
+
+def test_the_study_trains_half_a_dropout_step_only_where_the_two_steps_around_it_differ():
+    study = _study()
+    half = study.Cell("c", 600.0, replace(study.DEFAULT, dropout=0.05), 20)
+    steps = [replace(study.DEFAULT, dropout=d).name for d in (0.0, 0.1)]
+
+    def losses(*measured):
+        return {("c", 600.0): {name: study.Measured(loss, 1) for name, loss in zip(steps, measured)}}
+
+    assert study.undecided(half, losses(1.30)) and study.trimmed(half, losses(1.30)) is None  # 0.1 not in yet
+    near, far = losses(1.30, 1.315), losses(1.30, 1.33)
+    assert "dropout 0 and 0.1 agree within 0.02" in study.trimmed(half, near) and not study.undecided(half, near)
+    assert study.trimmed(half, far) is None and not study.undecided(half, far)
+    assert study.trimmed(replace(half, config=study.DEFAULT), near) is None  # a whole step is never trimmed so
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    halves = {c.config.dropout for c in study.cells("cheap", corpora, speeds) if study._half_step(c.config)}
+    assert halves and all(round(d * 100) % 10 == 5 for d in halves)
