@@ -464,12 +464,26 @@ def claim(cell: Cell, steps: int) -> bool:
     path = _claim_path(cell, steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.kill(int(path.read_text()), 0)
-        return False  # its owner is alive
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        if _alive(int(path.read_text())):
+            return False
+    except (FileNotFoundError, ValueError):
         pass
     path.write_text(str(os.getpid()))
     return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs: a killed one stays a zombie until it is reaped, which `kill -0` still finds."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # gone meanwhile; or no /proc, where kill -0 found it
 
 
 def release(cell: Cell, steps: int) -> None:

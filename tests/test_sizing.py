@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -618,3 +619,20 @@ def test_the_study_trains_half_a_dropout_step_only_where_the_two_steps_around_it
     corpora, speeds = study.corpora_info(results), study.speed_table(results)
     halves = {c.config.dropout for c in study.cells("cheap", corpora, speeds) if study._half_step(c.config)}
     assert halves and all(round(d * 100) % 10 == 5 for d in halves)
+
+
+def test_a_study_claim_held_by_a_killed_process_is_free_even_before_it_is_reaped():
+    study = _study()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert study._alive(child.pid)
+        child.kill()  # killed, not yet reaped: a zombie, which kill -0 still finds
+        deadline = time.monotonic() + 10
+        while study._alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not study._alive(child.pid)
+        assert child.poll() is not None  # and only now reaped
+    finally:
+        child.kill()
+        child.wait()
+    assert not study._alive(child.pid)
