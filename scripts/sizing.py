@@ -335,7 +335,8 @@ Losses = dict[tuple[str, float], dict[str, "Measured"]]
 def trimmed(cell: Cell, losses: Losses) -> str | None:
     """Why a cell can no longer change a decision, from the cells measured (None: it can, or it cannot be
     told yet: see `undecided`)."""
-    return _half_step_trim(cell, losses) or _tiebreak_trim(cell, losses) or _streams_trim(cell, losses)
+    return (_half_step_trim(cell, losses) or _tiebreak_trim(cell, losses) or _streams_trim(cell, losses)
+            or _lr_trim(cell, losses))
 
 
 def undecided(cell: Cell, losses: Losses) -> bool:
@@ -346,6 +347,8 @@ def undecided(cell: Cell, losses: Losses) -> bool:
             return True
         if _half_step_trim(cell, losses):
             return False
+    if _faster_lr(cell) and not _lr_pair(cell, losses):
+        return True
     first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
     return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
 
@@ -380,6 +383,33 @@ def _tiebreak_trim(cell: Cell, losses: Losses) -> str | None:
     if cell.config.seed != TIEBREAK_SEED or undecided(cell, losses) or first.spread > SPLIT:
         return None
     return f"seeds {' and '.join(map(str, SEEDS))} agree within {SPLIT} ({first.spread:.3f} apart)"
+
+
+def _faster_lr(cell: Cell) -> bool:
+    return cell.budget > CHEAP_BUDGETS[0] and cell.config.lr > DEFAULT.lr
+
+
+def _lr_pair(cell: Cell, losses: Losses) -> tuple | None:
+    """At the shortest budget, the choice at its learning rate and at this cell's (doubled) one, once
+    both are in at every seed."""
+    here = losses.get((cell.corpus, CHEAP_BUDGETS[0]), {})
+    faster = f" lr{cell.config.lr:g}"
+    for name, measured in here.items():
+        if name.endswith(faster) and f"{name[: -len(faster)]} lr{DEFAULT.lr:g}" in here:
+            pair = here[f"{name[: -len(faster)]} lr{DEFAULT.lr:g}"], measured
+            return pair if min(m.n for m in pair) >= seeds_wanted(CHEAP_BUDGETS[0]) else None
+    return None
+
+
+def _lr_trim(cell: Cell, losses: Losses) -> str | None:
+    """The learning rate doubled at a longer budget, where doubling it lost by more than SPLIT at the
+    shortest at every seed: the best rate does not grow with the budget or the width, both of which a
+    longer budget's choice has more of."""
+    pair = _lr_pair(cell, losses) if _faster_lr(cell) else None
+    if pair and pair[1].mean - pair[0].mean > SPLIT:
+        return (f"lr {cell.config.lr:g} made {pair[1].mean:.3f} against {DEFAULT.lr:g}'s {pair[0].mean:.3f} "
+                f"at {CHEAP_BUDGETS[0] / 60:g} minutes")
+    return None
 
 
 def _streams_trim(cell: Cell, losses: Losses) -> str | None:
@@ -654,7 +684,7 @@ def main() -> None:
     print(f"{len(todo) - maybe} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
           f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
           f"{args.threads} thread on an otherwise idle machine), and {maybe} more if the cells they wait on "
-          f"call for them (a third seed, a half step of dropout)")
+          f"call for them (a third seed, half a dropout step, a doubled learning rate)")
     if args.command == "plan":
         for cell, steps in wanted:
             why = None if undecided(cell, losses) else trimmed(cell, losses)

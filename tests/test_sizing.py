@@ -636,3 +636,19 @@ def test_a_study_claim_held_by_a_killed_process_is_free_even_before_it_is_reaped
         child.kill()
         child.wait()
     assert not study._alive(child.pid)
+
+
+def test_the_study_trims_a_doubled_learning_rate_at_ten_minutes_only_where_it_lost_at_two():
+    study = _study()
+    faster = replace(study.DEFAULT, hidden=320, lr=0.004)
+    cell = study.Cell("c", 600.0, faster, 71)
+    short = [replace(study.DEFAULT, hidden=192, lr=lr).name for lr in (0.002, 0.004)]
+
+    def losses(doubled, seeds=2):
+        return {("c", 120.0): {short[0]: study.Measured(1.40, seeds), short[1]: study.Measured(doubled, seeds)}}
+
+    assert study.undecided(cell, {}) and study.undecided(cell, losses(1.45, seeds=1))  # waits for every seed
+    assert "lr 0.004 made 1.450 against 0.002's 1.400 at 2 minutes" in study.trimmed(cell, losses(1.45))
+    assert study.trimmed(cell, losses(1.41)) is None and not study.undecided(cell, losses(1.41))
+    assert study.trimmed(replace(cell, config=replace(faster, lr=0.001)), losses(1.45)) is None  # halved: kept
+    assert not study.undecided(replace(cell, budget=120.0, config=replace(faster, hidden=192)), {})
