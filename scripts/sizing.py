@@ -380,7 +380,7 @@ def _half_step_trim(cell: Cell, losses: Losses) -> str | None:
 def _tiebreak_trim(cell: Cell, losses: Losses) -> str | None:
     """The tie-break seed, where the first seeds agree within SPLIT."""
     first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
-    if cell.config.seed != TIEBREAK_SEED or undecided(cell, losses) or first.spread > SPLIT:
+    if cell.config.seed != TIEBREAK_SEED or first is None or first.n < len(SEEDS) or first.spread > SPLIT:
         return None
     return f"seeds {' and '.join(map(str, SEEDS))} agree within {SPLIT} ({first.spread:.3f} apart)"
 
@@ -539,7 +539,7 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
             if not claim(cell, steps):  # done meanwhile, or another study process is training it
                 continue
             losses = mean_losses(results_for(read_results(), everything))
-            if undecided(cell, losses) and cell.key not in deferred:  # its first seeds are still training
+            if undecided(cell, losses) and cell.key not in deferred:  # what it waits on is still training
                 release(cell, steps)
                 with _lock:
                     deferred.add(cell.key)
