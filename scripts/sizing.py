@@ -336,18 +336,21 @@ def trimmed(cell: Cell, losses: Losses) -> str | None:
     """Why a cell can no longer change a decision, from the cells measured (None: it can, or it cannot be
     told yet: see `undecided`)."""
     return (_half_step_trim(cell, losses) or _tiebreak_trim(cell, losses) or _streams_trim(cell, losses)
-            or _lr_trim(cell, losses))
+            or _lr_trim(cell, losses) or _dropout_trim(cell, losses))
 
 
 def undecided(cell: Cell, losses: Losses) -> bool:
     """A cell that waits on others to decide whether it is wanted: asked again later, not trimmed yet."""
     if _half_step(cell.config):
         steps = _whole_steps(cell, losses)
-        if any(m is None or m.n < seeds_wanted(cell.budget) for m in steps):
+        if any(m is None or m[1] < seeds_wanted(cell.budget) for m in steps):
             return True
         if _half_step_trim(cell, losses):
             return False
     if _faster_lr(cell) and not _lr_pair(cell, losses):
+        return True
+    if cell.config.batch == max(STUDY_STREAMS) and any(m is None or m[1] < seeds_wanted(cell.budget)
+                                                       for m in _fewer_streams(cell, losses)):
         return True
     first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
     return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
@@ -412,16 +415,34 @@ def _lr_trim(cell: Cell, losses: Losses) -> str | None:
     return None
 
 
+def _fewer_streams(cell: Cell, losses: Losses) -> list:
+    here = losses.get((cell.corpus, cell.budget), {})
+    return [here.get(replace(cell.config, batch=b).name) for b in STUDY_STREAMS[:2]]
+
+
 def _streams_trim(cell: Cell, losses: Losses) -> str | None:
     """32 streams, where 16 fell more than 0.02 behind 8 at every seed: a CPU step costs its characters, so
     more streams buy only fewer updates, and a loss that grows from 8 to 16 streams does not turn at 32."""
     if cell.config.batch != max(STUDY_STREAMS):
         return None
-    here = losses.get((cell.corpus, cell.budget), {})
-    eight, sixteen = (here.get(replace(cell.config, batch=b).name) for b in STUDY_STREAMS[:2])
+    eight, sixteen = _fewer_streams(cell, losses)
     wanted = seeds_wanted(cell.budget)
     if eight and sixteen and min(eight[1], sixteen[1]) >= wanted and sixteen[0] - eight[0] > 0.02:
         return f"16 streams made {sixteen[0]:.3f} against 8 streams' {eight[0]:.3f}"
+    return None
+
+
+def _dropout_trim(cell: Cell, losses: Losses) -> str | None:
+    """A whole dropout step, where the two steps below it already rise by more than SPLIT at every seed:
+    a loss that grows with dropout there does not turn a step further (as with streams)."""
+    if cell.priority < 10 or _half_step(cell.config) or cell.config.dropout < 0.2 - 1e-9:
+        return None  # the choice and the default (priority under 10) are the table's columns, kept
+    here = losses.get((cell.corpus, cell.budget), {})
+    lower, low = (here.get(replace(cell.config, dropout=round(cell.config.dropout - d, 1)).name) for d in (0.2, 0.1))
+    wanted = seeds_wanted(cell.budget)
+    if lower and low and min(lower.n, low.n) >= wanted and low.mean - lower.mean > SPLIT:
+        d = cell.config.dropout
+        return f"dropout {d - 0.1:g} made {low.mean:.3f} against {d - 0.2:g}'s {lower.mean:.3f}"
     return None
 
 

@@ -600,6 +600,25 @@ def test_the_study_trims_32_streams_only_where_16_fell_clearly_behind_8():
     two_minutes = replace(wide, budget=120.0)
     assert study.trimmed(two_minutes, losses(120.0, 1.43)) is None  # not before every seed is in
     assert study.trimmed(two_minutes, losses(120.0, 1.43, seeds=len(study.SEEDS))) is not None
+    assert study.undecided(wide, {}) and study.undecided(two_minutes, losses(120.0, 1.43))  # asked again later
+    assert not study.undecided(wide, losses(600.0, 1.41))
+
+
+def test_the_study_trims_more_dropout_only_where_the_two_steps_below_already_rise():
+    study = _study()
+    more = study.Cell("c", 600.0, replace(study.DEFAULT, dropout=0.2), 41)
+    below = [replace(study.DEFAULT, dropout=d).name for d in (0.0, 0.1)]
+
+    def losses(zero, one, budget=600.0, seeds=1):
+        return {("c", budget): {below[0]: study.Measured(zero, seeds), below[1]: study.Measured(one, seeds)}}
+
+    assert "dropout 0.1 made 1.175 against 0's 1.150" in study.trimmed(more, losses(1.15, 1.175))
+    assert study.trimmed(more, losses(1.15, 1.16)) is None  # within the margin: it may still turn
+    assert study.trimmed(more, losses(1.18, 1.15)) is None  # falling: more may be better
+    assert study.trimmed(replace(more, priority=0), losses(1.15, 1.175)) is None  # the rule's own choice: kept
+    short = replace(more, budget=120.0)
+    assert study.trimmed(short, losses(1.15, 1.175, 120.0)) is None  # not before every seed is in
+    assert study.trimmed(short, losses(1.15, 1.175, 120.0, seeds=len(study.SEEDS))) is not None
 
 
 def test_the_study_trains_half_a_dropout_step_only_where_the_two_steps_around_it_differ():
