@@ -238,6 +238,13 @@ class Config:
         """The configuration, whatever its seed: what the table and the fit compare."""
         return f"{self.layers}x{self.hidden} b{self.batch} s{self.seq_len} d{self.dropout:g} lr{self.lr:g}"
 
+    @classmethod
+    def from_name(cls, name: str, seed: int = SEED) -> Config:
+        """The configuration a record's "config" names (`name`'s inverse)."""
+        shape, batch, seq_len, dropout, lr = name.split()
+        layers, hidden = shape.split("x")
+        return cls(int(layers), int(hidden), float(dropout[1:]), int(batch[1:]), int(seq_len[1:]), float(lr[2:]), seed)
+
     def options(self) -> list[str]:
         return ["--layers", str(self.layers), "--hidden-size", str(self.hidden), "--embed-size", str(self.hidden),
                 "--batch-size", str(self.batch), "--seq-len", str(self.seq_len), "--dropout", str(self.dropout),
@@ -508,6 +515,17 @@ def results_for(results: list[dict], planned: list[tuple[Cell, int]]) -> dict[st
     return {r["key"]: r for r in results if r["kind"] == "cell" and r["key"] in steps and current(r, steps[r["key"]])}
 
 
+def recorded(results: list[dict], corpora: dict, speeds: SpeedTable) -> list[tuple[Cell, int]]:
+    """Every cell with a record, planned or not, and the steps today's speed table gives it: a grid that
+    moves with the rule's constants keeps what it measured before."""
+    found = {}
+    for r in results:
+        if r["kind"] == "cell" and r["corpus"] in corpora:
+            cell = Cell(r["corpus"], r["budget"], Config.from_name(r["config"], r.get("seed", SEED)), 0)
+            found[cell.key] = (cell, cell_steps(cell, corpora[cell.corpus], speeds))
+    return list(found.values())
+
+
 def claim(cell: Cell, steps: int) -> bool:
     """Take a cell for this process: not if it is done or a live study process has it (several can run)."""
     if cell.key in results_for(read_results(), [(cell, steps)]):
@@ -632,7 +650,7 @@ def table(results: list[dict], corpora: dict, speeds: SpeedTable) -> str:
     """Markdown: for each corpus and budget, the rule's choice and its loss, the best grid point's, the
     default's; only the records trained for the steps today's speed table gives. A loss is the mean over
     the cell's seeds; one marked * has fewer of them measured so far than it will have."""
-    losses = mean_losses(results_for(results, planned(("cheap", "long"), corpora, speeds)))
+    losses = mean_losses(results_for(results, recorded(results, corpora, speeds)))
     lines = ["| corpus | size | budget | chosen | its loss | best grid point | its loss | 2x256 default | "
              "chosen - best | chosen - default |", "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for budget in CHEAP_BUDGETS + LONG_BUDGETS:
@@ -695,7 +713,7 @@ def main() -> None:
         return
     stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
     everything = planned(stages, corpora, speeds)
-    done = results_for(results, everything)
+    done = results_for(results, everything + recorded(results, corpora, speeds))
     wanted = [(c, steps) for c, steps in everything
               if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
     losses = mean_losses(done)
@@ -712,7 +730,8 @@ def main() -> None:
             when = "  waits on other cells" if undecided(cell, losses) else ""
             print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps" + (f"  trimmed: {why}" if why else when))
     elif args.command == "run":
-        run_cells(todo[: args.limit], everything, corpora, args.jobs, args.threads)
+        run_cells(todo[: args.limit], everything + recorded(results, corpora, speeds), corpora, args.jobs,
+                  args.threads)
 
 
 if __name__ == "__main__":

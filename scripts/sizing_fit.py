@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     results = study.read_results()
     corpora, speeds = study.corpora_info(results), study.speed_table(results)
-    done = study.results_for(results, study.planned(("cheap", "long"), corpora, speeds))
+    done = study.results_for(results, study.recorded(results, corpora, speeds))
     cases = groups(done)
     print(f"{len(done)} cells measured, over {len(cases)} corpora and budgets\n")
     today = (sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS)

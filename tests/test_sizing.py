@@ -671,3 +671,22 @@ def test_the_study_trims_a_doubled_learning_rate_at_ten_minutes_only_where_it_lo
     assert study.trimmed(cell, losses(1.41)) is None and not study.undecided(cell, losses(1.41))
     assert study.trimmed(replace(cell, config=replace(faster, lr=0.001)), losses(1.45)) is None  # halved: kept
     assert not study.undecided(replace(cell, budget=120.0, config=replace(faster, hidden=192)), {})
+
+
+def test_the_study_keeps_every_recorded_cell_when_its_grid_moves():
+    study = _study()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    records = {r["key"]: r for r in results if r["kind"] == "cell"}
+    cells = dict((cell.key, steps) for cell, steps in study.recorded(results, corpora, speeds))
+    assert set(cells) == set(records)  # each record's configuration and seed read back from its name
+    outside = study.Config.from_name("2x64 b32 s128 d0.45 lr0.0005", seed=9)  # a cell no grid plans today
+    assert (outside.layers, outside.hidden, outside.batch, outside.dropout, outside.lr) == (2, 64, 32, 0.45, 0.0005)
+    cell = study.Cell("nietzsche", 600.0, outside, 0)
+    assert cell.key not in {c.key for c, _ in study.planned(("cheap", "long"), corpora, speeds)}
+    steps = study.cell_steps(cell, corpora["nietzsche"], speeds)
+    record = {"kind": "cell", "key": cell.key, "corpus": "nietzsche", "budget": 600.0, "config": outside.name,
+              "seed": 9, "steps": steps, "best_val_loss": 0.5}
+    losses = study.mean_losses(study.results_for(results + [record], study.recorded(results + [record], corpora, speeds)))
+    assert losses[("nietzsche", 600.0)][outside.name].mean == 0.5
+    assert "2x64 b32 d0.45 lr0.0005 | 0.500" in study.table(results + [record], corpora, speeds)  # the best measured
