@@ -266,6 +266,24 @@ class Cell:
         seed = f" seed{self.config.seed}" if self.config.seed != SEED else ""  # the first seed's keys predate seeds
         return f"{self.corpus} {self.budget:g}s {self.config.name}{seed}"
 
+    @classmethod
+    def named(cls, key: str, corpora: dict) -> list[Cell]:
+        """The cells a key names ("pydocs 120s 2x128 b8 s128 d0.05 lr0.002", `key`'s form): at the seed it
+        names, or else at every seed its budget trains (the tie-break seed trimmed as usual). They train
+        before the grid and are never trimmed otherwise: what the fit asks to have measured."""
+        words = key.split()
+        try:
+            corpus, budget, config = words[0], float(words[1].removesuffix("s")), Config.from_name(" ".join(words[2:7]))
+            seed = int(words[7].removeprefix("seed")) if len(words) == 8 else None
+        except (IndexError, ValueError):
+            raise SystemExit(f"--cell {key!r}: expected CORPUS BUDGETs LxH bN sN dX lrX [seedN], as `plan` lists cells")
+        if corpus not in corpora or len(words) > 8:
+            raise SystemExit(f"--cell {key!r}: unknown corpus or trailing words (corpora: {', '.join(corpora)})")
+        if seed is not None:
+            return [cls(corpus, budget, replace(config, seed=seed), 0)]
+        seeds = [(SEED, 0)] + ([(s, 5) for s in SEEDS[1:]] + [(TIEBREAK_SEED, 7)] if budget in REPLICATED_BUDGETS else [])
+        return [cls(corpus, budget, replace(config, seed=s), priority) for s, priority in seeds]
+
     def run_name(self, steps: int) -> str:
         """Its run directory's name: a cell planned for other steps (another speed table) is another run."""
         return f"{self.key.replace(' ', '_')}_{steps}"
@@ -342,12 +360,19 @@ Losses = dict[tuple[str, float], dict[str, "Measured"]]
 def trimmed(cell: Cell, losses: Losses) -> str | None:
     """Why a cell can no longer change a decision, from the cells measured (None: it can, or it cannot be
     told yet: see `undecided`)."""
+    if cell.priority < 10:  # the choice, the default and cells named with --cell: only their third seed
+        return _tiebreak_trim(cell, losses)
     return (_half_step_trim(cell, losses) or _tiebreak_trim(cell, losses) or _streams_trim(cell, losses)
             or _lr_trim(cell, losses) or _dropout_trim(cell, losses))
 
 
 def undecided(cell: Cell, losses: Losses) -> bool:
     """A cell that waits on others to decide whether it is wanted: asked again later, not trimmed yet."""
+    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
+    if cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS)):
+        return True
+    if cell.priority < 10:  # as `trimmed`: only the third seed can wait
+        return False
     if _half_step(cell.config):
         steps = _whole_steps(cell, losses)
         if any(m is None or m[1] < seeds_wanted(cell.budget) for m in steps):
@@ -359,8 +384,7 @@ def undecided(cell: Cell, losses: Losses) -> bool:
     if cell.config.batch == max(STUDY_STREAMS) and any(m is None or m[1] < seeds_wanted(cell.budget)
                                                        for m in _fewer_streams(cell, losses)):
         return True
-    first = losses.get((cell.corpus, cell.budget), {}).get(cell.config.name)
-    return cell.config.seed == TIEBREAK_SEED and (first is None or first.n < len(SEEDS))
+    return False
 
 
 def _half_step(config: Config) -> bool:
@@ -442,8 +466,8 @@ def _streams_trim(cell: Cell, losses: Losses) -> str | None:
 def _dropout_trim(cell: Cell, losses: Losses) -> str | None:
     """A whole dropout step, where the two steps below it already rise by more than SPLIT at every seed:
     a loss that grows with dropout there does not turn a step further (as with streams)."""
-    if cell.priority < 10 or _half_step(cell.config) or cell.config.dropout < 0.2 - 1e-9:
-        return None  # the choice and the default (priority under 10) are the table's columns, kept
+    if _half_step(cell.config) or cell.config.dropout < 0.2 - 1e-9:
+        return None
     here = losses.get((cell.corpus, cell.budget), {})
     lower, low = (here.get(replace(cell.config, dropout=round(cell.config.dropout - d, 1)).name) for d in (0.2, 0.1))
     wanted = seeds_wanted(cell.budget)
@@ -695,6 +719,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timings per shape (speeds)")
     parser.add_argument("--seconds", type=float, default=1.5, help="seconds per timing (speeds)")
     parser.add_argument("--limit", type=int, default=None, help="train at most this many cells (run)")
+    parser.add_argument("--cell", action="append", default=[],
+                        help="also train this cell first, planned or not, e.g. 'pydocs 120s 2x192 b8 s128 d0.05 "
+                             "lr0.002' (at each seed its budget wants; repeatable): what sizing_fit.py asks for")
     parser.add_argument("--only", action="append", default=[],
                         help="only the cells whose key contains this text, e.g. 'tinyshakespeare 600s' (repeatable)")
     args = parser.parse_args()
@@ -712,10 +739,12 @@ def main() -> None:
         print(table(results, corpora, speeds))
         return
     stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
-    everything = planned(stages, corpora, speeds)
+    named = [(c, cell_steps(c, corpora[c.corpus], speeds)) for key in args.cell for c in Cell.named(key, corpora)]
+    grid = [(c, steps) for c, steps in planned(stages, corpora, speeds)
+            if not args.only or any(text in c.key for text in args.only)]
+    everything = named + [(c, steps) for c, steps in grid if c.key not in {n.key for n, _ in named}]
     done = results_for(results, everything + recorded(results, corpora, speeds))
-    wanted = [(c, steps) for c, steps in everything
-              if c.key not in done and (not args.only or any(text in c.key for text in args.only))]
+    wanted = [(c, steps) for c, steps in everything if c.key not in done]
     losses = mean_losses(done)
     todo = [(c, steps) for c, steps in wanted if undecided(c, losses) or not trimmed(c, losses)]
     budget_total = sum(c.budget for c, _ in todo if not undecided(c, losses))

@@ -2,6 +2,7 @@
 
     python scripts/sizing_fit.py            # the candidates, best first, and what streams and lr did
     python scripts/sizing_fit.py --top 30
+    python scripts/sizing.py run --cell 'KEY'   # a cell a candidate chose that nobody trained, printed here
 
 For every combination of CHARS_PER_PARAMETER, REPEAT_HALF_LIFE and a dropout table in a grid, the rule
 (`charnn.plan.sizing.choose`, with those constants) chooses a configuration for each corpus and budget
@@ -106,6 +107,13 @@ def score(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> Score:
                  sum(to_best) / max(1, len(to_best)))
 
 
+def unmeasured(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> list[str]:
+    """The cells this candidate chooses that nobody trained: `sizing.py run --cell KEY` trains them."""
+    with constants(*candidate):
+        chosen = [(g, study.rule_config(corpora[g.corpus], g.budget, speeds)) for g in cases]
+    return [f"{g.corpus} {g.budget:g}s {c.name}" for g, c in chosen if c.name not in g.losses]
+
+
 def describe(candidate: tuple) -> str:
     cpp, half_life, dropout = candidate
     table = ", ".join(f"{p:g} to {limit:g}" if limit != math.inf else f"{p:g} beyond" for limit, p in dropout)
@@ -132,6 +140,8 @@ def training_report(cases: list[Group], corpora: dict, speeds) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=15, help="candidates to print")
+    parser.add_argument("--wanted", type=int, default=5,
+                        help="candidates to print among those whose choices are not all measured")
     args = parser.parse_args()
     results = study.read_results()
     corpora, speeds = study.corpora_info(results), study.speed_table(results)
@@ -150,6 +160,13 @@ def main() -> None:
         label = describe(s.constants) + (" (today's)" if s is mine else "")
         print(f"| {label} | {s.unmeasured} | {s.misses} | {s.worst_to_best:+.3f} | {s.worst_to_default:+.3f} | "
               f"{s.mean_to_best:+.3f} |")
+    hopeful = sorted((s for s in scores if s.unmeasured), key=lambda s: (s.misses, s.unmeasured, s.worst_to_best))
+    if hopeful:
+        print("\nThe closest candidates with choices still to measure (misses and worst counted on the rest):")
+        for s in hopeful[: args.wanted]:
+            print(f"- {describe(s.constants)}: {s.misses} misses, {s.worst_to_best:+.3f} to best, "
+                  f"{s.worst_to_default:+.3f} to the default; to train: "
+                  + "; ".join(f"--cell '{key}'" for key in unmeasured(s.constants, cases, corpora, speeds)))
     print("\nStreams and learning rate around today's choice (loss minus the choice's):")
     print("\n".join(training_report(cases, corpora, speeds)) or "none measured yet")
 

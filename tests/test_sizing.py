@@ -690,3 +690,26 @@ def test_the_study_keeps_every_recorded_cell_when_its_grid_moves():
     losses = study.mean_losses(study.results_for(results + [record], study.recorded(results + [record], corpora, speeds)))
     assert losses[("nietzsche", 600.0)][outside.name].mean == 0.5
     assert "2x64 b32 d0.45 lr0.0005 | 0.500" in study.table(results + [record], corpora, speeds)  # the best measured
+
+
+def test_the_study_trains_a_named_cell_at_the_seeds_its_budget_wants():
+    study = _study()
+    corpora = study.corpora_info(study.read_results())
+    short = study.Cell.named("pydocs 120s 2x192 b8 s128 d0.05 lr0.002", corpora)
+    assert [c.config.seed for c in short] == [study.SEED, 2, study.TIEBREAK_SEED]
+    assert short[0].key == "pydocs 120s 2x192 b8 s128 d0.05 lr0.002" and short[1].key.endswith(" seed2")
+    assert all(c.config == study.Config(2, 192, 0.05, seed=c.config.seed) for c in short)
+    assert [c.key for c in study.Cell.named("warandpeace 600s 2x320 b8 s128 d0 lr0.002", corpora)] == [
+        "warandpeace 600s 2x320 b8 s128 d0 lr0.002"]  # a longer budget: one seed
+    assert [c.config.seed for c in study.Cell.named(short[1].key, corpora)] == [2]  # the seed it names
+    for bad in ("pydocs 120s 2x192", "nowhere 120s 2x192 b8 s128 d0 lr0.002", "pydocs 2min 2x192 b8 s128 d0 lr0.002",
+                "pydocs 120s 2x192 b8 s128 d0 lr0.002 seed2 more"):
+        with pytest.raises(SystemExit, match="--cell"):
+            study.Cell.named(bad, corpora)
+    trained = subprocess.run([sys.executable, str(REPO / "scripts" / "sizing.py"), "plan", "--stage", "cheap", "--only",
+                              "no such cell", "--cell", "pydocs 120s 2x192 b8 s128 d0.05 lr0.002"],
+                             capture_output=True, text=True, timeout=120)
+    listed = [line.split()[1:8] for line in trained.stdout.splitlines() if line.startswith("  p")]
+    assert trained.returncode == 0 and len(listed) == 3 and trained.stdout.count("waits on other cells") == 1
+    assert all(words[0] == "pydocs" and words[5] == "d0.05" for words in listed)
+    assert "trimmed" not in trained.stdout  # what the fit asks for trains, wherever the grid would trim it
