@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -46,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -71,6 +73,12 @@ CHEAP_BUDGETS = (120.0, 600.0)
 LONG_BUDGETS = (3600.0,)
 LONG_CORPORA = ("warandpeace", "pystdlib")
 STUDY_STREAMS = (8, 16, 32)  # the streams the grid tries around each choice
+# The rule's constants (CHARS_PER_PARAMETER, REPEAT_HALF_LIFE, DROPOUT_BY_EPOCHS) that stage 1's grid was
+# first built around, its centre. Once the rule is refitted, the streams and learning rates stay measured
+# around that centre's choice (they ask how a model near the choice trains, which half a dropout step or
+# the next width hardly changes), while the refitted choice gets its own shape and dropout neighbours, so
+# that the best grid point near it is measured too.
+GRID_CONSTANTS = (5.0, 15.0, ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)))
 STUDY_VOCAB = 96  # the vocabulary the speeds are timed with (the corpora have 65 to 203 characters)
 
 
@@ -310,9 +318,10 @@ def neighbours(config: Config, corpus: dict, budget: float, epochs: float) -> li
     at = names.index(config.shape.name) if config.shape.name in names else 0
     near = [shapes[i] for i in (at - 1, at + 1) if 0 <= i < len(shapes)]
     out = [replace(config, layers=s.num_layers, hidden=s.hidden_size) for s in near]
-    out += [replace(config, dropout=round(d, 1)) for d in (config.dropout - 0.1, config.dropout + 0.1)
-            if 0.0 <= d <= 0.5 and (d < config.dropout or epochs >= 1.0)]
-    if config.dropout >= 0.1:  # the half step below, trained only where the step below is far off
+    step = 0.05 if _half_step(config) else 0.1  # a refitted choice may sit half-way: the whole steps around it
+    out += [replace(config, dropout=round(d, 2) + 0.0) for d in (config.dropout - step, config.dropout + step)
+            if -1e-9 <= d <= 0.5 and (d < config.dropout or epochs >= 1.0)]
+    if config.dropout >= 0.1 and not _half_step(config):  # the half step below, trained only where the step below is far off
         out.append(replace(config, dropout=round(config.dropout - 0.05, 2)))
     return out
 
@@ -335,16 +344,7 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
     names = list(CORPORA) if stage == "cheap" else list(LONG_CORPORA)
     for budget in budgets:
         for name in names:
-            chosen = rule_config(corpora[name], budget, speeds)
-            steps = cell_steps(Cell(name, budget, chosen, 0), corpora[name], speeds)
-            epochs = steps * chosen.shape.chars_per_step / situation(corpora[name], budget).train_chars
-            near = neighbours(chosen, corpora[name], budget, epochs)
-            wanted = [(0, chosen), (0, DEFAULT)] + [(1 + i, c) for i, c in enumerate(near)]
-            if stage == "long":  # the wider shape alone
-                wanted = wanted[:2] + [c for c in wanted[2:] if c[1].dropout == chosen.dropout][-1:]
-            else:
-                wanted += [(1 + len(near) + i, c) for i, c in enumerate(training_neighbours(chosen, corpora[name]))]
-            for priority, config in wanted:
+            for priority, config in _grid(stage, corpora[name], budget, speeds):
                 cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]))
                 found.setdefault(cell.key, cell)
                 if budget in REPLICATED_BUDGETS:  # the other seeds, before the next grid points
@@ -352,6 +352,39 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
                         again = Cell(name, budget, replace(config, seed=seed), priority * 10 + rank)
                         found.setdefault(again.key, again)
     return sorted(found.values(), key=lambda c: (c.priority, c.budget, c.corpus))
+
+
+def _grid(stage: str, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config]]:
+    """One corpus and budget's configurations, each with its rank: the choice, the default, the shape and
+    dropout neighbours of the choice (and of the stage's first centre, once the rule is refitted), and the
+    streams and learning rates around that centre."""
+    chosen = rule_config(corpus, budget, speeds)
+    wanted = [(0, chosen), (0, DEFAULT)] + _near(chosen, corpus, budget, speeds)
+    if stage == "long":  # the wider shape alone
+        return wanted[:2] + [c for c in wanted[2:] if c[1].dropout == chosen.dropout][-1:]
+    with rule_constants(*GRID_CONSTANTS):
+        centre = rule_config(corpus, budget, speeds)
+    if centre != chosen:
+        wanted += [(0, centre)] + _near(centre, corpus, budget, speeds)
+    ranks = 1 + max(rank for rank, _ in wanted)
+    return wanted + [(ranks + i, c) for i, c in enumerate(training_neighbours(centre, corpus))]
+
+
+def _near(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config]]:
+    steps = cell_steps(Cell(corpus["name"], budget, config, 0), corpus, speeds)
+    epochs = steps * config.shape.chars_per_step / situation(corpus, budget).train_chars
+    return [(1 + i, c) for i, c in enumerate(neighbours(config, corpus, budget, epochs))]
+
+
+@contextmanager
+def rule_constants(chars_per_parameter: float, half_life: float, dropout: tuple):
+    """`charnn.plan.sizing` with these constants for a while: what the fit scores, and the grid's centre."""
+    saved = sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS
+    sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = chars_per_parameter, half_life, dropout
+    try:
+        yield
+    finally:
+        sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = saved
 
 
 Losses = dict[tuple[str, float], dict[str, "Measured"]]

@@ -12,8 +12,9 @@ point measured for that corpus and budget, and never more than 0.01 worse than t
 Candidates whose choices were not all measured are counted apart: the grid is built around the rule of
 the day, so a rule far from it chooses cells nobody trained (train them with `sizing.py run --only`).
 
-Then, for each corpus and budget, the choice's neighbours in streams and learning rate against it: the
-cells that would move `choose_streams` or the learning rate from a rule of the device's speed.
+Then, for each corpus and budget, the neighbours in streams and learning rate of the grid's centre (the
+choice of the constants the grid was built around) against it: the cells that would move `choose_streams`
+or the learning rate from a rule of the device's speed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import itertools
 import math
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,16 +74,6 @@ class Score:
     mean_to_best: float
 
 
-@contextmanager
-def constants(cpp: float, half_life: float, dropout: tuple):
-    saved = sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS
-    sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = cpp, half_life, dropout
-    try:
-        yield
-    finally:
-        sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS = saved
-
-
 def groups(done: dict[str, dict]) -> list[Group]:
     """Each corpus and budget's configurations, a configuration's loss the mean over its seeds measured."""
     return [Group(corpus, budget, {name: measured.mean for name, measured in configs.items()})
@@ -92,7 +82,7 @@ def groups(done: dict[str, dict]) -> list[Group]:
 
 def score(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> Score:
     unmeasured, misses, to_best, to_default = 0, 0, [], []
-    with constants(*candidate):
+    with study.rule_constants(*candidate):
         for group in cases:
             chosen = study.rule_config(corpora[group.corpus], group.budget, speeds).name
             if chosen not in group.losses:
@@ -109,7 +99,7 @@ def score(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> Score:
 
 def unmeasured(candidate: tuple, cases: list[Group], corpora: dict, speeds) -> list[str]:
     """The cells this candidate chooses that nobody trained: `sizing.py run --cell KEY` trains them."""
-    with constants(*candidate):
+    with study.rule_constants(*candidate):
         chosen = [(g, study.rule_config(corpora[g.corpus], g.budget, speeds)) for g in cases]
     return [f"{g.corpus} {g.budget:g}s {c.name}" for g, c in chosen if c.name not in g.losses]
 
@@ -121,10 +111,11 @@ def describe(candidate: tuple) -> str:
 
 
 def training_report(cases: list[Group], corpora: dict, speeds) -> list[str]:
-    """For each group, the streams and learning-rate neighbours of today's choice against it."""
+    """For each group, the streams and learning-rate neighbours of the grid's centre against it."""
     lines = []
     for group in cases:
-        chosen = study.rule_config(corpora[group.corpus], group.budget, speeds)
+        with study.rule_constants(*study.GRID_CONSTANTS):
+            chosen = study.rule_config(corpora[group.corpus], group.budget, speeds)
         if chosen.name not in group.losses:
             continue
         variants = [replace(chosen, batch=b) for b in study.STUDY_STREAMS if b != chosen.batch]
@@ -167,7 +158,7 @@ def main() -> None:
             print(f"- {describe(s.constants)}: {s.misses} misses, {s.worst_to_best:+.3f} to best, "
                   f"{s.worst_to_default:+.3f} to the default; to train: "
                   + "; ".join(f"--cell '{key}'" for key in unmeasured(s.constants, cases, corpora, speeds)))
-    print("\nStreams and learning rate around today's choice (loss minus the choice's):")
+    print("\nStreams and learning rate around the grid's centre (loss minus the centre's; study.GRID_CONSTANTS):")
     print("\n".join(training_report(cases, corpora, speeds)) or "none measured yet")
 
 

@@ -4,6 +4,7 @@ timing), options the user gives are never overridden, --size small is today's de
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -713,3 +714,22 @@ def test_the_study_trains_a_named_cell_at_the_seeds_its_budget_wants():
     assert trained.returncode == 0 and len(listed) == 3 and trained.stdout.count("waits on other cells") == 1
     assert all(words[0] == "pydocs" and words[5] == "d0.05" for words in listed)
     assert "trimmed" not in trained.stdout  # what the fit asks for trains, wherever the grid would trim it
+
+
+def test_a_refitted_rule_moves_the_grids_shapes_and_dropout_but_keeps_its_streams_and_learning_rates():
+    study = _study()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    with study.rule_constants(*study.GRID_CONSTANTS):
+        before = {c.key: c for c in study.cells("cheap", corpora, speeds)}
+    refit = (4.0, 15.0, ((5.0, 0.05), (15.0, 0.1), (50.0, 0.2), (math.inf, 0.3)))  # a floor of half a step
+    with study.rule_constants(*refit):
+        after = {c.key: c for c in study.cells("cheap", corpora, speeds)}
+        chosen = study.rule_config(corpora["warandpeace"], 600.0, speeds)
+    assert set(before) <= set(after)  # nothing the first grid planned is dropped
+    assert chosen.dropout == 0.05 and after[f"warandpeace 600s {chosen.name}"].priority < 10  # the choice: kept
+    added = [after[key].config for key in set(after) - set(before)]
+    assert added and all(c.batch == 8 and c.lr == study.DEFAULT.lr for c in added)  # streams and lr: the centre's
+    around = {c.name for c in study.neighbours(chosen, corpora["warandpeace"], 600.0, epochs=2.0)}
+    assert {replace(chosen, dropout=d).name for d in (0.0, 0.1)} <= around  # the whole steps either side
+    assert not any(study._half_step(replace(chosen, dropout=d)) for d in (0.0, 0.1))
