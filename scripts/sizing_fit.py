@@ -151,9 +151,9 @@ def main() -> None:
         label = describe(s.constants) + (" (today's)" if s is mine else "")
         print(f"| {label} | {s.unmeasured} | {s.misses} | {s.worst_to_best:+.3f} | {s.worst_to_default:+.3f} | "
               f"{s.mean_to_best:+.3f} |")
-    hopeful = sorted((s for s in scores if s.unmeasured), key=lambda s: (s.misses, s.unmeasured, s.worst_to_best))
+    hopeful = sorted((s for s in scores if s.unmeasured), key=lambda s: (s.misses + s.unmeasured, s.misses, s.worst_to_best))
     if hopeful:
-        print("\nThe closest candidates with choices still to measure (misses and worst counted on the rest):")
+        print("\nThe closest candidates with choices still to measure (fewest misses if every unmeasured choice missed; misses and worst counted on the rest):")
         for s in hopeful[: args.wanted]:
             print(f"- {describe(s.constants)}: {s.misses} misses, {s.worst_to_best:+.3f} to best, "
                   f"{s.worst_to_default:+.3f} to the default; to train: "
