@@ -546,6 +546,17 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
             "threads": threads, "cpu": cpu_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def pace(results: list[dict], threads: int) -> tuple[float, str]:
+    """A cell's wall-clock seconds per second of its budget, as this CPU's records at these threads show
+    (the median: a resumed cell shows less), or 1.4 on an otherwise idle machine if they are too few."""
+    ratios = [r["wall_seconds"] / r["budget"] for r in results if r["kind"] == "cell" and "wall_seconds" in r
+              and r.get("cpu") == cpu_name() and r.get("threads") == threads]
+    if len(ratios) < 5:
+        return 1.4, "on an otherwise idle machine"
+    ratio = statistics.median(ratios)
+    return ratio, f"at the pace of the {len(ratios)} cells recorded on this CPU ({ratio:.2f} s a budget second)"
+
+
 def cpu_name() -> str:
     """The CPU's model, which a cell's record keeps: another CPU rounds differently, another draw."""
     try:
@@ -782,9 +793,10 @@ def main() -> None:
     todo = [(c, steps) for c, steps in wanted if undecided(c, losses) or not trimmed(c, losses)]
     budget_total = sum(c.budget for c, _ in todo if not undecided(c, losses))
     maybe = sum(undecided(c, losses) for c, _ in todo)
+    ratio, seen = pace(results, args.threads)
     print(f"{len(todo) - maybe} cells to train, {budget_total / 3600:.1f} h of this machine's time at full speed "
-          f"(about {budget_total * 1.4 / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
-          f"{args.threads} thread on an otherwise idle machine), and {maybe} more if the cells they wait on "
+          f"(about {budget_total * ratio / 3600 / max(args.jobs, 1):.1f} h with {args.jobs} jobs of "
+          f"{args.threads} thread, {seen}), and {maybe} more if the cells they wait on "
           f"call for them (a third seed, half a dropout step, a doubled learning rate)")
     if args.command == "plan":
         for cell, steps in wanted:
