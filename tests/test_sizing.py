@@ -708,11 +708,11 @@ def test_the_study_trains_a_named_cell_at_the_seeds_its_budget_wants():
         with pytest.raises(SystemExit, match="--cell"):
             study.Cell.named(bad, corpora)
     trained = subprocess.run([sys.executable, str(REPO / "scripts" / "sizing.py"), "plan", "--stage", "cheap", "--only",
-                              "no such cell", "--cell", "pydocs 120s 2x192 b8 s128 d0.05 lr0.002"],
+                              "no such cell", "--cell", "pydocs 120s 2x64 b8 s128 d0.45 lr0.0005"],  # never trained
                              capture_output=True, text=True, timeout=120)
     listed = [line.split()[1:8] for line in trained.stdout.splitlines() if line.startswith("  p")]
     assert trained.returncode == 0 and len(listed) == 3 and trained.stdout.count("waits on other cells") == 1
-    assert all(words[0] == "pydocs" and words[5] == "d0.05" for words in listed)
+    assert all(words[0] == "pydocs" and words[5] == "d0.45" for words in listed)
     assert "trimmed" not in trained.stdout  # what the fit asks for trains, wherever the grid would trim it
 
 
