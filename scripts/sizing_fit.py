@@ -33,7 +33,7 @@ from charnn.plan import sizing  # noqa: E402
 
 NEAR_BEST = 0.02  # the targets, nats/char
 NEAR_DEFAULT = 0.01
-CHARS_PER_PARAMETER = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
+CHARS_PER_PARAMETER = (1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
 REPEAT_HALF_LIFE = (5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
 DROPOUT_TABLES = (  # up to so many epochs: this dropout
     ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)),
@@ -44,6 +44,7 @@ DROPOUT_TABLES = (  # up to so many epochs: this dropout
     ((5.0, 0.05), (15.0, 0.1), (50.0, 0.2), (math.inf, 0.3)),  # a step less, with a floor of half a step
     ((3.0, 0.05), (10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)),
     ((10.0, 0.05), (30.0, 0.1), (100.0, 0.2), (math.inf, 0.3)),
+    ((5.0, 0.05), (20.0, 0.1), (60.0, 0.2), (math.inf, 0.3)),
 )
 
 
