@@ -268,6 +268,7 @@ class Cell:
     budget: float  # seconds on this machine
     config: Config
     priority: int  # lower runs first
+    half_step: bool = False  # the half dropout step below a choice at a whole step: trained only if it can matter
 
     @property
     def key(self) -> str:
@@ -344,36 +345,39 @@ def cells(stage: str, corpora: dict[str, dict], speeds: SpeedTable) -> list[Cell
     names = list(CORPORA) if stage == "cheap" else list(LONG_CORPORA)
     for budget in budgets:
         for name in names:
-            for priority, config in _grid(stage, corpora[name], budget, speeds):
-                cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]))
+            for priority, config, half in _grid(stage, corpora[name], budget, speeds):
+                cell = Cell(name, budget, config, priority * 10 + int(budget > CHEAP_BUDGETS[0]), half)
                 found.setdefault(cell.key, cell)
                 if budget in REPLICATED_BUDGETS:  # the other seeds, before the next grid points
                     for seed, rank in [(seed, 5) for seed in SEEDS[1:]] + [(TIEBREAK_SEED, 7)]:
-                        again = Cell(name, budget, replace(config, seed=seed), priority * 10 + rank)
+                        again = Cell(name, budget, replace(config, seed=seed), priority * 10 + rank, half)
                         found.setdefault(again.key, again)
     return sorted(found.values(), key=lambda c: (c.priority, c.budget, c.corpus))
 
 
-def _grid(stage: str, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config]]:
-    """One corpus and budget's configurations, each with its rank: the choice, the default, the shape and
-    dropout neighbours of the choice (and of the stage's first centre, once the rule is refitted), and the
-    streams and learning rates around that centre."""
+def _grid(stage: str, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config, bool]]:
+    """One corpus and budget's configurations, each with its rank and whether it is a half step: the
+    choice, the default, the shape and dropout neighbours of the choice (and of the stage's first centre,
+    once the rule is refitted), and the streams and learning rates around that centre. The long stage:
+    the choice, the default and the wider shape, all of rank 0 (none is ever trimmed)."""
     chosen = rule_config(corpus, budget, speeds)
-    wanted = [(0, chosen), (0, DEFAULT)] + _near(chosen, corpus, budget, speeds)
-    if stage == "long":  # the wider shape alone
-        return wanted[:2] + [c for c in wanted[2:] if c[1].dropout == chosen.dropout][-1:]
+    wanted = [(0, chosen, False), (0, DEFAULT, False)] + _near(chosen, corpus, budget, speeds)
+    if stage == "long":
+        wider = [c for _, c, _ in wanted[2:] if c.dropout == chosen.dropout and c.hidden * c.layers > chosen.hidden * chosen.layers]
+        return [(0, c, False) for _, c, _ in wanted[:2]] + [(0, c, False) for c in wider[-1:]]
     with rule_constants(*GRID_CONSTANTS):
         centre = rule_config(corpus, budget, speeds)
     if centre != chosen:
-        wanted += [(0, centre)] + _near(centre, corpus, budget, speeds)
-    ranks = 1 + max(rank for rank, _ in wanted)
-    return wanted + [(ranks + i, c) for i, c in enumerate(training_neighbours(centre, corpus))]
+        wanted += [(0, centre, False)] + _near(centre, corpus, budget, speeds)
+    ranks = 1 + max(rank for rank, _, _ in wanted)
+    return wanted + [(ranks + i, c, False) for i, c in enumerate(training_neighbours(centre, corpus))]
 
 
-def _near(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config]]:
+def _near(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config, bool]]:
     steps = cell_steps(Cell(corpus["name"], budget, config, 0), corpus, speeds)
     epochs = steps * config.shape.chars_per_step / situation(corpus, budget).train_chars
-    return [(1 + i, c) for i, c in enumerate(neighbours(config, corpus, budget, epochs))]
+    return [(1 + i, c, _half_step(c) and not _half_step(config))
+            for i, c in enumerate(neighbours(config, corpus, budget, epochs))]
 
 
 @contextmanager
@@ -406,7 +410,7 @@ def undecided(cell: Cell, losses: Losses) -> bool:
         return True
     if cell.priority < 10:  # as `trimmed`: only the third seed can wait
         return False
-    if _half_step(cell.config):
+    if cell.half_step:
         steps = _whole_steps(cell, losses)
         if any(m is None or m[1] < seeds_wanted(cell.budget) for m in steps):
             return True
@@ -432,7 +436,7 @@ def _whole_steps(cell: Cell, losses: Losses) -> list:
 def _half_step_trim(cell: Cell, losses: Losses) -> str | None:
     """Dropout half-way between two steps, where the two steps agree within SPLIT: the rule's dropout
     could not move by more than the margin between them."""
-    if not _half_step(cell.config):
+    if not cell.half_step:
         return None
     below, above = _whole_steps(cell, losses)
     if below is None or above is None or min(below.n, above.n) < seeds_wanted(cell.budget):

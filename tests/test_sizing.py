@@ -50,10 +50,11 @@ class FakeGPU:
 # --- the rule ---------------------------------------------------------------------------------
 
 
-def test_tiny_shakespeare_at_ten_minutes_keeps_the_measured_default():
+def test_tiny_shakespeare_at_ten_minutes_on_this_cpu_gets_the_default_shape_with_half_a_step_of_dropout():
     plan = choose(situation(1.1 * MB, 600), CPU)
     assert (plan.shape.num_layers, plan.shape.hidden_size, plan.shape.batch_size, plan.shape.seq_len) == (2, 256, 8, 128)
-    assert plan.model["dropout"] == 0.1 and plan.train["lr"] == 2e-3
+    # it reads its text 9 times: the study's Tiny Shakespeare at 5.5 epochs made 1.485 with 0.05, 1.496 with 0.1
+    assert 8 < plan.epochs < 10 and plan.model["dropout"] == 0.05 and plan.train["lr"] == 2e-3
     assert 8000 < plan.steps < 9000  # ten minutes at 15k characters a second, evaluations included
     assert plan.seconds == pytest.approx(600, rel=0.01)
 
@@ -61,14 +62,16 @@ def test_tiny_shakespeare_at_ten_minutes_keeps_the_measured_default():
 def test_a_small_corpus_gets_a_small_model_with_more_dropout():
     small = choose(situation(0.2 * MB, 600), CPU)
     default = sizing.default_shape().parameters(80)
-    assert width(small) < default / 2  # not five times more parameters than characters
+    assert width(small) < 0.6 * default  # the study's 200 KB file: 2x192 beat 2x128 and the default 2x256
     assert small.model["dropout"] > ModelConfig.dropout  # it reads the text dozens of times
 
 
 def test_a_long_budget_on_a_large_corpus_gets_a_larger_model():
     plan = choose(situation(24 * MB, 3600), CPU)
     assert width(plan) > sizing.default_shape().parameters(80)
-    assert plan.epochs < 2 and plan.model["dropout"] == 0.1
+    # it reads its text about once: half a step of dropout (the study's code corpus at ten minutes: 0.05 made
+    # 1.129, 0.1 1.115 and 0 1.176, where its held-out text is other modules than it trains on)
+    assert plan.epochs < 2 and plan.model["dropout"] == 0.05
 
 
 @pytest.mark.parametrize("corpus", [0.2 * MB, 1 * MB, 3 * MB, 24 * MB])
@@ -112,7 +115,7 @@ def test_streams_divide_among_processes():
 def test_step_and_epoch_budgets_need_no_timing():
     """With --max-steps or --epochs the characters read are known: the choice needs no device speed."""
     by_steps = choose(situation(3 * MB, budget=Budget(steps=8000)))
-    assert (by_steps.shape.hidden_size, by_steps.steps, by_steps.seconds) == (256, 8000, None)
+    assert (by_steps.shape.hidden_size, by_steps.steps, by_steps.seconds) == (320, 8000, None)
     by_epochs = choose(situation(3 * MB, budget=Budget(epochs=1)))
     assert by_epochs.epochs == pytest.approx(1, abs=0.01) and by_epochs.shape.hidden_size < 256
 
@@ -490,7 +493,8 @@ def test_the_default_budget_is_planned_again_too():
     assert plan.seconds > 1200
     new = replan.decide(60.0, seen=plan.chars_per_sec / 2)
     # at half the speed the 2x256 reads its ten epochs in twice the time: the hour's cap, less the minute spent
-    assert width(new.plan) < width(plan) and new.plan.seconds == pytest.approx(3540, rel=0.01)
+    assert width(new.plan) <= width(plan) and new.plan.seconds == pytest.approx(3540, rel=0.01)
+    assert new.plan.steps < plan.steps  # fewer characters in the capped hour than planned: never a larger model
     assert new.plan.train["max_steps"] == new.plan.steps
 
 
@@ -624,7 +628,7 @@ def test_the_study_trims_more_dropout_only_where_the_two_steps_below_already_ris
 
 def test_the_study_trains_half_a_dropout_step_only_where_the_two_steps_around_it_differ():
     study = _study()
-    half = study.Cell("c", 600.0, replace(study.DEFAULT, dropout=0.05), 20)
+    half = study.Cell("c", 600.0, replace(study.DEFAULT, dropout=0.05), 20, half_step=True)
     steps = [replace(study.DEFAULT, dropout=d).name for d in (0.0, 0.1)]
 
     def losses(*measured):
@@ -635,6 +639,8 @@ def test_the_study_trains_half_a_dropout_step_only_where_the_two_steps_around_it
     assert "dropout 0 and 0.1 agree within 0.02" in study.trimmed(half, near) and not study.undecided(half, near)
     assert study.trimmed(half, far) is None and not study.undecided(half, far)
     assert study.trimmed(replace(half, config=study.DEFAULT), near) is None  # a whole step is never trimmed so
+    shape = replace(half, half_step=False)  # a neighbour of a choice that itself sits at 0.05: trained
+    assert study.trimmed(shape, near) is None and not study.undecided(shape, losses(1.30))
     results = study.read_results()
     corpora, speeds = study.corpora_info(results), study.speed_table(results)
     halves = {c.config.dropout for c in study.cells("cheap", corpora, speeds) if study._half_step(c.config)}

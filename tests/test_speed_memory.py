@@ -102,10 +102,10 @@ def plan_beside(monkeypatch, load: float, memory: SpeedMemory | None):
 
 
 def test_a_plan_beside_a_neighbour_is_the_idle_plan_once_the_machine_has_shown_its_speed(monkeypatch, tmp_path):
-    forgetful, _ = plan_beside(monkeypatch, 0.7, None)
+    forgetful, _ = plan_beside(monkeypatch, 0.5, None)
     idle, _ = plan_beside(monkeypatch, 1.0, memory_at(tmp_path)[0])
     assert forgetful.shape != idle.shape  # the neighbour would have cost a size
-    busy, speeds = plan_beside(monkeypatch, 0.7, memory_at(tmp_path)[0])
+    busy, speeds = plan_beside(monkeypatch, 0.5, memory_at(tmp_path)[0])
     assert busy.shape == idle.shape and busy.steps == pytest.approx(idle.steps, rel=0.01)
     assert speeds.record()["2x256 b8 s128"]["remembered"] is True
     # and a faster timing than any remembered is taken, and kept

@@ -35,9 +35,12 @@ __all__ = ["Budget", "Plan", "Shape", "Situation", "SpeedTable", "Speeds", "choo
 
 # --- the rule's constants (checked by scripts/sizing.py's study) ------------------------------------
 
-CHARS_PER_PARAMETER = 5.0
+# Refitted on the study's stage-1 cells (2026-12-07, 109 cells over six corpora at 2 and 10 minutes):
+# 4 characters a parameter where the starting guess was 5 (a larger model for the same text), and dropout
+# a step lower with a floor of half a step (the README's table; `python scripts/sizing_fit.py`).
+CHARS_PER_PARAMETER = 4.0
 REPEAT_HALF_LIFE = 15.0  # epochs; R* of Muennighoff et al.: the value of repeated text decays over it
-DROPOUT_BY_EPOCHS = ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3))  # up to so many epochs: this dropout
+DROPOUT_BY_EPOCHS = ((10.0, 0.05), (30.0, 0.1), (100.0, 0.2), (math.inf, 0.3))  # up to so many epochs: this
 DEFAULT_BUDGET_RANGE = (120.0, 3600.0)  # seconds: the budget when no limit is given
 DEFAULT_PATIENCE = 4  # evaluations without a new best before a run with the default budget stops
 STREAM_GAIN = 1.6  # a doubling of the streams must bring this much more speed to be taken
