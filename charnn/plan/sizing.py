@@ -40,7 +40,8 @@ __all__ = ["Budget", "Plan", "Shape", "Situation", "SpeedTable", "Speeds", "choo
 # a step lower with a floor of half a step (the README's table; `python scripts/sizing_fit.py`).
 CHARS_PER_PARAMETER = 4.0
 REPEAT_HALF_LIFE = 15.0  # epochs; R* of Muennighoff et al.: the value of repeated text decays over it
-DROPOUT_BY_EPOCHS = ((10.0, 0.05), (30.0, 0.1), (100.0, 0.2), (math.inf, 0.3))  # up to so many epochs: this
+# up to so many epochs read: this dropout
+DROPOUT_BY_EPOCHS = ((10.0, 0.05), (30.0, 0.1), (100.0, 0.2), (math.inf, 0.3))
 DEFAULT_BUDGET_RANGE = (120.0, 3600.0)  # seconds: the budget when no limit is given
 DEFAULT_PATIENCE = 4  # evaluations without a new best before a run with the default budget stops
 STREAM_GAIN = 1.6  # a doubling of the streams must bring this much more speed to be taken
