@@ -13,7 +13,9 @@ converts each time budget into the optimiser steps that shape takes in that time
 evaluations included (`charnn.plan.sizing.steps_in_budget`, the same conversion `--size auto` uses). Each
 cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
-any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char.
+any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char, on
+the same first STUDY_EVAL_CHARS characters of the validation text for every cell (an hour-long cell's:
+best.pt's on the whole validation text, scored at its end).
 Two-minute cells train at two seeds, and at a third where those two split by more than SPLIT; the
 table and the fit score a configuration by the mean over its seeds.
 Cells train and shapes are timed in float32: a mixed precision changes the device's speed, which
@@ -80,6 +82,12 @@ STUDY_STREAMS = (8, 16, 32)  # the streams the grid tries around each choice
 # that the best grid point near it is measured too.
 GRID_CONSTANTS = (5.0, 15.0, ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)))
 STUDY_VOCAB = 96  # the vocabulary the speeds are timed with (the corpora have 65 to 203 characters)
+# Every cell's evaluations score the same first STUDY_EVAL_CHARS validation characters (all of a shorter
+# validation text). Left to the plan, --eval-chars grows with the steps (sizing.evaluation_plan), and a
+# faster shape would be scored on more, and other, text than its neighbours: the validation text is not
+# alike along its length. An hour-long cell is scored once more at its end, best.pt on the whole
+# validation text (`score_whole`): its table row is that loss, on ten to twenty times the text.
+STUDY_EVAL_CHARS = 100_000
 
 
 # --- corpora: one function each, with its source -----------------------------------------------
@@ -535,19 +543,44 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
         command = ["train", "--resume", str(run)]
     else:
         command = ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", str(steps),
-                   *cell.config.options(), "--seed", str(cell.config.seed), "--log-every", "100", "--precision", "fp32"]
+                   *cell.config.options(), "--seed", str(cell.config.seed), "--log-every", "100", "--precision", "fp32",
+                   "--eval-chars", str(STUDY_EVAL_CHARS)]
+    started = time.time()
+    _charnn(command + ["-q"], code, threads)
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "eval"]
+    record = {"kind": "cell", "key": cell.key, "corpus": cell.corpus, "budget": cell.budget,
+              "config": cell.config.name, "seed": cell.config.seed, "steps": steps,
+              "best_val_loss": min(r["val_loss"] for r in evals), "final_val_loss": evals[-1]["val_loss"],
+              "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "val_chars": evals[-1]["val_chars"]}
+    if cell.budget in LONG_BUDGETS:
+        record.update(score_whole(run, code, threads))
+    return {**record, "wall_seconds": round(time.time() - started), "threads": threads, "cpu": cpu_name(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def score_whole(run: Path, code: Path, threads: int) -> dict:
+    """best.pt of a finished run scored on its whole validation text (`charnn eval RUN`)."""
+    report = json.loads(_charnn(["eval", str(run), "--json", "--threads", str(threads)], code, threads))
+    return {"whole_val_loss": report["loss"], "whole_val_chars": report["chars"]}
+
+
+def _charnn(command: list[str], code: Path, threads: int) -> str:
+    """`python -m charnn COMMAND` with the snapshot's code, on the CPU at `threads` threads; its stdout."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads),
            "CHARNN_RUNS_DIR": str(WORK / "runs")}
-    started = time.time()
     # the working directory is not the checkout: `-m` puts it first on the path, before the snapshot
-    subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu", "-q"], env=env, check=True, cwd=WORK,
-                   stdin=subprocess.DEVNULL)
-    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "eval"]
-    return {"kind": "cell", "key": cell.key, "corpus": cell.corpus, "budget": cell.budget, "config": cell.config.name,
-            "seed": cell.config.seed,
-            "steps": steps, "best_val_loss": min(r["val_loss"] for r in evals), "final_val_loss": evals[-1]["val_loss"],
-            "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "wall_seconds": round(time.time() - started),
-            "threads": threads, "cpu": cpu_name(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu"], env=env, check=True,
+                          cwd=WORK, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True).stdout
+
+
+def rescore(results: list[dict], code: Path, threads: int) -> None:
+    """Score the hour-long cells recorded before `score_whole` was, whose run directories are still here."""
+    latest = {r["key"]: r for r in results if r["kind"] == "cell"}
+    for record in latest.values():
+        run = WORK / "runs" / record_cell(record).run_name(record["steps"])
+        if record["budget"] in LONG_BUDGETS and "whole_val_loss" not in record and (run / "best.pt").is_file():
+            append_result({**record, **score_whole(run, code, threads)})
+            print(f"scored {record['key']} on its whole validation text", flush=True)
 
 
 def pace(results: list[dict], threads: int) -> tuple[float, str]:
@@ -576,9 +609,19 @@ def _claim_path(cell: Cell, steps: int) -> Path:
 
 
 def current(record: dict, steps: int) -> bool:
-    """Whether a cell's record is for these steps: the speeds timed again move every cell's steps, and a
-    record trained for other steps (by more than 2%) is not the cell any more: it is trained again."""
-    return abs(record["steps"] - steps) <= 0.02 * steps
+    """Whether a cell's record is for these steps and scored as the study scores: the speeds timed again
+    move every cell's steps, and a record trained for other steps (by more than 2%), or scored on other
+    validation text (STUDY_EVAL_CHARS), is not the cell any more: it is trained again."""
+    if record["budget"] in LONG_BUDGETS:
+        scored = "whole_val_loss" in record
+    else:
+        scored = record.get("val_chars", math.inf) <= STUDY_EVAL_CHARS
+    return scored and abs(record["steps"] - steps) <= 0.02 * steps
+
+
+def score(record: dict) -> float:
+    """A cell's loss: its best evaluation's, or for an hour-long cell best.pt's on the whole validation text."""
+    return record["whole_val_loss"] if record["budget"] in LONG_BUDGETS else record["best_val_loss"]
 
 
 def results_for(results: list[dict], planned: list[tuple[Cell, int]]) -> dict[str, dict]:
@@ -593,9 +636,14 @@ def recorded(results: list[dict], corpora: dict, speeds: SpeedTable) -> list[tup
     found = {}
     for r in results:
         if r["kind"] == "cell" and r["corpus"] in corpora:
-            cell = Cell(r["corpus"], r["budget"], Config.from_name(r["config"], r.get("seed", SEED)), 0)
+            cell = record_cell(r)
             found[cell.key] = (cell, cell_steps(cell, corpora[cell.corpus], speeds))
     return list(found.values())
+
+
+def record_cell(record: dict) -> Cell:
+    """The cell a record is of, its configuration and seed read back from the record."""
+    return Cell(record["corpus"], record["budget"], Config.from_name(record["config"], record.get("seed", SEED)), 0)
 
 
 def claim(cell: Cell, steps: int) -> bool:
@@ -632,8 +680,7 @@ def release(cell: Cell, steps: int) -> None:
 
 
 def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], corpora: dict, jobs: int,
-              threads: int) -> None:
-    code = snapshot_code()
+              threads: int, code: Path) -> None:
     for name in {cell.corpus for cell, _ in todo}:  # built here, once, not by two workers at a time
         digest = hashlib.sha256(corpus_path(name).read_bytes()).hexdigest()
         if digest != corpora[name]["sha256"]:
@@ -670,14 +717,13 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
             finally:
                 release(cell, steps)
             append_result(record)
-            print(f"done   {cell.key}: best {record['best_val_loss']:.4f} ({record['wall_seconds']}s)", flush=True)
+            print(f"done   {cell.key}: {score(record):.4f} ({record['wall_seconds']}s)", flush=True)
 
     workers = [threading.Thread(target=worker) for _ in range(jobs)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    shutil.rmtree(code, ignore_errors=True)
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -708,7 +754,7 @@ def mean_losses(done: dict[str, dict]) -> dict[tuple[str, float], dict[str, Meas
     found: dict[tuple[str, float], dict[str, dict[int, float]]] = {}
     for record in done.values():
         seeds = found.setdefault((record["corpus"], record["budget"]), {}).setdefault(record["config"], {})
-        seeds[record.get("seed", SEED)] = record["best_val_loss"]
+        seeds[record.get("seed", SEED)] = score(record)
     return {group: {name: _measured(seeds) for name, seeds in configs.items()} for group, configs in found.items()}
 
 
@@ -787,6 +833,10 @@ def main() -> None:
         print(table(results, corpora, speeds))
         return
     stages = ("cheap", "long") if args.stage == "all" else (args.stage,)
+    code = snapshot_code() if args.command == "run" else None
+    if code is not None:  # before the plan: an hour-long cell that only wants its score is not trained again
+        rescore(results, code, args.threads)
+        results = read_results()
     named = [(c, cell_steps(c, corpora[c.corpus], speeds)) for key in args.cell for c in Cell.named(key, corpora)]
     grid = [(c, steps) for c, steps in planned(stages, corpora, speeds)
             if not args.only or any(text in c.key for text in args.only)]
@@ -807,9 +857,10 @@ def main() -> None:
             why = None if undecided(cell, losses) else trimmed(cell, losses)
             when = "  waits on other cells" if undecided(cell, losses) else ""
             print(f"  p{cell.priority:<3} {cell.key:<60} {steps:>8,} steps" + (f"  trimmed: {why}" if why else when))
-    elif args.command == "run":
+    if code is not None:
         run_cells(todo[: args.limit], everything + recorded(results, corpora, speeds), corpora, args.jobs,
-                  args.threads)
+                  args.threads, code)
+        shutil.rmtree(code, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -693,7 +694,7 @@ def test_the_study_keeps_every_recorded_cell_when_its_grid_moves():
     assert cell.key not in {c.key for c, _ in study.planned(("cheap", "long"), corpora, speeds)}
     steps = study.cell_steps(cell, corpora["nietzsche"], speeds)
     record = {"kind": "cell", "key": cell.key, "corpus": "nietzsche", "budget": 600.0, "config": outside.name,
-              "seed": 9, "steps": steps, "best_val_loss": 0.5}
+              "seed": 9, "steps": steps, "best_val_loss": 0.5, "val_chars": 60_088}
     losses = study.mean_losses(study.results_for(results + [record], study.recorded(results + [record], corpora, speeds)))
     assert losses[("nietzsche", 600.0)][outside.name].mean == 0.5
     assert "2x64 b32 d0.45 lr0.0005 | 0.500" in study.table(results + [record], corpora, speeds)  # the best measured
@@ -739,3 +740,41 @@ def test_a_refitted_rule_moves_the_grids_shapes_and_dropout_but_keeps_its_stream
     around = {c.name for c in study.neighbours(chosen, corpora["warandpeace"], 600.0, epochs=2.0)}
     assert {replace(chosen, dropout=d).name for d in (0.0, 0.1)} <= around  # the whole steps either side
     assert not any(study._half_step(replace(chosen, dropout=d)) for d in (0.0, 0.1))
+
+
+def test_the_study_scores_every_cell_on_the_same_validation_text(tmp_path, monkeypatch):
+    study = _study()
+    calls, appended = [], []
+
+    def charnn(command, code, threads):  # a run's files, as `charnn train` and `charnn eval --json` leave them
+        calls.append(command)
+        if command[0] == "eval":
+            return json.dumps({"loss": 1.40, "chars": 319_620})
+        run = Path(command[command.index("--out") + 1])
+        run.mkdir(parents=True)
+        (run / "best.pt").write_bytes(b"")
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 9, "val_loss": 1.5, "val_chars": 100_000}))
+        return ""
+
+    monkeypatch.setattr(study, "WORK", tmp_path)
+    monkeypatch.setattr(study, "_charnn", charnn)
+    monkeypatch.setattr(study, "append_result", appended.append)
+    cheap = study.Cell("warandpeace", 600.0, study.DEFAULT, 0)
+    record = study.train_cell(cheap, 1000, tmp_path / "corpus.txt", tmp_path, 1)
+    assert calls[0][calls[0].index("--eval-chars") + 1] == str(study.STUDY_EVAL_CHARS) and len(calls) == 1
+    assert study.current(record, 1000) and study.score(record) == 1.5 and "whole_val_loss" not in record
+    # the plan's --eval-chars grows with the steps: a record scored on more text than the others is trained again
+    assert not study.current({**record, "val_chars": 106_860}, 1000)
+    assert not study.current({key: v for key, v in record.items() if key != "val_chars"}, 1000)
+
+    hour = replace(cheap, budget=3600.0)
+    record = study.train_cell(hour, 1000, tmp_path / "corpus.txt", tmp_path, 1)
+    run = tmp_path / "runs" / hour.run_name(1000)
+    assert calls[-1][:3] == ["eval", str(run), "--json"] and record["whole_val_chars"] == 319_620
+    assert study.score(record) == 1.40 and study.current(record, 1000)  # best.pt on the whole validation text
+    unscored = {key: v for key, v in record.items() if not key.startswith("whole_")}
+    assert not study.current(unscored, 1000)
+    study.rescore([unscored], tmp_path, 1)  # recorded before the whole text was scored: scored now, not retrained
+    assert appended == [{**unscored, "whole_val_loss": 1.40, "whole_val_chars": 319_620}]
+    study.rescore([{**unscored, "steps": 999}], tmp_path, 1)  # its run directory is gone: nothing to score
+    assert len(appended) == 1
