@@ -14,8 +14,8 @@ evaluations included (`charnn.plan.sizing.steps_in_budget`, the same conversion 
 cell then trains with --max-steps, so the cosine schedule spans the steps as it would span the time,
 the result is deterministic (seeded), and the runs can go on in the background at low priority with
 any number of threads. A cell's score is its best validation loss (what best.pt holds), nats/char, on
-the same first STUDY_EVAL_CHARS characters of the validation text for every cell (an hour-long cell's:
-best.pt's on the whole validation text, scored at its end).
+the same STUDY_EVAL_CHARS characters of the validation text for every cell, in pieces spread over all of
+it (an hour-long cell's: best.pt's on the whole validation text, scored at its end).
 Two-minute cells train at two seeds, and at a third where those two split by more than SPLIT; the
 table and the fit score a configuration by the mean over its seeds.
 Cells train and shapes are timed in float32: a mixed precision changes the device's speed, which
@@ -82,12 +82,16 @@ STUDY_STREAMS = (8, 16, 32)  # the streams the grid tries around each choice
 # that the best grid point near it is measured too.
 GRID_CONSTANTS = (5.0, 15.0, ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)))
 STUDY_VOCAB = 96  # the vocabulary the speeds are timed with (the corpora have 65 to 203 characters)
-# Every cell's evaluations score the same first STUDY_EVAL_CHARS validation characters (all of a shorter
-# validation text). Left to the plan, --eval-chars grows with the steps (sizing.evaluation_plan), and a
-# faster shape would be scored on more, and other, text than its neighbours: the validation text is not
-# alike along its length. An hour-long cell is scored once more at its end, best.pt on the whole
-# validation text (`score_whole`): its table row is that loss, on ten to twenty times the text.
+# Every cell's evaluations score the same STUDY_EVAL_CHARS validation characters, spread over the
+# validation text (all of a shorter one). Left to the plan, --eval-chars grows with the steps
+# (sizing.evaluation_plan), and a faster shape would be scored on more, and other, text than its
+# neighbours: the validation text is not alike along its length. An hour-long cell is scored once more
+# at its end, best.pt on the whole validation text (`score_whole`): its table row is that loss.
 STUDY_EVAL_CHARS = 100_000
+# Until 2026-12-07 charnn scored the first --eval-chars: a record of those stands only where they were
+# all of the validation text (fewer than STUDY_EVAL_CHARS), as they are easier or harder than the rest.
+SPREAD = "spread"  # a record's "val_sample": its evaluations scored pieces spread over the validation text
+TRAIN_SHARE = 0.9  # charnn's default --val-frac 0.1
 
 
 # --- corpora: one function each, with its source -----------------------------------------------
@@ -307,7 +311,7 @@ class Cell:
 
 
 def situation(corpus: dict, budget: float) -> Situation:
-    train = int(corpus["chars"] * 0.9)
+    train = int(corpus["chars"] * TRAIN_SHARE)
     return Situation(train_chars=train, vocab_size=corpus["vocab"], budget=Budget(seconds=budget),
                      val_chars=corpus["chars"] - train)
 
@@ -339,7 +343,7 @@ def training_neighbours(config: Config, corpus: dict) -> list[Config]:
     """The choice with the other streams and the learning rate halved and doubled: what the rule could
     choose from the device's speed besides the shape. Trimmed: streams the rule may never take for this
     corpus (fewer than sizing.MIN_WINDOWS windows a stream an epoch) are not trained."""
-    train = int(corpus["chars"] * 0.9)
+    train = int(corpus["chars"] * TRAIN_SHARE)
     out = [replace(config, batch=streams) for streams in STUDY_STREAMS
            if streams != config.batch and train >= streams * config.seq_len * sizing.MIN_WINDOWS]
     return out + [replace(config, lr=round(config.lr * factor, 6)) for factor in (0.5, 2.0)]
@@ -551,7 +555,8 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
     record = {"kind": "cell", "key": cell.key, "corpus": cell.corpus, "budget": cell.budget,
               "config": cell.config.name, "seed": cell.config.seed, "steps": steps,
               "best_val_loss": min(r["val_loss"] for r in evals), "final_val_loss": evals[-1]["val_loss"],
-              "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "val_chars": evals[-1]["val_chars"]}
+              "best_step": min(evals, key=lambda r: r["val_loss"])["step"], "val_chars": evals[-1]["val_chars"],
+              "val_sample": SPREAD}
     if cell.budget in LONG_BUDGETS:
         record.update(score_whole(run, code, threads))
     return {**record, "wall_seconds": round(time.time() - started), "threads": threads, "cpu": cpu_name(),
@@ -611,11 +616,13 @@ def _claim_path(cell: Cell, steps: int) -> Path:
 def current(record: dict, steps: int) -> bool:
     """Whether a cell's record is for these steps and scored as the study scores: the speeds timed again
     move every cell's steps, and a record trained for other steps (by more than 2%), or scored on other
-    validation text (STUDY_EVAL_CHARS), is not the cell any more: it is trained again."""
+    validation text (STUDY_EVAL_CHARS spread over it, or all of a shorter one), is not the cell any more:
+    it is trained again."""
     if record["budget"] in LONG_BUDGETS:
         scored = "whole_val_loss" in record
     else:
-        scored = record.get("val_chars", math.inf) <= STUDY_EVAL_CHARS
+        chars = record.get("val_chars", math.inf)
+        scored = chars < STUDY_EVAL_CHARS or chars == STUDY_EVAL_CHARS and record.get("val_sample") == SPREAD
     return scored and abs(record["steps"] - steps) <= 0.02 * steps
 
 

@@ -700,6 +700,27 @@ def test_the_study_keeps_every_recorded_cell_when_its_grid_moves():
     assert "2x64 b32 d0.45 lr0.0005 | 0.500" in study.table(results + [record], corpora, speeds)  # the best measured
 
 
+def test_the_study_trains_again_a_cell_scored_on_the_first_characters_of_a_long_validation_text():
+    """Before evaluations spread their pieces, a cell scored the first 100,000 validation characters: on
+    War and Peace (319,620) that record is trained again, on Nietzsche (all its 60,088) it stands."""
+    study = _study()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    config = study.Config.from_name("2x64 b32 s128 d0.45 lr0.0005", seed=9)  # a cell no grid plans
+    records = {}
+    for name, scored in (("warandpeace", 100_000), ("nietzsche", 60_088)):
+        cell = study.Cell(name, 120.0, config, 0)
+        records[name] = {"kind": "cell", "key": cell.key, "corpus": name, "budget": 120.0, "config": config.name,
+                         "seed": 9, "steps": study.cell_steps(cell, corpora[name], speeds), "best_val_loss": 0.5,
+                         "val_chars": scored}
+    spread = {**records["warandpeace"], "val_sample": study.SPREAD, "best_val_loss": 0.6}
+    everything = results + list(records.values())
+    done = study.results_for(everything, study.recorded(everything, corpora, speeds))
+    assert records["warandpeace"]["key"] not in done and done[records["nietzsche"]["key"]]["best_val_loss"] == 0.5
+    done = study.results_for(everything + [spread], study.recorded(everything + [spread], corpora, speeds))
+    assert done[spread["key"]] is spread
+
+
 def test_the_study_trains_a_named_cell_at_the_seeds_its_budget_wants():
     study = _study()
     corpora = study.corpora_info(study.read_results())
@@ -766,6 +787,10 @@ def test_the_study_scores_every_cell_on_the_same_validation_text(tmp_path, monke
     # the plan's --eval-chars grows with the steps: a record scored on more text than the others is trained again
     assert not study.current({**record, "val_chars": 106_860}, 1000)
     assert not study.current({key: v for key, v in record.items() if key != "val_chars"}, 1000)
+    # scored on the first 100,000 characters (before the pieces were spread): it stands only where that was
+    # all of the validation text, which then had fewer characters
+    first = {key: v for key, v in record.items() if key != "val_sample"}
+    assert not study.current(first, 1000) and study.current({**first, "val_chars": 60_088}, 1000)
 
     hour = replace(cheap, budget=3600.0)
     record = study.train_cell(hour, 1000, tmp_path / "corpus.txt", tmp_path, 1)

@@ -114,8 +114,8 @@ def train(
         "Evaluate on the validation text every N steps (and at the end), saving checkpoints.", "eval_every",
         RUN)] = None,
     eval_chars: Annotated[Optional[int], _train(
-        "Score at most this many validation characters per evaluation (its start), so a huge corpus evaluates in "
-        "seconds; 0 scores all of it.", "eval_chars", RUN)] = None,
+        "Score at most this many validation characters per evaluation (pieces spread over it, the same each time), "
+        "so a huge corpus evaluates in seconds; 0 scores all of it.", "eval_chars", RUN)] = None,
     save_every: Annotated[Optional[str], _train(
         "Also save last.pt every N steps (a number) or every span of time (e.g. 10m); 0 saves only at evaluations "
         f"and the end. \\[default: {TrainConfig.save_every_seconds / 60:g}m]", panel=RUN)] = None,

@@ -7,6 +7,11 @@ contiguous pieces scored side by side; each piece after the first is warmed up
 on the `burn_in` characters before it (not scored), so it starts with real
 context instead of a zero state and the result matches a single-stream pass
 to within noise.
+
+A text too long to score whole at every evaluation is sampled the same way:
+the pieces are shorter and spread evenly over all of it. Its first characters
+alone would not do: a big corpus is not alike along its length, and a model
+that has just read text like them would look better than it is.
 """
 
 from __future__ import annotations
@@ -51,15 +56,15 @@ def split_into_pieces(n: int, num_streams: int, burn_in: int) -> tuple[int, int]
 
 
 def warm_start(model: CharRNN, streams: int, piece: int, burn_in: int,
-               read: Callable[[torch.Tensor], Hidden]) -> Hidden:
+               read: Callable[[torch.Tensor], Hidden], stride: int | None = None) -> Hidden:
     """The state each piece starts from: zero for the first; for every other, the state after the
     `burn_in` characters before it, which `read(positions)` computes (positions: (burn_in, streams - 1)
-    indices into the text)."""
+    indices into the text). Piece i starts at i * stride (the pieces are contiguous by default)."""
     device = model.head.weight.device
     warm = min(burn_in, piece)
     hidden = model.init_hidden(1 if warm else streams, device)
     if streams > 1 and warm:
-        starts = torch.arange(1, streams, device=device) * piece
+        starts = torch.arange(1, streams, device=device) * (stride or piece)
         positions = (starts.unsqueeze(0) - warm + torch.arange(warm, device=device).unsqueeze(1)).long()
         hidden = join_streams(hidden, read(positions))
     return hidden
@@ -92,8 +97,10 @@ def evaluate(
     burn_in: int = 256,
     window: int = 256,
     threads: ThreadPolicy | None = None,
+    sample: int | None = None,
 ) -> EvalResult:
-    """Score tokens[1:] given tokens[:-1]; `threads` chooses the thread count (None: as it is)."""
+    """Score tokens[1:] given tokens[:-1]; `threads` chooses the thread count (None: as it is). With
+    `sample` below the text's length, about that many characters are scored, in pieces spread over it."""
     device = model.head.weight.device
     if isinstance(tokens, np.ndarray):
         from ..data.batches import as_tensor
@@ -106,17 +113,24 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        streams, piece = split_into_pieces(n_targets, num_streams, burn_in)
-        inputs = tokens[: streams * piece].view(streams, piece).t().long()  # (piece, S)
-        targets = tokens[1 : streams * piece + 1].view(streams, piece).t().long()
+        spread = sample is not None and sample < n_targets
+        streams, piece = split_into_pieces(sample if spread else n_targets, num_streams, burn_in)
+        stride = n_targets // streams if spread else piece
+
+        def pieces(t: torch.Tensor) -> torch.Tensor:  # (piece, S): piece i is t[i * stride :][:piece]
+            return t.unfold(0, piece, stride)[:streams].t()
+
+        inputs, targets = pieces(tokens[:-1]).long(), pieces(tokens[1:]).long()
         # with --reset-on, where the state restarts, over the whole text at once
         resets = reset_mask(tokens, model.config.reset_ids) if model.config.reset_ids else None
         if threads is not None:
             threads.start()  # the warm-up runs at the count the policy holds (it is not timed)
         hidden = warm_start(model, streams, piece, burn_in, lambda at: model(
-            tokens[at].long(), None, None if resets is None else resets[at])[1])
-        piece_resets = None if resets is None else resets[: streams * piece].view(streams, piece).t()
-        total, hidden = _score(model, inputs, targets, hidden, window, piece_resets, threads)
+            tokens[at].long(), None, None if resets is None else resets[at])[1], stride)
+        total, hidden = _score(model, inputs, targets, hidden, window,
+                               None if resets is None else pieces(resets[:n_targets]), threads)
+        if spread:
+            return EvalResult(loss=float(total) / (streams * piece), chars=streams * piece)
         rest = n_targets - streams * piece
         if rest:  # the few characters past the last full piece continue the last stream
             start = streams * piece

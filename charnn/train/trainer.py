@@ -74,8 +74,9 @@ class _BadSteps:
 
 
 class Validation:
-    """The validation text as a run scores it: all of it, or its first `eval_chars` on a big corpus, with a
-    thread policy of its own (scoring gains from threads otherwise than training steps do)."""
+    """The validation text as a run scores it: all of it, or on a big corpus `eval_chars` of it in pieces
+    spread over its length (the same every time), with a thread policy of its own (scoring gains from
+    threads otherwise than training steps do)."""
 
     def __init__(self, tokens: torch.Tensor, threads: ThreadPolicy):
         self.tokens, self.threads = tokens, threads
@@ -83,8 +84,7 @@ class Validation:
     def score(self, model: CharRNN, eval_chars: int | None) -> tuple[EvalResult, list[ThreadChange]]:
         """The model's score, and the thread-count decisions made while scoring."""
         decided = len(self.threads.changes)
-        tokens = self.tokens if eval_chars is None else self.tokens[: eval_chars + 1]
-        return evaluate(model, tokens, threads=self.threads), self.threads.changes[decided:]
+        return evaluate(model, self.tokens, threads=self.threads, sample=eval_chars), self.threads.changes[decided:]
 
 
 class ReplanCheck:
