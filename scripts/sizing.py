@@ -543,12 +543,13 @@ def snapshot_code() -> Path:
 
 def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -> dict:
     run = WORK / "runs" / cell.run_name(steps)
-    if (run / "last.pt").is_file():
+    if resumable(cell, steps):
         command = ["train", "--resume", str(run)]
     else:
         command = ["train", str(corpus), "--out", str(run), "--overwrite", "--max-steps", str(steps),
                    *cell.config.options(), "--seed", str(cell.config.seed), "--log-every", "100", "--precision", "fp32",
                    "--eval-chars", str(STUDY_EVAL_CHARS)]
+        mark_started(cell, steps)
     started = time.time()
     _charnn(command + ["-q"], code, threads)
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "eval"]
@@ -561,6 +562,28 @@ def train_cell(cell: Cell, steps: int, corpus: Path, code: Path, threads: int) -
         record.update(score_whole(run, code, threads))
     return {**record, "wall_seconds": round(time.time() - started), "threads": threads, "cpu": cpu_name(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _start_mark(cell: Cell, steps: int) -> Path:
+    return WORK / "started" / f"{cell.run_name(steps)}.json"
+
+
+def mark_started(cell: Cell, steps: int) -> None:
+    """Note how the study scores the run it starts for a cell (beside the run: charnn owns its directory)."""
+    mark = _start_mark(cell, steps)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({"key": cell.key, "steps": steps, "val_sample": SPREAD}) + "\n")
+
+
+def resumable(cell: Cell, steps: int) -> bool:
+    """A run with a last.pt that this study started for the cell and scores as it does today. A run left by an
+    older study (scored on the first characters) would be resumed, or taken as finished, with evaluations
+    the table no longer counts: it is trained again instead."""
+    try:
+        mark = json.loads(_start_mark(cell, steps).read_text())
+    except (OSError, ValueError):
+        return False
+    return mark.get("val_sample") == SPREAD and (WORK / "runs" / cell.run_name(steps) / "last.pt").is_file()
 
 
 def score_whole(run: Path, code: Path, threads: int) -> dict:

@@ -33,8 +33,8 @@ from charnn.plan import sizing  # noqa: E402
 
 NEAR_BEST = 0.02  # the targets, nats/char
 NEAR_DEFAULT = 0.01
-CHARS_PER_PARAMETER = (1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0)
-REPEAT_HALF_LIFE = (5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+CHARS_PER_PARAMETER = (1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 9.0, 10.0, 12.0, 16.0, 20.0)
+REPEAT_HALF_LIFE = (5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 70.0, 100.0, 200.0, 1000.0)
 DROPOUT_TABLES = (  # up to so many epochs: this dropout
     ((10.0, 0.1), (30.0, 0.2), (math.inf, 0.3)),
     ((5.0, 0.1), (15.0, 0.2), (math.inf, 0.3)),
@@ -152,9 +152,10 @@ def main() -> None:
         label = describe(s.constants) + (" (today's)" if s is mine else "")
         print(f"| {label} | {s.unmeasured} | {s.misses} | {s.worst_to_best:+.3f} | {s.worst_to_default:+.3f} | "
               f"{s.mean_to_best:+.3f} |")
-    hopeful = sorted((s for s in scores if s.unmeasured), key=lambda s: (s.misses + s.unmeasured, s.misses, s.worst_to_best))
+    hopeful = sorted((s for s in scores if s.unmeasured), key=lambda s: (s.misses, s.unmeasured, s.worst_to_best))
     if hopeful:
-        print("\nThe closest candidates with choices still to measure (fewest misses if every unmeasured choice missed; misses and worst counted on the rest):")
+        print("\nThe closest candidates with choices still to measure (fewest misses among their measured choices, "
+              "then fewest cells to train; misses and worst counted on the measured):")
         for s in hopeful[: args.wanted]:
             print(f"- {describe(s.constants)}: {s.misses} misses, {s.worst_to_best:+.3f} to best, "
                   f"{s.worst_to_default:+.3f} to the default; to train: "

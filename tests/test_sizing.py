@@ -803,3 +803,30 @@ def test_the_study_scores_every_cell_on_the_same_validation_text(tmp_path, monke
     assert appended == [{**unscored, "whole_val_loss": 1.40, "whole_val_chars": 319_620}]
     study.rescore([{**unscored, "steps": 999}], tmp_path, 1)  # its run directory is gone: nothing to score
     assert len(appended) == 1
+
+
+def test_the_study_resumes_only_runs_it_started_scoring_as_it_does(tmp_path, monkeypatch):
+    study = _study()
+    calls = []
+
+    def charnn(command, code, threads):  # `charnn train`: a finished run's files (a fresh run, or a resumed one)
+        calls.append(command)
+        run = Path(command[command.index("--out") + 1] if "--out" in command else command[command.index("--resume") + 1])
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "last.pt").write_bytes(b"")
+        (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 9, "val_loss": 1.5, "val_chars": 100_000}))
+        return ""
+
+    monkeypatch.setattr(study, "WORK", tmp_path)
+    monkeypatch.setattr(study, "_charnn", charnn)
+    cell = study.Cell("warandpeace", 120.0, study.DEFAULT, 0)
+    old = tmp_path / "runs" / cell.run_name(1000)  # an older study's finished run: scored on the first characters
+    old.mkdir(parents=True)
+    (old / "last.pt").write_bytes(b"")
+    assert not study.resumable(cell, 1000)
+    study.train_cell(cell, 1000, tmp_path / "corpus.txt", tmp_path, 1)
+    assert "--overwrite" in calls[-1] and "--resume" not in calls[-1]  # trained again, not taken as finished
+    assert study.resumable(cell, 1000)  # cut short now, it would resume
+    study.train_cell(cell, 1000, tmp_path / "corpus.txt", tmp_path, 1)
+    assert calls[-1][:2] == ["train", "--resume"]
+    assert not study.resumable(cell, 999)  # planned for other steps: another run
