@@ -373,16 +373,29 @@ def _grid(stage: str, corpus: dict, budget: float, speeds: SpeedTable) -> list[t
     once the rule is refitted), and the streams and learning rates around that centre. The long stage:
     the choice, the default and the wider shape, all of rank 0 (none is ever trimmed)."""
     chosen = rule_config(corpus, budget, speeds)
-    wanted = [(0, chosen, False), (0, DEFAULT, False)] + _near(chosen, corpus, budget, speeds)
     if stage == "long":
-        wider = [c for _, c, _ in wanted[2:] if c.dropout == chosen.dropout and c.hidden * c.layers > chosen.hidden * chosen.layers]
-        return [(0, c, False) for _, c, _ in wanted[:2]] + [(0, c, False) for c in wider[-1:]]
+        return [(0, c, False) for c in (chosen, DEFAULT, wider(chosen, corpus, budget, speeds)) if c is not None]
+    wanted = [(0, chosen, False), (0, DEFAULT, False)] + _near(chosen, corpus, budget, speeds)
     with rule_constants(*GRID_CONSTANTS):
         centre = rule_config(corpus, budget, speeds)
     if centre != chosen:
         wanted += [(0, centre, False)] + _near(centre, corpus, budget, speeds)
     ranks = 1 + max(rank for rank, _, _ in wanted)
     return wanted + [(ranks + i, c, False) for i, c in enumerate(training_neighbours(centre, corpus))]
+
+
+def wider(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> Config | None:
+    """The next larger candidate, with the dropout the rule gives it for the epochs it reads in the budget:
+    what a rule that allowed it would have trained (None: the choice is the largest)."""
+    shapes = sizing.candidates(situation(corpus, budget), config.batch)
+    larger = [s for s in shapes if s.parameters(STUDY_VOCAB) > config.shape.parameters(STUDY_VOCAB)]
+    if not larger:
+        return None
+    shape = larger[0]
+    alternative = replace(config, layers=shape.num_layers, hidden=shape.hidden_size)
+    steps = cell_steps(Cell(corpus["name"], budget, alternative, 0), corpus, speeds)
+    epochs = steps * alternative.shape.chars_per_step / situation(corpus, budget).train_chars
+    return replace(alternative, dropout=sizing.dropout_for(epochs))
 
 
 def _near(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config, bool]]:

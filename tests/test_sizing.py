@@ -116,7 +116,7 @@ def test_streams_divide_among_processes():
 def test_step_and_epoch_budgets_need_no_timing():
     """With --max-steps or --epochs the characters read are known: the choice needs no device speed."""
     by_steps = choose(situation(3 * MB, budget=Budget(steps=8000)))
-    assert (by_steps.shape.hidden_size, by_steps.steps, by_steps.seconds) == (320, 8000, None)
+    assert (by_steps.shape.hidden_size, by_steps.steps, by_steps.seconds) == (256, 8000, None)
     by_epochs = choose(situation(3 * MB, budget=Budget(epochs=1)))
     assert by_epochs.epochs == pytest.approx(1, abs=0.01) and by_epochs.shape.hidden_size < 256
 
@@ -448,7 +448,7 @@ def test_a_run_that_sees_another_speed_than_it_planned_is_planned_again_for_the_
     assert new.plan.replanned["ratio"] == pytest.approx(1 / 3, abs=1e-3)
     assert new.plan.replanned["first"] == plan.describe() and (new.model_config, new.config) == ("model", "config")
     assert new.plan.train["precision"] == "fp32"  # the run keeps the precision it chose
-    faster = replanner(24 * MB, 3600)[0].decide(60.0, seen=plan.chars_per_sec * 2)
+    faster = replanner(24 * MB, 3600)[0].decide(60.0, seen=plan.chars_per_sec * 3)
     assert width(faster.plan) > width(plan)
 
 
@@ -458,10 +458,10 @@ def test_a_new_plan_takes_the_relative_speeds_timed_under_the_load_it_saw():
     busy = SpeedTable({name: rate * (0.6 if parse_shape(name).hidden_size <= 256 else 0.3)
                        for name, rate in CPU.table.items()})
     replan, plan = replanner(3.2 * MB, 1800, now=busy)
-    seen = plan.chars_per_sec / 6
+    seen = plan.chars_per_sec / 4
     new = replan.decide(60.0, seen=seen)
     again = choose(situation(3.2 * MB, 1740), replace(busy, factor=seen / busy.chars_per_sec(plan.shape)))
-    uniform = choose(situation(3.2 * MB, 1740), replace(CPU, factor=1 / 6))
+    uniform = choose(situation(3.2 * MB, 1740), replace(CPU, factor=1 / 4))
     assert width(plan) > width(new.plan) > width(uniform)  # every shape slowed alike: a model smaller still
     assert (new.plan.shape, new.plan.steps) == (again.shape, again.steps)
     assert replan.sized.allowances == [pytest.approx(18.0)]  # 1% of the half hour goes into the timing
@@ -830,3 +830,22 @@ def test_the_study_resumes_only_runs_it_started_scoring_as_it_does(tmp_path, mon
     study.train_cell(cell, 1000, tmp_path / "corpus.txt", tmp_path, 1)
     assert calls[-1][:2] == ["train", "--resume"]
     assert not study.resumable(cell, 999)  # planned for other steps: another run
+
+
+def test_the_hour_long_stage_checks_the_choice_against_the_default_and_the_next_larger_shape():
+    study = _study()
+    results = study.read_results()
+    corpora, speeds = study.corpora_info(results), study.speed_table(results)
+    for name in study.LONG_CORPORA:
+        configs = [c.config for c in study.cells("long", corpora, speeds) if c.corpus == name]
+        chosen = study.rule_config(corpora[name], 3600.0, speeds)
+        assert configs[:2] == [chosen, study.DEFAULT] and len(configs) == 3
+        larger = configs[2]
+        assert larger.hidden * larger.layers > chosen.hidden * chosen.layers
+        # configured as the rule would configure it: the dropout for the epochs it reads in the hour
+        steps = study.cell_steps(study.Cell(name, 3600.0, larger, 0), corpora[name], speeds)
+        epochs = steps * larger.shape.chars_per_step / study.situation(corpora[name], 3600.0).train_chars
+        assert larger.dropout == sizing.dropout_for(epochs)
+    with study.rule_constants(1e-3, 15.0, sizing.DROPOUT_BY_EPOCHS):  # the largest candidate: nothing wider
+        top = study.rule_config(corpora["pystdlib"], 3600.0, speeds)
+        assert study.wider(top, corpora["pystdlib"], 3600.0, speeds) is None
