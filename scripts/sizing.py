@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -605,13 +606,45 @@ def score_whole(run: Path, code: Path, threads: int) -> dict:
     return {"whole_val_loss": report["loss"], "whole_val_chars": report["chars"]}
 
 
+class Stopping:
+    """The cells' charnn processes, and whether the study is stopping: SIGTERM to the study (`pkill -f
+    "sizing.py run"`) passes on to them (charnn saves last.pt and exits, the cell resumes next time) and
+    starts no other cell, rather than leave them training with nobody to record them."""
+
+    def __init__(self) -> None:
+        self.children: set[subprocess.Popen] = set()
+        self.event = threading.Event()
+        self.lock = threading.Lock()  # not `_lock`: the handler runs in the main thread, whatever it holds
+
+    def stop(self, *_) -> None:
+        self.event.set()
+        with self.lock:
+            for child in self.children:
+                child.terminate()
+
+
+STOPPING = Stopping()
+
+
 def _charnn(command: list[str], code: Path, threads: int) -> str:
     """`python -m charnn COMMAND` with the snapshot's code, on the CPU at `threads` threads; its stdout."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads),
            "CHARNN_RUNS_DIR": str(WORK / "runs")}
     # the working directory is not the checkout: `-m` puts it first on the path, before the snapshot
-    return subprocess.run([sys.executable, "-m", "charnn", *command, "--device", "cpu"], env=env, check=True,
-                          cwd=WORK, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True).stdout
+    args = [sys.executable, "-m", "charnn", *command, "--device", "cpu"]
+    with subprocess.Popen(args, env=env, cwd=WORK, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) as child:
+        with STOPPING.lock:
+            STOPPING.children.add(child)
+            if STOPPING.event.is_set():
+                child.terminate()
+        try:
+            out, _ = child.communicate()
+        finally:
+            with STOPPING.lock:
+                STOPPING.children.discard(child)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, args, out)
+    return out
 
 
 def rescore(results: list[dict], code: Path, threads: int) -> None:
@@ -734,7 +767,7 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
     def worker() -> None:
         while True:
             with _lock:
-                if not queue:
+                if not queue or STOPPING.event.is_set():
                     return
                 cell, steps = queue.pop(0)
             if not claim(cell, steps):  # done meanwhile, or another study process is training it
@@ -755,7 +788,8 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
             try:
                 record = train_cell(cell, steps, corpus_path(cell.corpus), code, threads)
             except subprocess.CalledProcessError as err:
-                print(f"FAILED {cell.key}: {err}", flush=True)
+                print(f"stopped {cell.key}: it resumes next time" if STOPPING.event.is_set() else f"FAILED {cell.key}: {err}",
+                      flush=True)
                 continue
             finally:
                 release(cell, steps)
@@ -763,10 +797,15 @@ def run_cells(todo: list[tuple[Cell, int]], everything: list[tuple[Cell, int]], 
             print(f"done   {cell.key}: {score(record):.4f} ({record['wall_seconds']}s)", flush=True)
 
     workers = [threading.Thread(target=worker) for _ in range(jobs)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    previous = signal.signal(signal.SIGTERM, STOPPING.stop)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            while w.is_alive():  # a short wait, so that the main thread runs the signal handler promptly
+                w.join(timeout=0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- the table ----------------------------------------------------------------------------------

@@ -3,10 +3,14 @@ timing), options the user gives are never overridden, --size small is today's de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -849,3 +853,37 @@ def test_the_hour_long_stage_checks_the_choice_against_the_default_and_the_next_
     with study.rule_constants(1e-3, 15.0, sizing.DROPOUT_BY_EPOCHS):  # the largest candidate: nothing wider
         top = study.rule_config(corpora["pystdlib"], 3600.0, speeds)
         assert study.wider(top, corpora["pystdlib"], 3600.0, speeds) is None
+
+
+def test_stopping_the_study_stops_its_cells_and_starts_no_other(tmp_path, monkeypatch):
+    study = _study()
+    started, printed, ended = [], [], []
+    sleeper = tmp_path / "python"  # stands in for `python -m charnn train`: a cell that trains until stopped
+    sleeper.write_text("#!/bin/sh\nexec sleep 60\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(study.sys, "executable", str(sleeper))
+
+    def train_cell(cell, steps, corpus, code, threads):
+        started.append(cell.key)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()  # `pkill -f "sizing.py run"`
+        try:
+            study._charnn(["train"], code, threads)
+        except subprocess.CalledProcessError as err:
+            ended.append(err.returncode)
+            raise
+        return {}
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text")
+    digest = hashlib.sha256(corpus.read_bytes()).hexdigest()
+    monkeypatch.setattr(study, "corpus_path", lambda name: corpus)
+    for name, fake in [("train_cell", train_cell), ("claim", lambda cell, steps: True), ("release", lambda cell, steps: None),
+                       ("read_results", list), ("undecided", lambda cell, losses: False),
+                       ("trimmed", lambda cell, losses: None), ("append_result", printed.append)]:
+        monkeypatch.setattr(study, name, fake)
+    cells = [(study.Cell("warandpeace", 120.0, replace(study.DEFAULT, seed=seed), 0), 100) for seed in (1, 2, 3)]
+    before = signal.getsignal(signal.SIGTERM)
+    study.run_cells(cells, cells, {"warandpeace": {"sha256": digest}}, 1, 1, tmp_path)
+    assert started == [cells[0][0].key] and printed == []  # the running cell stopped, no other started, nothing recorded
+    assert ended == [-signal.SIGTERM] and not study.STOPPING.children  # its process was terminated, not left training
+    assert signal.getsignal(signal.SIGTERM) == before  # the study's handler lasts as long as its cells
