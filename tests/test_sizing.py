@@ -863,9 +863,16 @@ def test_stopping_the_study_stops_its_cells_and_starts_no_other(tmp_path, monkey
     sleeper.chmod(0o755)
     monkeypatch.setattr(study.sys, "executable", str(sleeper))
 
+    def pkill():  # `pkill -f "sizing.py run"`, once the cell's process runs (never after the study's handler)
+        deadline = time.monotonic() + 60
+        while not study.STOPPING.children and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if study.STOPPING.children:
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def train_cell(cell, steps, corpus, code, threads):
         started.append(cell.key)
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()  # `pkill -f "sizing.py run"`
+        threading.Thread(target=pkill).start()
         try:
             study._charnn(["train"], code, threads)
         except subprocess.CalledProcessError as err:
@@ -876,6 +883,7 @@ def test_stopping_the_study_stops_its_cells_and_starts_no_other(tmp_path, monkey
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("some text")
     digest = hashlib.sha256(corpus.read_bytes()).hexdigest()
+    monkeypatch.setattr(study, "WORK", tmp_path)  # the cells' working directory
     monkeypatch.setattr(study, "corpus_path", lambda name: corpus)
     for name, fake in [("train_cell", train_cell), ("claim", lambda cell, steps: True), ("release", lambda cell, steps: None),
                        ("read_results", list), ("undecided", lambda cell, losses: False),
