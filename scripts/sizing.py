@@ -394,14 +394,17 @@ def wider(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> Co
         return None
     shape = larger[0]
     alternative = replace(config, layers=shape.num_layers, hidden=shape.hidden_size)
-    steps = cell_steps(Cell(corpus["name"], budget, alternative, 0), corpus, speeds)
-    epochs = steps * alternative.shape.chars_per_step / situation(corpus, budget).train_chars
-    return replace(alternative, dropout=sizing.dropout_for(epochs))
+    return replace(alternative, dropout=sizing.dropout_for(_epochs(alternative, corpus, budget, speeds)))
+
+
+def _epochs(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> float:
+    """The epochs a configuration reads in the budget's steps."""
+    steps = cell_steps(Cell(corpus["name"], budget, config, 0), corpus, speeds)
+    return steps * config.shape.chars_per_step / situation(corpus, budget).train_chars
 
 
 def _near(config: Config, corpus: dict, budget: float, speeds: SpeedTable) -> list[tuple[int, Config, bool]]:
-    steps = cell_steps(Cell(corpus["name"], budget, config, 0), corpus, speeds)
-    epochs = steps * config.shape.chars_per_step / situation(corpus, budget).train_chars
+    epochs = _epochs(config, corpus, budget, speeds)
     return [(1 + i, c, _half_step(c) and not _half_step(config))
             for i, c in enumerate(neighbours(config, corpus, budget, epochs))]
 
