@@ -843,7 +843,8 @@ def test_the_hour_long_stage_checks_the_choice_against_the_default_and_the_next_
     for name in study.LONG_CORPORA:
         configs = [c.config for c in study.cells("long", corpora, speeds) if c.corpus == name]
         chosen = study.rule_config(corpora[name], 3600.0, speeds)
-        assert configs[:2] == [chosen, study.DEFAULT] and len(configs) == 3
+        assert configs[:2] == [chosen, study.DEFAULT] and len(configs) == 5
+        assert configs[3:] == study.hour_variants(chosen)
         larger = configs[2]
         assert larger.hidden * larger.layers > chosen.hidden * chosen.layers
         # configured as the rule would configure it: the dropout for the epochs it reads in the hour
@@ -853,6 +854,27 @@ def test_the_hour_long_stage_checks_the_choice_against_the_default_and_the_next_
     with study.rule_constants(1e-3, 15.0, sizing.DROPOUT_BY_EPOCHS):  # the largest candidate: nothing wider
         top = study.rule_config(corpora["pystdlib"], 3600.0, speeds)
         assert study.wider(top, corpora["pystdlib"], 3600.0, speeds) is None
+
+
+def test_the_hour_long_stage_tries_the_learning_rate_and_window_only_where_the_shapes_fall_short():
+    study = _study()
+    chosen = replace(study.DEFAULT, hidden=384, dropout=0.05)
+    halved, longer = study.hour_variants(chosen)
+    assert (halved.lr, halved.seq_len) == (chosen.lr / 2, chosen.seq_len)
+    assert (longer.lr, longer.seq_len) == (chosen.lr, 2 * chosen.seq_len)
+
+    def losses(*measured):
+        names = [chosen.name, study.DEFAULT.name]
+        return {("c", 3600.0): {n: study.Measured(loss, 1) for n, loss in zip(names, measured)}}
+
+    for variant in (halved, longer):
+        cell = study.Cell("c", 3600.0, variant, 11)
+        assert study.undecided(cell, {}) and study.undecided(cell, losses(1.10))  # the default not in yet
+        short = losses(1.10, 1.139)  # the choice 0.039 ahead: the shapes miss the hour's margin
+        assert study.trimmed(cell, short) is None and not study.undecided(cell, short)
+        met = losses(1.08, 1.139)
+        assert "the choice made 1.080 against the default's 1.139" in study.trimmed(cell, met)
+        assert study.trimmed(replace(cell, config=chosen, priority=1), met) is None  # the choice itself: kept
 
 
 def test_stopping_the_study_stops_its_cells_and_starts_no_other(tmp_path, monkeypatch):
