@@ -14,7 +14,8 @@ the day, so a rule far from it chooses cells nobody trained (train them with `si
 
 Then, for each corpus and budget, the neighbours in streams and learning rate of the grid's centre (the
 choice of the constants the grid was built around) against it: the cells that would move `choose_streams`
-or the learning rate from a rule of the device's speed.
+or the learning rate from a rule of the device's speed; at an hour, today's choice with the learning rate
+halved and the window doubled (stage 2's variants, where the shapes miss the hour's margin).
 """
 
 from __future__ import annotations
@@ -112,21 +113,28 @@ def describe(candidate: tuple) -> str:
 
 
 def training_report(cases: list[Group], corpora: dict, speeds) -> list[str]:
-    """For each group, the streams and learning-rate neighbours of the grid's centre against it."""
+    """For each group, the streams and learning-rate neighbours of the grid's centre against it; at an hour,
+    today's choice with the learning rate halved and the window doubled."""
     lines = []
     for group in cases:
-        with study.rule_constants(*study.GRID_CONSTANTS):
+        hour = group.budget in study.LONG_BUDGETS
+        with study.rule_constants(*(study.GRID_CONSTANTS if not hour else _today())):
             chosen = study.rule_config(corpora[group.corpus], group.budget, speeds)
         if chosen.name not in group.losses:
             continue
         variants = [replace(chosen, batch=b) for b in study.STUDY_STREAMS if b != chosen.batch]
         variants += [replace(chosen, lr=round(chosen.lr * f, 6)) for f in (0.5, 2.0)]
+        variants = study.hour_variants(chosen) if hour else variants
         cells = [f"{v.name.split(' ', 1)[1]}: {group.losses[v.name] - group.losses[chosen.name]:+.3f}"
                  for v in variants if v.name in group.losses]
         if cells:
             lines.append(f"{group.corpus} {group.budget / 60:g} min, {chosen.name} ({group.losses[chosen.name]:.4f}): "
                          + "; ".join(cells))
     return lines
+
+
+def _today() -> tuple:
+    return sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS
 
 
 def main() -> None:
@@ -140,7 +148,7 @@ def main() -> None:
     done = study.results_for(results, study.recorded(results, corpora, speeds))
     cases = groups(done)
     print(f"{len(done)} cells measured, over {len(cases)} corpora and budgets\n")
-    today = (sizing.CHARS_PER_PARAMETER, sizing.REPEAT_HALF_LIFE, sizing.DROPOUT_BY_EPOCHS)
+    today = _today()
     scores = [score(c, cases, corpora, speeds) for c in itertools.product(CHARS_PER_PARAMETER, REPEAT_HALF_LIFE,
                                                                            DROPOUT_TABLES)]
     scores.sort(key=lambda s: (s.unmeasured, s.misses, s.worst_to_best, s.mean_to_best))
@@ -160,7 +168,8 @@ def main() -> None:
             print(f"- {describe(s.constants)}: {s.misses} misses, {s.worst_to_best:+.3f} to best, "
                   f"{s.worst_to_default:+.3f} to the default; to train: "
                   + "; ".join(f"--cell '{key}'" for key in unmeasured(s.constants, cases, corpora, speeds)))
-    print("\nStreams and learning rate around the grid's centre (loss minus the centre's; study.GRID_CONSTANTS):")
+    print("\nStreams and learning rate around the grid's centre (loss minus the centre's; study.GRID_CONSTANTS), "
+          "and at an hour the learning rate and window around today's choice:")
     print("\n".join(training_report(cases, corpora, speeds)) or "none measured yet")
 
 
