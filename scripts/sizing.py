@@ -377,7 +377,8 @@ def _grid(stage: str, corpus: dict, budget: float, speeds: SpeedTable) -> list[t
     """One corpus and budget's configurations, each with its rank and whether it is a half step: the
     choice, the default, the shape and dropout neighbours of the choice (and of the stage's first centre,
     once the rule is refitted), and the streams and learning rates around that centre. The long stage:
-    the choice, the default and the wider shape, all of rank 0 (none is ever trimmed)."""
+    the choice, the default and the wider shape, all of rank 0 (none is ever trimmed), then the choice's
+    learning rate and window variants (`hour_variants`: trimmed where the shapes meet HOUR_MARGIN)."""
     chosen = rule_config(corpus, budget, speeds)
     if stage == "long":
         shapes = [(0, c, False) for c in (chosen, DEFAULT, wider(chosen, corpus, budget, speeds)) if c is not None]
